@@ -1,0 +1,308 @@
+"""`curate`: the command line. Each command is a thin wrapper over a plain Python function.
+
+Heavy libraries (torch, transformers, prefect) are imported inside the
+commands that need them, so `curate sql` and `curate stats` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curation.store import Store, StoreError
+
+app = typer.Typer(
+    name="curate",
+    help="Curate instruction and preference data for LLM post-training: ingest, score, build shards, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+STORE_HELP = "Store folder (Parquet files + catalog.duckdb). Default: $CURATE_STORE or ./store."
+
+
+def default_store() -> str:
+    return os.environ.get("CURATE_STORE", "store")
+
+
+StoreOpt = typer.Option(None, "--store", "-s", help=STORE_HELP, show_default=False)
+
+
+def open_store(path: str | None, create: bool = False) -> Store:
+    return Store(path or default_store(), create=create)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def print_table(table, limit: int | None = 50, title: str | None = None) -> None:
+    """Pretty-print an Arrow table (first ``limit`` rows)."""
+    t = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        t.add_column(name, overflow="fold", max_width=60)
+    rows = table.slice(0, limit).to_pylist() if limit else table.to_pylist()
+    for row in rows:
+        t.add_row(*[_cell(v) for v in row.values()])
+    console.print(t)
+    if limit and table.num_rows > limit:
+        console.print(f"[dim]{table.num_rows - limit} more rows (use --limit 0 or --out FILE)[/]")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "[dim]null[/]"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    return s if len(s) <= 300 else s[:300] + "…"
+
+
+def parse_pairs(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            fail(f"{option} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+# --------------------------------------------------------------------- ingest
+@app.command()
+def ingest(
+    paths: list[str] = typer.Argument(
+        ..., help="Input files, globs or folders (JSON, JSONL, .gz, Parquet, CSV)."
+    ),
+    store: str | None = StoreOpt,
+    reader: str = typer.Option(
+        "auto",
+        help="Reader: auto, hh, alpaca, alpaca_pair, sharegpt, sharegpt_pair, messages, trl, "
+        "alpaca_eval, oasst, solutions, completions.",
+    ),
+    fmt: str = typer.Option("auto", "--format", help="File format: auto, json, jsonl, parquet, csv."),
+    source: str | None = typer.Option(
+        None, help="Source name for the records (default: the file name's stem)."
+    ),
+    kind: str | None = typer.Option(None, help="Kind for --map: sft, pair or ranking."),
+    map_: list[str] = typer.Option(
+        [],
+        "--map",
+        help="Column mapping TARGET=PATH, e.g. prompt=question or response=instances[0].output (repeatable).",
+    ),
+    label_value: list[str] = typer.Option(
+        [],
+        "--label-value",
+        help="For --map label=...: RAW=a|b|tie, e.g. model_a=a (repeatable; replaces the defaults).",
+    ),
+    max_chars: int = typer.Option(
+        20000, help="Upper bound on a record's characters; longer rows are quarantined."
+    ),
+    near_threshold: float = typer.Option(0.8, help="MinHash Jaccard threshold for near-duplicate prompts."),
+    near_dedup: bool = typer.Option(True, help="Recompute near-duplicate prompt clusters after ingest."),
+) -> None:
+    """Read files into the store: normalise, hash, validate (Great Expectations), dedup; bad rows to quarantine."""
+    from curation.dedup import MinHashParams, mark_near_duplicates
+    from curation.ingest.pipeline import IngestOptions, ingest_paths
+    from curation.ingest.readers import DetectError
+    from curation.ingest.sources import SourceError
+
+    opts = IngestOptions(
+        reader=reader,
+        format=fmt,
+        source=source,
+        kind=kind,
+        mapping=parse_pairs(map_, "--map"),
+        label_values=parse_pairs(label_value, "--label-value") or None,
+        max_chars=max_chars,
+    )
+    st = open_store(store, create=True)
+    try:
+        results = ingest_paths(st, paths, opts, progress=_report_unit)
+        near = {}
+        if near_dedup and any(not r.skipped for r in results):
+            with st.writer_lock("near-dedup"):
+                kinds = sorted({r.kind for r in results if not r.error})
+                near = mark_near_duplicates(st, kinds, MinHashParams(threshold=near_threshold))
+                st.refresh_catalog()
+    except (SourceError, DetectError, StoreError, ValueError) as exc:
+        fail(str(exc))
+        return
+    t = Table(title=f"ingest → {st.root}")
+    for col in (
+        "source",
+        "file",
+        "reader",
+        "kind",
+        "rows read",
+        "records",
+        "accepted",
+        "quarantined",
+        "duplicates",
+        "",
+    ):
+        t.add_column(
+            col,
+            justify="right"
+            if col in ("rows read", "records", "accepted", "quarantined", "duplicates")
+            else "left",
+        )
+    for r in results:
+        if r.error:
+            continue
+        t.add_row(
+            r.source,
+            Path(r.source_file).name,
+            r.reader,
+            r.kind,
+            str(r.rows_read),
+            str(r.records_out),
+            str(r.accepted),
+            str(r.quarantined),
+            str(r.duplicates),
+            "already ingested" if r.skipped else "",
+        )
+    console.print(t)
+    console.print(
+        "[dim]rows read = rows converted + rows quarantined at read; records = accepted + quarantined + duplicates[/]"
+    )
+    if near:
+        console.print(
+            "near-duplicate prompts marked (non-representatives): "
+            + ", ".join(f"{k}: {v}" for k, v in near.items())
+        )
+    failed = [r for r in results if r.error]
+    if failed:
+        fail(f"{len(failed)} file(s) not ingested; see the messages above")
+
+
+def _report_unit(r) -> None:
+    if r.error:
+        err.print(f"[bold red]not ingested:[/] {r.error}")
+    else:
+        state = "skipped (already ingested)" if r.skipped else "ingested"
+        err.print(f"[dim]{state}[/] {r.source_file} [dim]as {r.reader} → {r.kind}[/]")
+
+
+# ------------------------------------------------------------------------ sql
+@app.command()
+def sql(
+    query: str = typer.Argument(
+        ...,
+        help="A read-only SQL query over the views (sft, pairs, rankings, quarantine, "
+        "duplicates, ingest_runs, near_duplicates, scored_*).",
+    ),
+    store: str | None = StoreOpt,
+    out: Path | None = typer.Option(
+        None, help="Write the result to FILE (.csv, .parquet or .json) instead of printing."
+    ),
+    limit: int = typer.Option(50, help="Rows to print (0 = all)."),
+) -> None:
+    """Query the store with DuckDB SQL (read-only; never blocks a running writer)."""
+    from curation.sql import SQLRefused
+    from curation.sql import query as run_query
+
+    st = open_store(store)
+    try:
+        table = run_query(st, query)
+    except SQLRefused as exc:
+        fail(str(exc), 2)
+        return
+    except Exception as exc:  # duckdb errors carry a good message; show it plainly
+        fail(str(exc).strip(), 2)
+        return
+    if out is None:
+        print_table(table, limit or None)
+        return
+    write_table(table, out)
+    console.print(f"{table.num_rows} rows → {out}")
+
+
+def write_table(table, out: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    suffix = out.suffix.lower()
+    if suffix == ".parquet":
+        pq.write_table(table, out)
+    elif suffix == ".csv":
+        pacsv.write_csv(table, out)
+    elif suffix in (".json", ".jsonl"):
+        import orjson
+
+        with open(out, "wb") as fh:
+            for row in table.to_pylist():
+                fh.write(orjson.dumps(row, default=str) + b"\n")
+    else:
+        fail(f"--out {out}: unknown extension; use .csv, .parquet or .json")
+
+
+# ---------------------------------------------------------------------- stats
+@app.command()
+def stats(store: str | None = StoreOpt) -> None:
+    """Counts per kind and source, quarantine reasons, duplicates and score coverage."""
+    from curation.sql import query as run_query
+
+    st = open_store(store)
+    print_table(
+        run_query(
+            st,
+            """
+        SELECT source, kind, sum(rows_read) AS rows_read, sum(records_out) AS records, sum(accepted) AS accepted,
+               sum(quarantined) AS quarantined, sum(duplicates) AS duplicates
+        FROM ingest_runs GROUP BY ALL ORDER BY kind, source""",
+        ),
+        None,
+        "records by source",
+    )
+    print_table(
+        run_query(
+            st,
+            """
+        SELECT source, field, regexp_replace(reason, '[0-9]+', 'N', 'g') AS reason, count(*) AS rows
+        FROM quarantine GROUP BY ALL ORDER BY rows DESC""",
+        ),
+        30,
+        "quarantine reasons",
+    )
+    print_table(
+        run_query(
+            st,
+            """
+        SELECT kind, count(*) FILTER (WHERE NOT representative) AS near_duplicates,
+               count(DISTINCT cluster) AS clusters FROM near_duplicates GROUP BY kind""",
+        ),
+        None,
+        "near-duplicate prompts",
+    )
+
+
+def _register_subcommands() -> None:
+    """Commands owned by other packages: scoring, curation builds, training, orchestration."""
+    from curation.build_cli import register as register_build
+    from curation.scoring.cli import register as register_score
+    from flows.cli import register as register_flows
+    from training.cli import register as register_train
+
+    for register in (register_score, register_build, register_train, register_flows):
+        register(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except StoreError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)

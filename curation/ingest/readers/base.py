@@ -1,0 +1,113 @@
+"""What every reader is: a named converter from one input row to canonical records.
+
+A reader looks at one parsed row (a dict) and returns zero or more canonical
+records (dicts with the content fields of its kind plus ``meta``), or raises
+``RowError`` naming the field and the reason. It never sees provenance; the
+pipeline adds that.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from schemas import Kind
+
+Message = dict[str, str]
+Record = dict[str, Any]
+
+
+class RowError(ValueError):
+    """A row that cannot be normalised: names the field and the reason."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Reader(ABC):
+    """Base class: subclasses set ``name``/``kind`` and implement ``convert`` and ``sniff``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    #: one line for `curate ingest --help` and error messages
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    @abstractmethod
+    def sniff(cls, row: Mapping[str, Any]) -> bool:
+        """True if ``row`` looks like this reader's format."""
+
+    @abstractmethod
+    def convert(self, row: Mapping[str, Any]) -> list[Record]:
+        """Canonical records for one row (raise RowError for a bad row)."""
+
+    def options(self) -> dict[str, Any]:
+        """Options that change the output (part of the ingest unit key)."""
+        return {}
+
+
+# ------------------------------------------------------------------ helpers
+def require(row: Mapping[str, Any], field: str) -> Any:
+    if field not in row or row[field] is None:
+        raise RowError(field, "missing")
+    return row[field]
+
+
+def text(value: Any, field: str, allow_empty: bool = False) -> str:
+    """A string field; numbers are accepted as text, anything else is an error."""
+    if isinstance(value, bool) or value is None:
+        raise RowError(field, f"expected text, got {type(value).__name__ if value is not None else 'null'}")
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        raise RowError(field, f"expected text, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RowError(field, "empty text")
+    return value
+
+
+def msg(role: str, content: str) -> Message:
+    return {"role": role, "content": content}
+
+
+def split_prompt(messages: list[Message], field: str) -> tuple[list[Message], list[Message]]:
+    """Split a conversation into (prompt up to the last non-assistant turn, final assistant turns)."""
+    cut = len(messages)
+    while cut > 0 and messages[cut - 1]["role"] == "assistant":
+        cut -= 1
+    if cut == len(messages):
+        raise RowError(field, "conversation does not end with an assistant turn")
+    if cut == 0:
+        raise RowError(field, "conversation has no user turn before the response")
+    return messages[:cut], messages[cut:]
+
+
+def common_prefix(a: list[Message], b: list[Message]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pair_from_conversations(chosen: list[Message], rejected: list[Message], field: str) -> Record:
+    """A pair from two whole conversations that share a prefix (HH-RLHF, implicit-prompt TRL)."""
+    n = common_prefix(chosen, rejected)
+    # The shared prefix ends at the last user turn; responses are what follows.
+    while n > 0 and chosen[n - 1]["role"] == "assistant":
+        n -= 1
+    prompt, c_tail, r_tail = chosen[:n], chosen[n:], rejected[n:]
+    if not prompt:
+        raise RowError(field, "chosen and rejected share no prompt")
+    if not c_tail or not r_tail:
+        raise RowError(field, "one of chosen/rejected has no response after the shared prompt")
+    return {"prompt": prompt, "chosen": c_tail, "rejected": r_tail, "strength": None, "meta": {}}
+
+
+def extra_meta(row: Mapping[str, Any], used: set[str]) -> dict[str, Any]:
+    """Fields of the row no canonical column holds."""
+    return {k: v for k, v in row.items() if k not in used}

@@ -1,0 +1,230 @@
+"""Conversation readers: OpenAI messages and ShareGPT (both SFT and pair variants)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from curation.ingest.readers.base import (
+    Message,
+    Reader,
+    Record,
+    RowError,
+    extra_meta,
+    msg,
+    pair_from_conversations,
+    split_prompt,
+    text,
+)
+
+#: Every role name seen in the wild, mapped to a canonical role.
+ROLE_MAP = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "function_call": "assistant",
+    "tool_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+    "ipython": "tool",
+}
+
+
+def content_text(content: Any, field: str) -> str:
+    """String content, or the text parts of an OpenAI list-of-parts content joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping):
+                kind = part.get("type", "text")
+                if kind != "text":
+                    raise RowError(f"{field}[{j}].type", f"unsupported content part {kind!r} (only text)")
+                value = part.get("text", part.get("value"))
+                parts.append(text(value, f"{field}[{j}].text", allow_empty=True))
+            else:
+                raise RowError(f"{field}[{j}]", f"expected a content part, got {type(part).__name__}")
+        return "\n".join(parts)
+    raise RowError(
+        field,
+        f"expected text or a list of parts, got {type(content).__name__ if content is not None else 'null'}",
+    )
+
+
+def normalize_messages(
+    turns: Any, field: str, role_key: str = "role", content_key: str = "content"
+) -> list[Message]:
+    """Canonical messages from a list of turn objects; roles mapped, empty turns rejected."""
+    if not isinstance(turns, list):
+        raise RowError(
+            field, f"expected a list of turns, got {type(turns).__name__ if turns is not None else 'null'}"
+        )
+    if not turns:
+        raise RowError(field, "empty conversation")
+    out: list[Message] = []
+    for i, turn in enumerate(turns):
+        where = f"{field}[{i}]"
+        if not isinstance(turn, Mapping):
+            raise RowError(where, f"expected an object, got {type(turn).__name__}")
+        raw_role = turn.get(role_key)
+        if not isinstance(raw_role, str):
+            raise RowError(f"{where}.{role_key}", "missing role")
+        role = ROLE_MAP.get(raw_role.strip().lower())
+        if role is None:
+            raise RowError(f"{where}.{role_key}", f"unknown role {raw_role!r}")
+        content = content_text(turn.get(content_key), f"{where}.{content_key}")
+        if role == "assistant" and turn.get("tool_calls") and not content.strip():
+            import orjson
+
+            content = orjson.dumps(turn["tool_calls"]).decode()
+        if not content.strip():
+            raise RowError(f"{where}.{content_key}", "empty turn")
+        out.append(msg(role, content))
+    return out
+
+
+def with_system(system: Any, messages: list[Message]) -> list[Message]:
+    if isinstance(system, str) and system.strip() and (not messages or messages[0]["role"] != "system"):
+        return [msg("system", system), *messages]
+    return messages
+
+
+class MessagesReader(Reader):
+    """OpenAI chat format: ``{"messages": [{"role", "content"}]}`` (content as text or parts)."""
+
+    name = "messages"
+    kind = "sft"
+    summary = "OpenAI messages: {messages: [{role, content}]} (string or list-of-parts content)"
+
+    @classmethod
+    def sniff(cls, row: Mapping[str, Any]) -> bool:
+        m = row.get("messages")
+        return (
+            isinstance(m, list)
+            and bool(m)
+            and isinstance(m[0], Mapping)
+            and "role" in m[0]
+            and "chosen" not in row
+        )
+
+    def convert(self, row: Mapping[str, Any]) -> list[Record]:
+        messages = normalize_messages(row.get("messages"), "messages")
+        split_prompt(messages, "messages")  # must end with an assistant turn after a user turn
+        return [{"messages": messages, "meta": extra_meta(row, {"messages"})}]
+
+
+class ShareGPTReader(Reader):
+    """ShareGPT: ``{"conversations": [{"from", "value"}], "system"?, "tools"?}``."""
+
+    name = "sharegpt"
+    kind = "sft"
+    summary = "ShareGPT: {conversations: [{from, value}]}; roles human/gpt/system/function_call/observation"
+
+    @classmethod
+    def sniff(cls, row: Mapping[str, Any]) -> bool:
+        c = row.get("conversations")
+        return (
+            isinstance(c, list)
+            and bool(c)
+            and isinstance(c[0], Mapping)
+            and "from" in c[0]
+            and "chosen" not in row
+        )
+
+    def convert(self, row: Mapping[str, Any]) -> list[Record]:
+        messages = normalize_messages(row.get("conversations"), "conversations", "from", "value")
+        messages = with_system(row.get("system"), messages)
+        split_prompt(messages, "conversations")
+        return [{"messages": messages, "meta": extra_meta(row, {"conversations", "system"})}]
+
+
+class ShareGPTPairReader(Reader):
+    """ShareGPT preference: conversations plus ``chosen``/``rejected`` turn objects."""
+
+    name = "sharegpt_pair"
+    kind = "pair"
+    summary = "ShareGPT pairs: {conversations, chosen: {from, value}, rejected: {from, value}}"
+
+    @classmethod
+    def sniff(cls, row: Mapping[str, Any]) -> bool:
+        return isinstance(row.get("conversations"), list) and isinstance(row.get("chosen"), Mapping | list)
+
+    def convert(self, row: Mapping[str, Any]) -> list[Record]:
+        prompt = with_system(
+            row.get("system"), normalize_messages(row.get("conversations"), "conversations", "from", "value")
+        )
+        if prompt[-1]["role"] == "assistant":
+            raise RowError("conversations", "prompt ends with an assistant turn")
+        sides = {}
+        for side in ("chosen", "rejected"):
+            value = row.get(side)
+            turns = value if isinstance(value, list) else [value] if value is not None else None
+            sides[side] = normalize_messages(turns, side, "from", "value")
+            if any(m["role"] != "assistant" for m in sides[side]):
+                raise RowError(side, "response turns must come from the assistant (gpt)")
+        return [
+            {
+                "prompt": prompt,
+                "chosen": sides["chosen"],
+                "rejected": sides["rejected"],
+                "strength": None,
+                "meta": extra_meta(row, {"conversations", "system", "chosen", "rejected"}),
+            }
+        ]
+
+
+class TRLPreferenceReader(Reader):
+    """TRL preference: ``prompt``/``chosen``/``rejected`` as strings or messages (explicit or implicit prompt)."""
+
+    name = "trl"
+    kind = "pair"
+    summary = "TRL preference: {prompt?, chosen, rejected} as strings or message lists"
+
+    @classmethod
+    def sniff(cls, row: Mapping[str, Any]) -> bool:
+        c, r = row.get("chosen"), row.get("rejected")
+        if isinstance(c, str) and isinstance(r, str):
+            return "prompt" in row or "instruction" not in row
+        return isinstance(c, list) and isinstance(r, list)
+
+    def convert(self, row: Mapping[str, Any]) -> list[Record]:
+        meta = extra_meta(row, {"prompt", "chosen", "rejected", "messages"})
+        prompt_raw = row.get("prompt")
+        if prompt_raw is None:  # implicit prompt: two whole conversations
+            chosen = normalize_messages(row.get("chosen"), "chosen")
+            rejected = normalize_messages(row.get("rejected"), "rejected")
+            rec = pair_from_conversations(chosen, rejected, "chosen")
+            rec["meta"] = meta
+            return [rec]
+        if isinstance(prompt_raw, str):
+            prompt = [msg("user", text(prompt_raw, "prompt"))]
+        else:
+            prompt = normalize_messages(prompt_raw, "prompt")
+        sides = {}
+        for side in ("chosen", "rejected"):
+            value = row.get(side)
+            sides[side] = (
+                [msg("assistant", text(value, side))]
+                if isinstance(value, str)
+                else normalize_messages(value, side)
+            )
+        return [
+            {
+                "prompt": prompt,
+                "chosen": sides["chosen"],
+                "rejected": sides["rejected"],
+                "strength": None,
+                "meta": meta,
+            }
+        ]

@@ -1,0 +1,210 @@
+"""Raw rows out of input files: JSON, JSONL, .gz, Parquet, CSV; files, globs or folders.
+
+A source never raises on a bad row: a line that is not valid JSON (or not valid
+UTF-8, or not an object) comes out as a ``RawRow`` with ``error`` set and the
+raw text kept, so the pipeline can quarantine it and go on with the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+#: Formats a file can be read as (``auto`` looks at the extension, then the first byte).
+FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
+_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+#: Largest raw text kept verbatim in quarantine (the rest is summarised, never silently cut).
+RAW_KEEP = 1_000_000
+
+
+class SourceError(ValueError):
+    """The file as a whole cannot be read (missing, unknown format, not JSON at all)."""
+
+
+@dataclass(slots=True)
+class RawRow:
+    """One input row: its number in the file, the parsed object or the error, and the raw text."""
+
+    row: int
+    value: dict[str, Any] | None
+    raw: str | None = None
+    error: str | None = None
+
+    def raw_text(self) -> str:
+        text = self.raw if self.raw is not None else orjson.dumps(self.value, default=str).decode()
+        if len(text) > RAW_KEEP:
+            return text[:RAW_KEEP] + f"... [{len(text) - RAW_KEEP} more characters, see the source file]"
+        return text
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files named directly, by glob, or inside folders (recursively), sorted, without repeats."""
+    out: list[Path] = []
+    for p in paths:
+        matches = [Path(m) for m in sorted(glob.glob(p, recursive=True))] if glob.has_magic(p) else [Path(p)]
+        if not matches:
+            raise SourceError(f"{p}: no file matches this pattern")
+        for m in matches:
+            if m.is_dir():
+                out.extend(f for f in sorted(m.rglob("*")) if f.is_file() and _data_suffix(f))
+            elif m.exists():
+                out.append(m)
+            else:
+                raise SourceError(f"{m}: no such file")
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _data_suffix(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return _SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
+    if head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
+    return fh
+
+
+def detect_format(path: Path) -> str:
+    fmt = _data_suffix(path)
+    if fmt:
+        return fmt
+    with _open_bytes(path) as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"["):
+        return "json"
+    if head.startswith(b"{"):
+        return "jsonl"
+    raise SourceError(f"{path}: cannot tell the format from the name or content; pass --format")
+
+
+def read_rows(path: Path, fmt: str = "auto", batch_size: int = 50_000) -> Iterator[RawRow]:
+    """Every row of ``path`` as a RawRow, in file order."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "jsonl":
+        yield from _jsonl(path)
+    elif fmt == "json":
+        yield from _json(path)
+    elif fmt == "parquet":
+        yield from _parquet(path, batch_size)
+    elif fmt == "csv":
+        yield from _csv(path)
+    else:
+        raise SourceError(f"{path}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _decode_object(data: bytes | str, row: int) -> RawRow:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        reason = str(exc).split(": line")[0]
+        if isinstance(data, bytes):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                reason = f"invalid UTF-8 at byte {uexc.start}"
+        return RawRow(row, None, text, f"malformed JSON: {reason}")
+    except RecursionError:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return RawRow(row, None, text, "malformed JSON: nested too deeply")
+    if not isinstance(value, dict):
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return RawRow(row, None, text, f"expected a JSON object, got {type(value).__name__}")
+    return RawRow(row, value)
+
+
+def _jsonl(path: Path) -> Iterator[RawRow]:
+    with _open_bytes(path) as fh:
+        row = 0
+        for line in fh:
+            if row == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            stripped = line.strip()
+            if not stripped:
+                row += 1
+                continue
+            yield _decode_object(stripped, row)
+            row += 1
+
+
+def _json(path: Path) -> Iterator[RawRow]:
+    with _open_bytes(path) as fh:
+        data = fh.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # Not one JSON document: perhaps JSON Lines with a .json name.
+        if data.lstrip().startswith(b"{") and b"\n" in data.strip():
+            yield from _jsonl(path)
+            return
+        raise SourceError(f"{path}: not valid JSON ({exc}); fix the file or pass --format jsonl") from exc
+    if isinstance(value, dict):
+        # A single object, or {"data": [...]}-style wrappers with exactly one list of objects.
+        lists = [v for v in value.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        value = lists[0] if len(lists) == 1 and len(value) <= 3 else [value]
+    if not isinstance(value, list):
+        raise SourceError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if isinstance(item, dict):
+            yield RawRow(i, item)
+        else:
+            yield RawRow(
+                i, None, orjson.dumps(item).decode(), f"expected a JSON object, got {type(item).__name__}"
+            )
+
+
+def _parquet(path: Path, batch_size: int) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for item in batch.to_pylist():
+            yield RawRow(row, item)
+            row += 1
+
+
+def _csv(path: Path) -> Iterator[RawRow]:
+    csv.field_size_limit(min(2**31 - 1, os.sys.maxsize))
+    with _open_bytes(path) as fb:
+        text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="replace", newline="")
+        reader = csv.DictReader(text)
+        for i, rec in enumerate(reader):
+            if None in rec:
+                extra = rec.pop(None)
+                yield RawRow(
+                    i,
+                    None,
+                    orjson.dumps({**rec, "_extra": extra}).decode(),
+                    f"CSV row has {len(extra)} more fields than the header",
+                )
+                continue
+            yield RawRow(i, dict(rec))

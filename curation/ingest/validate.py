@@ -1,0 +1,212 @@
+"""Great Expectations suites per kind, run on derived scalar columns of each batch.
+
+GX has no polars engine and cannot look inside nested columns, so each batch
+of canonical records becomes a pandas frame of derived scalars (turn counts,
+role-order verdict, lengths, chosen == rejected, grades present) that the
+suite checks. Failing rows come back with the name of the failed check, which
+becomes the quarantine reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from schemas import Kind
+
+#: Default upper bound on a record's characters (prompt + longest response), about
+#: 5k tokens: above every record of the real datasets in ../shared/data (max 15.6k),
+#: below the runaway 26k-character reply in the OpenAI cookbook's bad-format example.
+#: Configurable with --max-chars.
+DEFAULT_MAX_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation: the derived column, its GX expectation and the quarantine reason."""
+
+    column: str
+    expectation: str
+    kwargs: dict[str, Any]
+    reason: str
+
+
+def role_order_problem(messages: Sequence[dict[str, str]]) -> str:
+    """'' if the role sequence makes sense, else what is wrong with it."""
+    if not messages:
+        return "no turns"
+    roles = [m["role"] for m in messages]
+    if "system" in roles[1:]:
+        return "system turn after the start"
+    body = roles[1:] if roles[0] == "system" else roles
+    if not body or body[0] != "user":
+        return "first turn after the system prompt is not a user turn"
+    for prev, cur in zip(body, body[1:], strict=False):
+        if cur == "tool" and prev not in ("assistant", "tool"):
+            return "tool turn that does not follow an assistant call"
+    return ""
+
+
+def _min_turn(messages: Sequence[dict[str, str]]) -> int:
+    return min((len(m["content"].strip()) for m in messages), default=0)
+
+
+def _empty_at(**fields: Sequence[dict[str, str]]) -> str:
+    """Location of the first empty turn, e.g. ``chosen[0].content``; '' if none."""
+    for name, messages in fields.items():
+        for i, m in enumerate(messages):
+            if not m["content"].strip():
+                return f"{name}[{i}].content"
+    return ""
+
+
+def _chars(messages: Sequence[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def derive(kind: Kind, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Scalar columns GX can check, one row per record."""
+    rows = []
+    for r in records:
+        if kind == "sft":
+            msgs = r["messages"]
+            problem = role_order_problem(msgs) or (
+                "" if msgs[-1]["role"] == "assistant" else "does not end with an assistant turn"
+            )
+            rows.append(
+                {
+                    "id": r["id"],
+                    "min_turn_chars": _min_turn(msgs),
+                    "role_order": problem or "ok",
+                    "field": _empty_at(messages=msgs) or "messages",
+                    "total_chars": _chars(msgs),
+                    "n_turns": len(msgs),
+                }
+            )
+        elif kind == "pair":
+            p, c, j = r["prompt"], r["chosen"], r["rejected"]
+            problem = role_order_problem(p) or (
+                "" if p[-1]["role"] in ("user", "tool") else "prompt does not end with a user turn"
+            )
+            if not problem and any(m["role"] != "assistant" for m in c + j if m["role"] != "tool"):
+                problem = "responses contain non-assistant turns"
+            rows.append(
+                {
+                    "id": r["id"],
+                    "min_turn_chars": min(_min_turn(p), _min_turn(c), _min_turn(j)),
+                    "role_order": problem or "ok",
+                    "total_chars": _chars(p) + max(_chars(c), _chars(j)),
+                    "field": _empty_at(prompt=p, chosen=c, rejected=j) or "prompt,chosen,rejected",
+                    "responses_differ": c != j,
+                }
+            )
+        else:
+            p, cands = r["prompt"], r["candidates"]
+            problem = role_order_problem(p) or (
+                "" if p[-1]["role"] in ("user", "tool") else "prompt does not end with a user turn"
+            )
+            contents = [c["content"] for c in cands]
+            rows.append(
+                {
+                    "id": r["id"],
+                    "min_turn_chars": min(_min_turn(p), min((len(c.strip()) for c in contents), default=0)),
+                    "role_order": problem or "ok",
+                    "field": _empty_at(prompt=p) or "candidates",
+                    "total_chars": _chars(p) + max((len(c) for c in contents), default=0),
+                    "n_candidates": len(cands),
+                    "grades_present": all(c.get("grade") is not None for c in cands),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def checks(kind: Kind, max_chars: int) -> list[Check]:
+    common = [
+        Check("min_turn_chars", "ExpectColumnValuesToBeBetween", {"min_value": 1}, "empty turn"),
+        Check("role_order", "ExpectColumnValuesToBeInSet", {"value_set": ["ok"]}, "role order"),
+        Check(
+            "total_chars",
+            "ExpectColumnValuesToBeBetween",
+            {"min_value": 1, "max_value": max_chars},
+            f"length out of bounds (1..{max_chars} characters)",
+        ),
+        Check("id", "ExpectColumnValuesToBeUnique", {}, "duplicate id inside the batch"),
+    ]
+    if kind == "pair":
+        common.append(
+            Check(
+                "responses_differ", "ExpectColumnValuesToBeInSet", {"value_set": [True]}, "chosen == rejected"
+            )
+        )
+    if kind == "ranking":
+        common += [
+            Check(
+                "n_candidates", "ExpectColumnValuesToBeBetween", {"min_value": 2}, "fewer than 2 candidates"
+            ),
+            Check("grades_present", "ExpectColumnValuesToBeInSet", {"value_set": [True]}, "grades missing"),
+        ]
+    return common
+
+
+class Validator:
+    """Runs a kind's suite over batches; reuses one ephemeral GX context per validator."""
+
+    def __init__(self, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS) -> None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        import great_expectations as gx
+
+        self.gx = gx
+        self.kind = kind
+        self.max_chars = max_chars
+        self.checks = checks(kind, max_chars)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.context = gx.get_context(mode="ephemeral")
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._n = 0
+
+    def failures(self, records: Sequence[dict[str, Any]]) -> dict[int, tuple[str, str]]:
+        """Index of each failing record -> (field, reason). The first failing check wins."""
+        if not records:
+            return {}
+        frame = derive(self.kind, records).reset_index(names="_row")
+        gx = self.gx
+        self._n += 1
+        source = self.context.data_sources.add_pandas(f"batch_{self._n}")
+        asset = source.add_dataframe_asset(name="records")
+        batch_def = asset.add_batch_definition_whole_dataframe("all")
+        suite = self.context.suites.add(gx.ExpectationSuite(name=f"{self.kind}_{self._n}"))
+        for chk in self.checks:
+            suite.add_expectation(getattr(gx.expectations, chk.expectation)(column=chk.column, **chk.kwargs))
+        vd = self.context.validation_definitions.add(
+            gx.ValidationDefinition(data=batch_def, suite=suite, name=f"v_{self.kind}_{self._n}")
+        )
+        result = vd.run(
+            batch_parameters={"dataframe": frame},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
+        )
+        out: dict[int, tuple[str, str]] = {}
+        by_column = {c.column: c for c in self.checks}
+        for res in result.results:
+            column = res.expectation_config.kwargs["column"]
+            chk = by_column[column]
+            for item in res.result.get("unexpected_index_list") or []:
+                i = int(item["_row"])
+                if i in out:
+                    continue
+                detail = frame.at[i, column]
+                reason = chk.reason if column != "role_order" else f"role order: {detail}"
+                if column == "total_chars":
+                    reason = f"{chk.reason}: {detail} characters"
+                out[i] = (str(frame.at[i, "field"]), reason)
+        self.context.data_sources.delete(f"batch_{self._n}")
+        return out

@@ -1,0 +1,1 @@
+"""Scorers: per-record quality scores written to the store, keyed for caching."""

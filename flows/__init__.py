@@ -1,0 +1,1 @@
+"""Prefect flows: ingest, score, build, train and the end-to-end pipeline."""

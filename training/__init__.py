@@ -1,0 +1,1 @@
+"""Bundled trainers: SFT with UAL smoothing, RESCUE ranking, quality-aware reward model."""
