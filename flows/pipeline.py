@@ -1,0 +1,205 @@
+"""Prefect flows: ingest, score, build (+ report), train, and the end-to-end pipeline.
+
+The flows are thin glue over plain functions (curation.ingest, curation.dedup,
+curation.scoring, curation.build, curation.report, training): they expand the
+inputs, call one coarse task per file / kind / scorer / build, and publish
+counts and the report link as Prefect artifacts. A step whose library module
+is not installed in this checkout is skipped with a warning naming the missing
+function, never faked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.futures import wait
+
+from curation.store import Store
+from flows import tasks
+from flows.caching import result_storage
+
+#: The functions each step calls; a step runs only when its function can be imported.
+STEP_FUNCTIONS = {
+    "score": ("curation.scoring", "run_scorer"),
+    "build": ("curation.build", "build"),
+    "report": ("curation.report", "render_report"),
+    "train": ("training", "train"),
+}
+
+
+def step_available(step: str) -> bool:
+    module, name = STEP_FUNCTIONS[step]
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
+
+
+def _skip(step: str) -> None:
+    module, name = STEP_FUNCTIONS[step]
+    get_run_logger().warning(
+        "step %r skipped: %s.%s is not available in this installation", step, module, name
+    )
+
+
+def _bound(task_, store: Store):
+    """The task with its results (and cache records) persisted inside ``store``."""
+    return task_.with_options(result_storage=result_storage(store))
+
+
+def _call(task_, steps: list[dict[str, str]], label: str, *args: Any) -> Any:
+    """Run a task inline, record its final state name ("Completed", "Cached", ...) under ``label``."""
+    state = task_(*args, return_state=True)
+    steps.append({"task": label, "state": state.name})
+    return state.result()
+
+
+# ------------------------------------------------------------------- ingest
+@flow(name="curate-ingest", log_prints=True)
+def ingest_flow(
+    store: str,
+    inputs: list[str],
+    reader: str = "auto",
+    format: str = "auto",
+    source: str | None = None,
+    near_threshold: float = 0.8,
+) -> dict[str, Any]:
+    """Ingest files, globs or folders (one cached task per file), then recompute near-duplicates per kind."""
+    from curation.ingest.sources import expand_paths
+
+    st = Store(store)
+    options = {"reader": reader, "format": format, "source": source}
+    files = [str(p) for p in expand_paths(inputs)]
+    steps: list[dict[str, str]] = []
+    # one writer at a time: the store's writer lock serialises ingest and dedup anyway
+    ingest = _bound(tasks.ingest_file, st)
+    rows = [_call(ingest, steps, f"ingest {Path(f).name}", str(st.root), f, options) for f in files]
+    dedup = _bound(tasks.near_dedup, st)
+    kinds = sorted({r["kind"] for r in rows})
+    near_rows = [_call(dedup, steps, f"near-dedup {k}", str(st.root), k, near_threshold) for k in kinds]
+    create_table_artifact(
+        key="ingest-counts",
+        table=[
+            {
+                k: r[k]
+                for k in ("source", "kind", "reader", "rows_read", "accepted", "quarantined", "duplicates")
+            }
+            for r in rows
+        ],
+        description=f"Ingest into {st.root}: rows per input file",
+    )
+    return {
+        "files": rows,
+        "near_duplicates": {r["kind"]: r["near_duplicates"] for r in near_rows},
+        "steps": steps,
+    }
+
+
+# ------------------------------------------------------------------- scoring
+@flow(name="curate-score", log_prints=True)
+def score_flow(store: str, scorers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run scorers (each a cached task keyed on its version, model fingerprint, params and the data it reads).
+
+    Scorers are submitted together, so a parallel task runner (prefect-ray's
+    RayTaskRunner, see flows/ray.py) runs them side by side.
+    """
+    if not step_available("score"):
+        _skip("score")
+        return {}
+    from curation import scoring
+
+    st = Store(store)
+    scorers = scorers if scorers is not None else dict(getattr(scoring, "DEFAULT_SCORERS", {}))
+    kinds_of = getattr(scoring, "scorer_kinds", None)
+    score = _bound(tasks.score, st)
+    futures = {
+        name: score.submit(
+            str(st.root), name, params, list(kinds_of(name)) if kinds_of else list(tasks.KINDS)
+        )
+        for name, params in scorers.items()
+    }
+    wait(list(futures.values()))
+    results = {name: f.result() for name, f in futures.items()}
+    steps = [{"task": f"score {name}", "state": f.state.name} for name, f in futures.items()]
+    st.refresh_catalog()
+    return {"scorers": results, "steps": steps}
+
+
+# --------------------------------------------------------------------- build
+@flow(name="curate-build", log_prints=True)
+def build_flow(
+    store: str, policy: str, name: str = "default", report_out: str | None = None
+) -> dict[str, Any]:
+    """Build shards from a policy file (cached on the policy's hash and the active scores), then the report."""
+    if not step_available("build"):
+        _skip("build")
+        return {}
+    st = Store(store)
+    policy = str(Path(policy).absolute())
+    steps: list[dict[str, str]] = []
+    built = _call(_bound(tasks.build, st), steps, f"build {name}", str(st.root), policy, name)
+    out: dict[str, Any] = {"build": built, "steps": steps}
+    if step_available("report"):
+        target = report_out or str(st.root / "reports" / f"{name}.html")
+        rep = _call(_bound(tasks.report, st), steps, f"report {name}", str(st.root), name, target)
+        out["report"] = rep["report"]
+        create_link_artifact(
+            key=f"report-{name}".lower().replace("_", "-"),
+            link=Path(rep["report"]).as_uri(),
+            description=f"Curation report of build {name!r}",
+        )
+    else:
+        _skip("report")
+    return out
+
+
+# --------------------------------------------------------------------- train
+@flow(name="curate-train", log_prints=True)
+def train_flow(store: str, name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on a build's shards (cached on the manifest, the config and the base model's fingerprint)."""
+    if not step_available("train"):
+        _skip("train")
+        return {}
+    st = Store(store)
+    steps: list[dict[str, str]] = []
+    result = _call(_bound(tasks.train, st), steps, f"train {name}", str(st.root), name, config or {})
+    return {"train": result, "steps": steps}
+
+
+# ------------------------------------------------------------------ pipeline
+@flow(name="curate-pipeline", log_prints=True)
+def pipeline_flow(
+    store: str,
+    inputs: list[str],
+    scorers: dict[str, dict[str, Any]] | None = None,
+    policy: str | None = None,
+    name: str = "default",
+    report_out: str | None = None,
+    train: dict[str, Any] | None = None,
+    near_threshold: float = 0.8,
+) -> dict[str, Any]:
+    """Ingest -> score -> build + report -> (optionally) train, end to end."""
+    out: dict[str, Any] = {"store": str(Store(store).root)}
+    out["ingest"] = ingest_flow(store, inputs, near_threshold=near_threshold)
+    out["score"] = score_flow(store, scorers)
+    if policy:
+        out["build"] = build_flow(store, policy, name, report_out)
+    if train is not None and out.get("build"):
+        out["train"] = train_flow(store, name, train)
+    out["steps"] = [s for part in out.values() if isinstance(part, dict) for s in part.get("steps", [])]
+    return out
+
+
+@flow(name="curate-landing", log_prints=True)
+def landing_flow(
+    store: str, landing: str, scorers: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Scheduled: ingest every new file of a landing folder and score it (unchanged files are cache hits)."""
+    if not any(Path(landing).iterdir()):
+        get_run_logger().info("landing folder %s is empty; nothing to do", landing)
+        return {}
+    return {"ingest": ingest_flow(store, [landing]), "score": score_flow(store, scorers)}

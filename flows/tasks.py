@@ -1,0 +1,218 @@
+"""Coarse Prefect tasks: each wraps one plain function of the library and passes only paths and small dicts.
+
+Every task caches on content (see flows/caching.py) and persists its result in
+the store, so re-running an unchanged pipeline does no work and a changed input
+redoes only the tasks that read it. Transient failures (the store's writer
+lock held by another process, I/O errors, an HTTP judge endpoint timing out or
+answering 429/5xx) are retried with exponential backoff; bad data is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from curation.store import Store, StoreLocked
+from flows.caching import content_cache, digest, file_digest, kind_data_key
+
+RETRIES = 3
+BACKOFF = exponential_backoff(backoff_factor=5)  # 5, 10, 20 s (with Prefect's jitter)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: contention, I/O hiccups, or a remote endpoint that may answer next time."""
+    if isinstance(exc, StoreLocked | TimeoutError | ConnectionError):
+        return True
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is a core dependency
+        return False
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    return False
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the failed state re-raises the task's exception
+        return is_transient(exc)
+    return False
+
+
+def _task(key_fn, **overrides):
+    options: dict[str, Any] = {
+        "cache_policy": content_cache(key_fn),
+        "persist_result": True,
+        "retries": RETRIES,
+        "retry_delay_seconds": BACKOFF,
+        "retry_condition_fn": _retry_if_transient,
+    }
+    return task(**(options | overrides))
+
+
+# ------------------------------------------------------------------- ingest
+def ingest_key(store_root: str, path: str, options: dict[str, Any]) -> str:
+    from schemas import SCHEMA_VERSION
+
+    return digest("ingest", store_root, file_digest(path), options, SCHEMA_VERSION)
+
+
+@_task(ingest_key, task_run_name="ingest {path}")
+def ingest_file(store_root: str, path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Ingest one file (curation.ingest.pipeline.ingest_paths); returns its accounting row."""
+    from curation.ingest.pipeline import IngestOptions, ingest_paths
+
+    store = Store(store_root)
+    [res] = ingest_paths(store, [path], IngestOptions(**options))
+    if res.error:
+        raise ValueError(res.error)
+    return asdict(res)
+
+
+# ---------------------------------------------------------------- near-dedup
+def near_dedup_key(store_root: str, kind: str, threshold: float) -> str:
+    return digest("near-dedup", store_root, kind, threshold, kind_data_key(Store(store_root), kind))
+
+
+@_task(near_dedup_key, task_run_name="near-dedup {kind}")
+def near_dedup(store_root: str, kind: str, threshold: float) -> dict[str, Any]:
+    """Recompute the MinHash near-duplicate prompt clusters of one kind (curation.dedup)."""
+    from curation.dedup import MinHashParams, mark_near_duplicates
+
+    store = Store(store_root)
+    with store.writer_lock(f"near-dedup {kind}"):
+        counts = mark_near_duplicates(store, [kind], MinHashParams(threshold=threshold))
+        store.refresh_catalog()
+    return {"kind": kind, "near_duplicates": counts.get(kind, 0)}
+
+
+# ------------------------------------------------------------------- scoring
+def package_code_key(package: str) -> str:
+    """Hash of a package's Python sources: a scorer/trainer code change invalidates its cached runs."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return "absent"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(root.rglob("*.py"))
+    return digest("code", [(str(f.relative_to(root)), file_digest(f)) for f in files])
+
+
+def model_key(params: dict[str, Any]) -> str | None:
+    """Fingerprint of the model a scorer uses (config + weights), or None when it uses none."""
+    model = params.get("model")
+    if not model:
+        return None
+    from curation.models import ModelSpec, fingerprint
+
+    spec = ModelSpec(
+        model,
+        trust_remote_code=bool(params.get("trust_remote_code", False)),
+        allow_network=bool(params.get("allow_network", False)),
+    )
+    return fingerprint(spec.path())
+
+
+def score_key(store_root: str, scorer: str, params: dict[str, Any], kinds: list[str]) -> str:
+    store = Store(store_root)
+    data = {k: kind_data_key(store, k) for k in kinds}
+    return digest(
+        "score", store_root, scorer, params, model_key(params), package_code_key("curation.scoring"), data
+    )
+
+
+@_task(score_key, task_run_name="score {scorer}")
+def score(store_root: str, scorer: str, params: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
+    """Run one scorer over the records of ``kinds`` (curation.scoring.run_scorer)."""
+    from curation.scoring import run_scorer
+
+    out = run_scorer(Store(store_root), scorer, **params)
+    return {"scorer": scorer, "result": _plain(out)}
+
+
+# --------------------------------------------------------------------- build
+def build_key(store_root: str, policy: str, name: str) -> str:
+    from curation.scoring import versions
+
+    store = Store(store_root)
+    data = {k: kind_data_key(store, k) for k in KINDS}
+    scores = {n: v.get("key") for n, v in sorted(versions(store).items())}
+    near = [file_digest(p) for p in store.files("dedup/near_*.parquet")]
+    return digest(
+        "build", store_root, file_digest(policy), name, data, scores, near, package_code_key("curation")
+    )
+
+
+@_task(build_key, task_run_name="build {name}")
+def build(store_root: str, policy: str, name: str) -> dict[str, Any]:
+    """Apply a policy file to the scored views and write shards + manifest (curation.build.build)."""
+    from curation.build import build as build_shards
+
+    out = build_shards(Store(store_root), policy, name)
+    manifest = Store(store_root).path("curated", name, "manifest.json")
+    return {"name": name, "manifest": str(manifest), "result": _plain(out)}
+
+
+def report_key(store_root: str, name: str, out: str) -> str:
+    manifest = Store(store_root).path("curated", name, "manifest.json")
+    return digest("report", store_root, name, out, file_digest(manifest), package_code_key("curation"))
+
+
+@_task(report_key, task_run_name="report {name}")
+def report(store_root: str, name: str, out: str) -> dict[str, Any]:
+    """Render the HTML report of a build (curation.report.render_report)."""
+    from curation.report import render_report
+
+    render_report(Store(store_root), out)
+    return {"report": str(Path(out).absolute())}
+
+
+# --------------------------------------------------------------------- train
+def train_key(store_root: str, name: str, config: dict[str, Any]) -> str:
+    manifest = Store(store_root).path("curated", name, "manifest.json")
+    return digest(
+        "train",
+        store_root,
+        name,
+        config,
+        file_digest(manifest),
+        model_key(config),
+        package_code_key("training"),
+    )
+
+
+@_task(train_key, task_run_name="train {name}", retries=0)
+def train(store_root: str, name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Train on a build's shards (training.train)."""
+    from training import train as run_training
+
+    out = run_training(Store(store_root), name, **config)
+    return {"name": name, "result": _plain(out)}
+
+
+KINDS = ("sft", "pair", "ranking")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able view of a step's return value (dataclasses and paths included) for the persisted result."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
