@@ -306,3 +306,7 @@ def main() -> None:  # pragma: no cover - console entry point
     except StoreError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m curation.cli`
+    main()

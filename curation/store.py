@@ -89,7 +89,10 @@ class Store:
     def path(self, *parts: str) -> Path:
         """Join names under the root; refuse anything that would leave the store (.., /abs, symlinks out)."""
         for p in parts:
-            for piece in Path(p).parts:
+            pieces = Path(p).parts if p else ("",)
+            if Path(p).is_absolute():
+                raise StoreError(f"{p!r}: absolute paths are not allowed inside the store")
+            for piece in pieces:
                 safe_name(piece, "path component")
         full = self.root.joinpath(*parts)
         real_root = self.root.resolve()
