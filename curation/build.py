@@ -37,7 +37,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.policy import CONSUMER_VIEWS, Policy, PolicyError, RmConsumer, SftConsumer, check_expressions
+from curation.policy import (
+    CONSUMER_VIEWS,
+    Policy,
+    PolicyError,
+    RmConsumer,
+    SftConsumer,
+    check_expressions,
+    load_policy,
+    resolve_policy,
+)
 from curation.sql import readonly_connection
 from curation.store import KIND_VIEW, Store, StoreError
 from schemas.ids import text_id
@@ -449,12 +458,15 @@ def _digest(obj) -> str:
 # --------------------------------------------------------------------- build
 def build(
     store: Store,
-    policy: Policy,
-    *,
+    policy: Policy | str | Path,
     name: str | None = None,
+    *,
     progress: Callable[[str], None] | None = None,
 ) -> BuildResult:
-    """Build ``curated/<name>/`` from the policy; replaces an older build of that name atomically."""
+    """Build ``curated/<name>/`` from the policy (a Policy, a file, or a bundled name such as ``default``);
+    ``name`` defaults to the policy's name. Replaces an older build of that name atomically."""
+    if not isinstance(policy, Policy):
+        policy = load_policy(resolve_policy(str(policy)))
     say = progress or (lambda _msg: None)
     name = name or policy.name
     target_rel = f"curated/{name}"

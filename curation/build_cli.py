@@ -1,9 +1,157 @@
-"""CLI commands of this package (registered on the `curate` app by curation.cli)."""
+"""CLI commands of the curation step: `curate build`, `curate explain`, `curate report`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this package's commands to ``app`` (filled in as the package grows)."""
+    """Add build, explain and report to the `curate` app."""
+    from curation.cli import StoreOpt
+
+    @app.command()
+    def build(
+        policy: str = typer.Argument(
+            "default", help="Policy file (.yaml/.yml/.toml) or the name of a bundled policy (default)."
+        ),
+        store: str | None = StoreOpt,
+        name: str | None = typer.Option(None, help="Build name (default: the policy's name)."),
+        check: bool = typer.Option(False, "--check", help="Only validate the policy against the store."),
+    ) -> None:
+        """Apply a curation policy: weighted sft / rm / ranking shards + manifest.json + accounting."""
+        from curation.build import build as run_build
+        from curation.build import open_connection, relation_name
+        from curation.cli import console, fail, open_store
+        from curation.policy import PolicyError, check_expressions, load_policy, resolve_policy
+        from curation.store import StoreError
+
+        try:
+            pol = load_policy(resolve_policy(policy))
+            st = open_store(store)
+            if check:
+                con = open_connection(st)
+                try:
+                    check_expressions(con, pol, {c: relation_name(c) for c in pol.active()})
+                finally:
+                    con.close()
+                console.print(f"policy {pol.name!r} is valid against {st.root}")
+                return
+            result = run_build(st, pol, name, progress=lambda m: console.print(f"[dim]{m}[/]"))
+        except (PolicyError, StoreError) as exc:
+            fail(str(exc))
+            return
+        _print_summary(result.manifest, result.path)
+
+    @app.command()
+    def explain(
+        record_id: str = typer.Argument(..., help="A record id (or a unique prefix of 6+ hex characters)."),
+        store: str | None = StoreOpt,
+        build: str | None = typer.Option(None, help="Only this build (default: every build in the store)."),
+    ) -> None:
+        """What happened to one record and why: provenance, scores, class, group, and per build its outcome."""
+        from curation.cli import console, fail, open_store
+        from curation.explain import explain as run_explain
+        from curation.store import StoreError
+
+        try:
+            e = run_explain(open_store(store), record_id, build)
+        except StoreError as exc:
+            fail(str(exc))
+            return
+        console.print(f"[bold]{e.id}[/] ({e.kind or 'unknown kind'})")
+        for k, v in e.record.items():
+            console.print(f"  {k}: {v}")
+        if e.scores:
+            console.print("[bold]scores[/] (NULL = scorer not run)")
+            for k, v in e.scores.items():
+                console.print(
+                    f"  {k}: {'[dim]null[/]' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}"
+                )
+        for d in e.duplicates:
+            console.print(
+                f"[bold]duplicate input row[/]: {d['source_file']} row {d['source_row']} (same content)"
+            )
+        if not e.builds:
+            console.print("[dim]no build holds this record yet (run `curate build`)[/]")
+        for b in e.builds:
+            where = f"{b['source_file']} row {b['source_row']}"
+            line = f"[bold]build {b['build']}[/] / {b['consumer']}: [bold]{b['outcome']}[/] ({where})"
+            console.print(line)
+            if b["status"] == "kept":
+                extras = "weight={weight:.4g}".format(**b)
+                if b["consumer"] == "rm":
+                    extras += " margin={margin:.4g} soft_label={soft_label:.4g} flipped={flipped} group={group}".format(
+                        **b
+                    )
+                if b["consumer"] == "sft":
+                    extras += " label_smoothing={label_smoothing:.4g}".format(**b)
+                console.print(f"  {extras}")
+            if b.get("clause"):
+                console.print(f"  because: {b['clause']}")
+
+    @app.command()
+    def report(
+        store: str | None = StoreOpt,
+        build: str | None = typer.Option(None, help="Build to report on (default: the newest build)."),
+        out: Path = typer.Option(
+            Path("report.html"), help="Output HTML file (self-contained, opens offline)."
+        ),
+    ) -> None:
+        """A self-contained HTML quality report with plots of scores, lengths, groups, ε and source mix."""
+        from curation.cli import console, fail, open_store
+        from curation.report import render_report
+        from curation.store import StoreError
+
+        try:
+            path = render_report(open_store(store), out, build=build)
+        except StoreError as exc:
+            fail(str(exc))
+            return
+        console.print(f"report → {path}")
+
+
+def _print_summary(manifest: dict, path: Path) -> None:
+    from rich.table import Table
+
+    from curation.cli import console
+
+    t = Table(title=f"build {manifest['name']} → {path}")
+    for col in (
+        "consumer",
+        "records",
+        "kept",
+        "filtered",
+        "near dup",
+        "sem dup",
+        "capped",
+        "quarantined",
+        "dup",
+    ):
+        t.add_column(col, justify="left" if col == "consumer" else "right")
+    for consumer, tot in manifest["accounting"]["totals"].items():
+        s = tot["by_status"]
+        t.add_row(
+            consumer,
+            str(tot["records"]),
+            *(
+                str(s[k])
+                for k in (
+                    "kept",
+                    "filtered",
+                    "near_duplicate",
+                    "semantic_duplicate",
+                    "capped",
+                    "quarantined",
+                    "duplicate",
+                )
+            ),
+        )
+    console.print(t)
+    for consumer, tot in manifest["accounting"]["totals"].items():
+        for reason, n in tot["dropped_by"].items():
+            console.print(f"  {consumer}: {reason}: {n}")
+    console.print(
+        f"[dim]policy sha256 {manifest['policy_sha256'][:16]}…, lineage {manifest['lineage_sha256'][:16]}…[/]"
+    )
