@@ -1,0 +1,281 @@
+"""Content-keyed score storage: per-record chunk caches and per-scorer results.
+
+Layout under ``<store>/scores/``::
+
+    cache/<name>/<key>/meta.json          what the cache holds (name, version, fingerprint, params)
+    cache/<name>/<key>/chunk-000000.parquet  id + value columns, one file per chunk, written atomically
+    <scorer>/<key>/meta.json + result.parquet  a scorer's dataset-level output (what the views read)
+    <scorer>/active.json                  {"key": ...}: the result the views use
+
+A *cache* holds per-record values that cost model time (rewards of one model,
+embeddings, token lengths, judge scores). Its key hashes (name, version, model
+fingerprint, params), so the same record scored the same way is never computed
+twice: a rerun reads the chunks, computes only ids that are not there yet, and
+writes them as new chunks. A run killed mid-way loses at most the chunk it was
+computing. A *result* combines cached values over the whole dataset (means over
+models, quantile classes, rescaled smoothing, groups); its key also hashes the
+set of record ids, so rerunning on unchanged data computes nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from curation.store import Store
+
+#: Test hook: SIGKILL the process right after this many chunks were committed (kill/resume tests).
+KILL_ENV = "CURATE_SCORE_KILL_AFTER_CHUNKS"
+
+
+def stable_key(*parts: Any) -> str:
+    """A 16-hex-digit key of JSON-able parts (sorted dict keys, so the order of params does not matter)."""
+    return xxhash.xxh3_64_hexdigest(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str))
+
+
+def ids_fingerprint(ids: Sequence[str]) -> str:
+    """Identity of a set of record ids (order-free)."""
+    h = xxhash.xxh3_64()
+    for i in sorted(set(ids)):
+        h.update(i.encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a per-record cache holds; two specs with equal fields share one cache."""
+
+    name: str
+    version: str
+    fingerprint: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return stable_key(self.name, self.version, self.fingerprint, self.params)
+
+    def meta(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "params": self.params,
+            "key": self.key,
+        }
+
+
+@dataclass
+class CacheStats:
+    requested: int = 0
+    cached: int = 0
+    computed: int = 0
+    chunks_written: int = 0
+
+    def add(self, other: CacheStats) -> None:
+        self.requested += other.requested
+        self.cached += other.cached
+        self.computed += other.computed
+        self.chunks_written += other.chunks_written
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def cache_dir(store: Store, spec: CacheSpec) -> Path:
+    return store.path("scores", "cache", spec.name, spec.key)
+
+
+def read_cache(store: Store, spec: CacheSpec) -> pa.Table | None:
+    """Every committed chunk of a cache as one table (None when empty)."""
+    d = cache_dir(store, spec)
+    files = sorted(d.glob("chunk-*.parquet")) if d.is_dir() else []
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def cached_compute(
+    store: Store,
+    spec: CacheSpec,
+    ids: Sequence[str],
+    compute: Callable[[np.ndarray], pa.Table],
+    *,
+    schema: pa.Schema,
+    order: Sequence[float] | None = None,
+    chunk_size: int = 512,
+    progress: bool = True,
+    desc: str | None = None,
+) -> tuple[pa.Table, CacheStats]:
+    """Values of ``ids`` (same order, duplicates allowed) from the cache, computing only what is missing.
+
+    ``compute(positions)`` gets indexes into ``ids`` (one chunk) and returns a table with the
+    columns of ``schema`` (without ``id``), one row per position, in that order. Missing ids are
+    processed in a deterministic order (``order`` ascending, e.g. text length, then id) and each
+    chunk is committed atomically before the next starts. The caller holds the writer lock.
+    """
+    ids = list(ids)
+    d = cache_dir(store, spec)
+    existing = read_cache(store, spec)
+    have = set(existing.column("id").to_pylist()) if existing is not None else set()
+    first_pos: dict[str, int] = {}
+    for pos, i in enumerate(ids):
+        first_pos.setdefault(i, pos)
+    missing = [i for i in first_pos if i not in have]
+    stats = CacheStats(requested=len(first_pos), cached=len(first_pos) - len(missing))
+    if missing:
+        if order is not None:
+            missing.sort(key=lambda i: (order[first_pos[i]], i))
+        else:
+            missing.sort()
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "meta.json").exists():
+            write_json_atomic(d / "meta.json", spec.meta() | {"columns": schema.names})
+        next_idx = 1 + max((int(p.stem.split("-")[1]) for p in d.glob("chunk-*.parquet")), default=-1)
+        kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+        bar = _progress(len(missing), desc or spec.name, progress)
+        new_tables = []
+        try:
+            for c, start in enumerate(range(0, len(missing), chunk_size)):
+                chunk_ids = missing[start : start + chunk_size]
+                positions = np.array([first_pos[i] for i in chunk_ids], dtype=np.int64)
+                values = compute(positions)
+                if values.num_rows != len(chunk_ids):
+                    raise RuntimeError(
+                        f"{spec.name}: compute returned {values.num_rows} rows for {len(chunk_ids)} ids"
+                    )
+                table = pa.table(
+                    {"id": pa.array(chunk_ids, pa.string())}
+                    | {n: values.column(n).cast(schema.field(n).type) for n in schema.names if n != "id"}
+                )
+                store.write_parquet(
+                    table, f"scores/cache/{spec.name}/{spec.key}/chunk-{next_idx + c:06d}.parquet"
+                )
+                new_tables.append(table)
+                stats.computed += len(chunk_ids)
+                stats.chunks_written += 1
+                bar.update(len(chunk_ids))
+                if kill_after and stats.chunks_written >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            bar.close()
+        parts = ([existing] if existing is not None else []) + new_tables
+        existing = pa.concat_tables(parts, promote_options="default")
+    if existing is None:
+        existing = pa.schema(
+            [pa.field("id", pa.string())] + [f for f in schema if f.name != "id"]
+        ).empty_table()
+    return _align(existing, ids), stats
+
+
+def _align(table: pa.Table, ids: list[str]) -> pa.Table:
+    """Rows of ``table`` (keyed by ``id``) in the order of ``ids``."""
+    index = {v: k for k, v in enumerate(table.column("id").to_pylist())}
+    take = pa.array([index[i] for i in ids], pa.int64())
+    return table.take(take)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rec", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class ResultSpec:
+    """A scorer's dataset-level output: keyed by everything it depends on."""
+
+    scorer: str
+    version: str
+    fingerprint: str
+    params: dict
+    data: str  # ids_fingerprint of the records it covers
+
+    @property
+    def key(self) -> str:
+        return stable_key(self.scorer, self.version, self.fingerprint, self.params, self.data)
+
+    def meta(self) -> dict:
+        return {
+            "scorer": self.scorer,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "params": self.params,
+            "data": self.data,
+            "key": self.key,
+        }
+
+
+def result_dir(store: Store, spec: ResultSpec) -> Path:
+    return store.path("scores", spec.scorer, spec.key)
+
+
+def result_done(store: Store, spec: ResultSpec) -> bool:
+    d = result_dir(store, spec)
+    return (d / "meta.json").exists() and (d / "result.parquet").exists()
+
+
+def commit_result(
+    store: Store,
+    spec: ResultSpec,
+    table: pa.Table,
+    extra: dict[str, pa.Table] | None = None,
+    report: dict | None = None,
+) -> None:
+    """Write result.parquet (+ extra tables), then meta.json (the done-marker), then the active pointer."""
+    rel = f"scores/{spec.scorer}/{spec.key}"
+    store.write_parquet(table, f"{rel}/result.parquet")
+    for name, t in (extra or {}).items():
+        store.write_parquet(t, f"{rel}/{name}.parquet")
+    write_json_atomic(
+        store.path("scores", spec.scorer, spec.key, "meta.json"), spec.meta() | {"report": report or {}}
+    )
+    activate(store, spec.scorer, spec.key)
+
+
+def activate(store: Store, scorer: str, key: str) -> None:
+    write_json_atomic(store.path("scores", scorer, "active.json"), {"key": key})
+
+
+def active_key(store: Store, scorer: str) -> str | None:
+    p = store.root / "scores" / scorer / "active.json"
+    if not p.exists():
+        return None
+    key = json.loads(p.read_text())["key"]
+    if not (store.root / "scores" / scorer / key / "result.parquet").exists():
+        return None
+    return key
+
+
+def active_meta(store: Store, scorer: str) -> dict | None:
+    key = active_key(store, scorer)
+    if key is None:
+        return None
+    return json.loads((store.root / "scores" / scorer / key / "meta.json").read_text())
+
+
+def active_table(store: Store, scorer: str, name: str = "result") -> pa.Table | None:
+    key = active_key(store, scorer)
+    if key is None:
+        return None
+    p = store.root / "scores" / scorer / key / f"{name}.parquet"
+    return pq.read_table(p) if p.exists() else None

@@ -1,0 +1,186 @@
+"""The model runner shared by the model-based scorers.
+
+One job: turn many texts into numbers with as little wasted compute as possible.
+Texts are tokenised once (truncated from the LEFT, so the response being judged
+survives), sorted by length and cut into batches by a *token budget* (batch size
+x longest sequence <= budget), so a batch of short texts is large and a batch of
+long ones is small and padding is minimal. The forward runs under
+``torch.inference_mode`` and, where the hardware has it (see
+``curation.models.bf16_supported``), bf16 autocast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from curation.models import ModelSpec, bf16_supported, describe, load_tokenizer, pick_device
+
+
+@dataclass
+class RunnerConfig:
+    device: str = "auto"
+    bf16: bool | None = None  # None: use bf16 where bf16_supported(device) says it pays
+    token_budget: int = 8192  # padded tokens per forward batch
+    max_length: int = 512  # tokens per text; longer texts lose their START (left truncation)
+    max_batch: int = 256
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+
+def token_batches(lengths: Sequence[int], budget: int, max_batch: int = 256) -> list[np.ndarray]:
+    """Indexes grouped into batches, longest first, each with len(batch) * max_len <= budget (at least 1)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_batch, budget // longest))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int):
+    """input_ids and attention_mask tensors, right-padded to the longest sequence of the batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+class _Base:
+    def __init__(self, spec: ModelSpec, config: RunnerConfig | None = None) -> None:
+        import torch
+
+        self.spec = spec
+        self.config = config or RunnerConfig()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.device = pick_device(self.config.device)
+        self.bf16 = bf16_supported(self.device) if self.config.bf16 is None else self.config.bf16
+        self.identity = describe(spec)
+        self.tokenizer = load_tokenizer(spec)
+        self.tokenizer.truncation_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity["fingerprint"]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.tokenizer(
+            list(texts), truncation=True, max_length=self.config.max_length, add_special_tokens=True
+        )
+        return enc["input_ids"]
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+
+    def batches(self, encoded: Sequence[Sequence[int]]) -> Iterator[tuple[np.ndarray, Any, Any]]:
+        """(indexes, input_ids, attention_mask) per token-budget batch, on the device."""
+        for idx in token_batches([len(s) for s in encoded], self.config.token_budget, self.config.max_batch):
+            ids, mask = pad_batch([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+            yield idx, ids.to(self.device), mask.to(self.device)
+
+
+class RewardModel(_Base):
+    """A scalar reward model: any AutoModelForSequenceClassification folder with one output."""
+
+    def __init__(self, spec: ModelSpec, config: RunnerConfig | None = None) -> None:
+        super().__init__(spec, config)
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from curation.models import _kwargs
+
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(spec.path()), num_labels=1, output_loading_info=True, **_kwargs(spec)
+        )
+        self.untrained_head = bool(info.get("missing_keys"))
+        if self.untrained_head:
+            import warnings
+
+            warnings.warn(
+                f"{spec.model}: the score head was not in the checkpoint ({sorted(info['missing_keys'])[:3]}...) "
+                "and is randomly initialised; its rewards mean nothing. Point --model at a trained reward model.",
+                stacklevel=2,
+            )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = model.to(self.device).eval()
+        torch.set_grad_enabled(False)
+
+    def score_encoded(self, encoded: Sequence[Sequence[int]]) -> np.ndarray:
+        import torch
+
+        out = np.empty(len(encoded), dtype=np.float64)
+        with torch.inference_mode(), self._autocast():
+            for idx, ids, mask in self.batches(encoded):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                out[idx] = logits[:, 0].float().cpu().numpy()
+        return out
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return self.score_encoded(self.tokenize(texts))
+
+
+class CausalLMEntropy(_Base):
+    """Mean predictive entropy (nats) of a causal LM over the response tokens of each conversation."""
+
+    def __init__(self, spec: ModelSpec, config: RunnerConfig | None = None) -> None:
+        super().__init__(spec, config)
+        from curation.models import load_causal_lm
+
+        self.model = load_causal_lm(spec).to(self.device).eval()
+
+    def entropy(self, prompts: Sequence[str], fulls: Sequence[str]) -> np.ndarray:
+        """``fulls[i]`` is ``prompts[i]`` followed by the response; entropy is averaged over the response."""
+        import torch
+
+        full_ids = self.tokenize(fulls)
+        untrunc = self.tokenizer(list(fulls), add_special_tokens=True)["input_ids"]
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        n_resp = [max(1, len(u) - len(p)) for u, p in zip(untrunc, prompt_ids, strict=True)]
+        out = np.empty(len(fulls), dtype=np.float64)
+        with torch.inference_mode(), self._autocast():
+            for idx, ids, mask in self.batches(full_ids):
+                logp = torch.log_softmax(
+                    self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
+                )
+                ent = -(logp.exp() * logp).sum(-1)  # [B, T]: entropy of the prediction of token t+1
+                for row, i in enumerate(idx):
+                    length = len(full_ids[i])
+                    k = min(n_resp[i], length - 1)
+                    out[i] = float(ent[row, length - 1 - k : length - 1].mean()) if k > 0 else float("nan")
+        return out
+
+
+class TokenCounter:
+    """Token lengths with a model's tokenizer (no model weights needed)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from curation.models import fingerprint, resolve
+
+        self.spec = spec
+        self.tokenizer = load_tokenizer(spec)
+        self.fingerprint = fingerprint(resolve(spec.model, spec.allow_network))
+
+    def count(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
