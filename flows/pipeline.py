@@ -59,39 +59,86 @@ def _call(task_, steps: list[dict[str, str]], label: str, *args: Any) -> Any:
 
 
 # ------------------------------------------------------------------- ingest
+#: An input: a file, glob or folder, or {"path": ..., **IngestOptions fields} for per-input reader options.
+Input = str | dict[str, Any]
+INGEST_OPTION_FIELDS = ("reader", "format", "source", "kind", "mapping", "label_values", "max_chars")
+
+
+class IngestFailed(RuntimeError):
+    """Some input files could not be ingested (the others were, and stay committed)."""
+
+
+def expand_inputs(inputs: list[Input], defaults: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(file, ingest options) for every file named by ``inputs``; unknown option names are refused."""
+    from curation.ingest.sources import expand_paths
+
+    out = []
+    for item in inputs:
+        spec = {"path": item} if isinstance(item, str) else dict(item)
+        path = spec.pop("path", None)
+        unknown = sorted(set(spec) - set(INGEST_OPTION_FIELDS))
+        if not path or unknown:
+            raise ValueError(
+                f"input {item!r}: needs 'path' and only {', '.join(INGEST_OPTION_FIELDS)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        options = {k: v for k, v in (defaults | spec).items() if v is not None}
+        out.extend((str(f), options) for f in expand_paths([path]))
+    return out
+
+
 @flow(name="curate-ingest", log_prints=True)
 def ingest_flow(
     store: str,
-    inputs: list[str],
+    inputs: list[Input],
     reader: str = "auto",
     format: str = "auto",
     source: str | None = None,
     near_threshold: float = 0.8,
 ) -> dict[str, Any]:
-    """Ingest files, globs or folders (one cached task per file), then recompute near-duplicates per kind."""
-    from curation.ingest.sources import expand_paths
+    """Ingest files, globs or folders (one cached task per file), then recompute near-duplicates per kind.
 
+    A file that cannot be read does not stop the others: they are ingested and
+    deduplicated, then the flow fails naming every file that was not.
+    """
     st = Store(store)
-    options = {"reader": reader, "format": format, "source": source}
-    files = [str(p) for p in expand_paths(inputs)]
+    files = expand_inputs(inputs, {"reader": reader, "format": format, "source": source})
     steps: list[dict[str, str]] = []
-    # one writer at a time: the store's writer lock serialises ingest and dedup anyway
+    rows, errors = [], []
+    # one task at a time: the store's writer lock serialises writers anyway
     ingest = _bound(tasks.ingest_file, st)
-    rows = [_call(ingest, steps, f"ingest {Path(f).name}", str(st.root), f, options) for f in files]
+    for path, options in files:
+        state = ingest(str(st.root), path, options, return_state=True)
+        steps.append({"task": f"ingest {Path(path).name}", "state": state.name})
+        if state.is_completed():
+            rows.append(state.result())
+        else:
+            errors.append(f"{path}: {state.message}")
     dedup = _bound(tasks.near_dedup, st)
     kinds = sorted({r["kind"] for r in rows})
     near_rows = [_call(dedup, steps, f"near-dedup {k}", str(st.root), k, near_threshold) for k in kinds]
-    create_table_artifact(
-        key="ingest-counts",
-        table=[
-            {
-                k: r[k]
-                for k in ("source", "kind", "reader", "rows_read", "accepted", "quarantined", "duplicates")
-            }
-            for r in rows
-        ],
-        description=f"Ingest into {st.root}: rows per input file",
-    )
+    if rows:
+        create_table_artifact(
+            key="ingest-counts",
+            table=[
+                {
+                    k: r[k]
+                    for k in (
+                        "source",
+                        "kind",
+                        "reader",
+                        "rows_read",
+                        "accepted",
+                        "quarantined",
+                        "duplicates",
+                    )
+                }
+                for r in rows
+            ],
+            description=f"Ingest into {st.root}: rows per input file",
+        )
+    if errors:
+        raise IngestFailed(f"{len(errors)} of {len(files)} file(s) not ingested:\n" + "\n".join(errors))
     return {
         "files": rows,
         "near_duplicates": {r["kind"]: r["near_duplicates"] for r in near_rows},
@@ -100,28 +147,39 @@ def ingest_flow(
 
 
 # ------------------------------------------------------------------- scoring
+def default_scorers() -> dict[str, dict[str, Any]]:
+    """Every result scorer of curation.scoring whose module is installed, with its default parameters."""
+    from curation import scoring
+
+    out = {}
+    for name in scoring.RESULT_SCORERS:
+        try:
+            importlib.import_module(scoring.SCORERS[name])
+        except ImportError:
+            continue
+        out[name] = {}
+    return out
+
+
 @flow(name="curate-score", log_prints=True)
 def score_flow(store: str, scorers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run scorers (each a cached task keyed on its version, model fingerprint, params and the data it reads).
+    """Run scorers, each a cached task keyed on its code, model fingerprint, params and the data it reads.
 
-    Scorers are submitted together, so a parallel task runner (prefect-ray's
-    RayTaskRunner, see flows/ray.py) runs them side by side.
+    Scorers run one after the other, in the given order (later scorers may read
+    earlier results, and each holds the store's writer lock while it writes),
+    but each is a submitted task, so with prefect-ray's RayTaskRunner
+    (flows/ray.py) the model work runs on the Ray cluster's workers.
     """
     if not step_available("score"):
         _skip("score")
         return {}
-    from curation import scoring
-
     st = Store(store)
-    scorers = scorers if scorers is not None else dict(getattr(scoring, "DEFAULT_SCORERS", {}))
-    kinds_of = getattr(scoring, "scorer_kinds", None)
+    scorers = default_scorers() if scorers is None else scorers
     score = _bound(tasks.score, st)
-    futures = {
-        name: score.submit(
-            str(st.root), name, params, list(kinds_of(name)) if kinds_of else list(tasks.KINDS)
-        )
-        for name, params in scorers.items()
-    }
+    futures, previous = {}, []
+    for name, params in scorers.items():
+        futures[name] = score.submit(str(st.root), name, params, list(tasks.KINDS), wait_for=previous)
+        previous = [futures[name]]
     wait(list(futures.values()))
     results = {name: f.result() for name, f in futures.items()}
     steps = [{"task": f"score {name}", "state": f.state.name} for name, f in futures.items()]
@@ -138,8 +196,10 @@ def build_flow(
     if not step_available("build"):
         _skip("build")
         return {}
+    from curation.policy import resolve_policy
+
     st = Store(store)
-    policy = str(Path(policy).absolute())
+    policy = str(resolve_policy(str(policy)).absolute())
     steps: list[dict[str, str]] = []
     built = _call(_bound(tasks.build, st), steps, f"build {name}", str(st.root), policy, name)
     out: dict[str, Any] = {"build": built, "steps": steps}
@@ -174,7 +234,7 @@ def train_flow(store: str, name: str, config: dict[str, Any] | None = None) -> d
 @flow(name="curate-pipeline", log_prints=True)
 def pipeline_flow(
     store: str,
-    inputs: list[str],
+    inputs: list[Input],
     scorers: dict[str, dict[str, Any]] | None = None,
     policy: str | None = None,
     name: str = "default",
@@ -199,7 +259,8 @@ def landing_flow(
     store: str, landing: str, scorers: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Scheduled: ingest every new file of a landing folder and score it (unchanged files are cache hits)."""
-    if not any(Path(landing).iterdir()):
-        get_run_logger().info("landing folder %s is empty; nothing to do", landing)
+    folder = Path(landing)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        get_run_logger().info("landing folder %s is missing or empty; nothing to do", landing)
         return {}
     return {"ingest": ingest_flow(store, [landing]), "score": score_flow(store, scorers)}

@@ -171,7 +171,7 @@ def report(store_root: str, name: str, out: str) -> dict[str, Any]:
     """Render the HTML report of a build (curation.report.render_report)."""
     from curation.report import render_report
 
-    render_report(Store(store_root), out)
+    render_report(Store(store_root), out, build=name)
     return {"report": str(Path(out).absolute())}
 
 

@@ -1,0 +1,139 @@
+"""`curate serve`: run the deployments of prefect.yaml (schedules, parameters, concurrency limits) from one process.
+
+prefect.yaml stays the single description of the deployments: `prefect deploy`
+reads it for the production path (work pool + worker), and this module turns
+the same entries into runner deployments served by ``prefect.serve`` on one box.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
+#: Parameters that name paths: made absolute (relative to the directory `curate serve` runs in).
+PATH_PARAMETERS = ("store", "landing", "policy", "report_out")
+
+
+class DeploymentFileError(ValueError):
+    """prefect.yaml is missing something `curate serve` needs."""
+
+
+@dataclass
+class DeploymentSpec:
+    """One entry of prefect.yaml's ``deployments`` list, as `curate serve` uses it."""
+
+    name: str
+    entrypoint: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
+    concurrency_limit: dict[str, Any] | int | None = None
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def load_specs(path: str | Path = DEFAULT_FILE, only: list[str] | None = None) -> list[DeploymentSpec]:
+    """Read the deployments of a prefect.yaml (optionally only those named in ``only``)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise DeploymentFileError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise DeploymentFileError(f"{path}: not valid YAML: {exc}") from exc
+    specs = []
+    for i, entry in enumerate(doc.get("deployments") or []):
+        for key in ("name", "entrypoint"):
+            if not entry.get(key):
+                raise DeploymentFileError(f"{path}: deployments[{i}] has no {key!r}")
+        specs.append(
+            DeploymentSpec(
+                name=entry["name"],
+                entrypoint=entry["entrypoint"],
+                parameters=dict(entry.get("parameters") or {}),
+                schedules=list(entry.get("schedules") or []),
+                concurrency_limit=entry.get("concurrency_limit"),
+                description=entry.get("description"),
+                tags=list(entry.get("tags") or []),
+            )
+        )
+    if only:
+        unknown = sorted(set(only) - {s.name for s in specs})
+        if unknown:
+            raise DeploymentFileError(
+                f"{path}: no deployment named {', '.join(unknown)}; have {', '.join(s.name for s in specs)}"
+            )
+        specs = [s for s in specs if s.name in only]
+    if not specs:
+        raise DeploymentFileError(f"{path}: no deployments to serve")
+    return specs
+
+
+def load_flow(entrypoint: str):
+    """``flows/pipeline.py:landing_flow`` (or ``flows.pipeline:landing_flow``) -> the flow object."""
+    module, _, attr = entrypoint.partition(":")
+    if not attr:
+        raise DeploymentFileError(f"entrypoint {entrypoint!r}: expected PATH.py:FLOW or module:FLOW")
+    module = module.removesuffix(".py").replace("/", ".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DeploymentFileError(f"entrypoint {entrypoint!r}: {exc}") from exc
+
+
+def _schedule(raw: dict[str, Any], where: str):
+    from prefect.schedules import Cron, Interval
+
+    if "cron" in raw:
+        return Cron(raw["cron"], timezone=raw.get("timezone"), active=raw.get("active", True))
+    if "interval" in raw:
+        return Interval(raw["interval"], timezone=raw.get("timezone"), active=raw.get("active", True))
+    raise DeploymentFileError(f"{where}: a schedule needs 'cron' or 'interval' (rrule is not supported here)")
+
+
+def _limit(raw: dict[str, Any] | int | None):
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    if raw is None or isinstance(raw, int):
+        return raw
+    return ConcurrencyLimitConfig(**raw)
+
+
+def runner_deployments(specs: list[DeploymentSpec], overrides: dict[str, Any] | None = None) -> list:
+    """Runner deployments for ``prefect.serve``: same schedules, parameters and concurrency limits."""
+    out = []
+    for spec in specs:
+        flow_ = load_flow(spec.entrypoint)
+        accepted = set(flow_.parameters.properties)
+        params = spec.parameters | {k: v for k, v in (overrides or {}).items() if k in accepted}
+        for key in PATH_PARAMETERS:
+            if isinstance(params.get(key), str):
+                params[key] = str(Path(params[key]).absolute())
+        out.append(
+            flow_.to_deployment(
+                name=spec.name,
+                schedules=[_schedule(s, spec.name) for s in spec.schedules],
+                concurrency_limit=_limit(spec.concurrency_limit),
+                parameters=params,
+                description=spec.description,
+                tags=spec.tags,
+            )
+        )
+    return out
+
+
+def serve(
+    path: str | Path = DEFAULT_FILE,
+    overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    limit: int | None = 1,
+) -> None:
+    """Register the deployments and run their schedules until interrupted (Ctrl-C / SIGTERM)."""
+    from prefect import serve as prefect_serve
+
+    deployments = runner_deployments(load_specs(path, only), overrides)
+    prefect_serve(*deployments, limit=limit)
