@@ -33,7 +33,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.store import safe_name
+from curation.store import StoreError, safe_name
 
 POLICY_VERSION = 1
 _CLAUSE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -157,7 +157,10 @@ class Policy(_Strict):
     @field_validator("name")
     @classmethod
     def _safe(cls, v: str) -> str:
-        safe_name(v, "policy name")
+        try:
+            safe_name(v, "policy name")
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
         return v
 
     @model_validator(mode="after")

@@ -1,0 +1,133 @@
+"""Policy files: validation of every key and type, safe loading, and SQL clauses checked before any write."""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from curation.build import build
+from curation.policy import PolicyError, bundled_policy, load_policy, parse_policy
+from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
+
+
+def _write(tmp_path, text: str, name: str = "p.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_default_policy_is_valid_and_its_hash_ignores_formatting(tmp_path):
+    pol = load_policy(bundled_policy())
+    assert set(pol.active()) == {"sft", "rm", "ranking"}
+    assert pol.consumers.rm.remedies.incorrect == "flip" and pol.consumers.rm.remedies.soft_label_alpha == 0.1
+    # the same policy as TOML (no comments, defaults left out) has the same canonical hash
+    toml = _write(
+        tmp_path,
+        """
+        name = "default"
+        description = "x"
+        [consumers.sft]
+        filters = [{name = "has_answer", where = "length(messages[-1].content) > 0"}]
+        [consumers.rm]
+        filters = [{name = "not_length_explained", where = "NOT coalesce(length_explained, false)"}]
+        weight = "coalesce(group_weight, 1.0)"
+        [consumers.ranking]
+        filters = [{name = "two_candidates", where = "len(candidates) >= 2"}]
+        """,
+        "p.toml",
+    )
+    other = load_policy(toml)
+    assert other.sha256() != pol.sha256()  # the description differs
+    data = json.loads(other.canonical_json())
+    data["description"] = pol.description
+    assert parse_policy(data).sha256() == pol.sha256()
+
+
+def test_every_wrong_key_and_type_is_named(tmp_path):
+    p = _write(
+        tmp_path,
+        """
+        name: demo
+        shard_rows: lots
+        consumers:
+          rm:
+            remdies: {incorrect: flip}
+            weight: 2
+          sft:
+            filters:
+              - {name: ok, where: "true", extra: 1}
+        split: {eval_fraction: 1.5}
+        """,
+    )
+    with pytest.raises(PolicyError) as e:
+        load_policy(p)
+    msg = str(e.value)
+    assert str(p) in msg
+    assert "shard_rows" in msg
+    assert "consumers.rm.remdies: unknown key" in msg
+    assert "consumers.rm.weight" in msg
+    assert "consumers.sft.filters.0.extra: unknown key" in msg
+    assert "split.eval_fraction" in msg
+    assert msg.count("\n  ") >= 5
+
+
+def test_remedy_values_are_checked_per_class():
+    with pytest.raises(PolicyError, match=r"consumers\.rm\.remedies\.ambiguous"):
+        parse_policy({"name": "x", "consumers": {"rm": {"remedies": {"ambiguous": "flip"}}}})
+    with pytest.raises(PolicyError, match="at least one of sft, rm, ranking"):
+        parse_policy({"name": "x", "consumers": {}})
+    with pytest.raises(PolicyError, match="used twice"):
+        parse_policy(
+            {
+                "name": "x",
+                "consumers": {"sft": {"filters": [{"name": "a", "where": "1"}, {"name": "a", "where": "2"}]}},
+            }
+        )
+    with pytest.raises(PolicyError, match="policy name"):
+        parse_policy({"name": "../escape", "consumers": {"sft": {}}})
+
+
+def test_yaml_cannot_execute_code(tmp_path):
+    p = _write(tmp_path, 'name: !!python/object/apply:os.system ["echo pwned"]\nconsumers: {sft: {}}\n')
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(p)
+
+
+@pytest.mark.parametrize(
+    ("clause", "expected"),
+    [
+        ({"filters": [{"name": "typo", "where": "len_chosn > 10"}]}, ["filters[0] 'typo'", "len_chosn"]),
+        ({"filters": [{"name": "syntax", "where": "margin >"}]}, ["filters[0] 'syntax'", "syntax error"]),
+        ({"filters": [{"name": "notbool", "where": "len_chosen + 1"}]}, ["must be a boolean"]),
+        ({"weight": "'heavy'"}, ["consumers.rm.weight", "must be numeric"]),
+        ({"weight": "1; DROP VIEW pairs"}, ["consumers.rm.weight", "more than one statement"]),
+        (
+            {"filters": [{"name": "files", "where": "(SELECT count(*) FROM read_csv('/etc/passwd')) > 0"}]},
+            ["'files'", "file system operations are disabled"],
+        ),
+    ],
+)
+def test_bad_expression_fails_before_any_shard_is_written(real_store, clause, expected):
+    store, _ = real_store
+    data = json.loads(load_policy(bundled_policy()).canonical_json())
+    data["consumers"]["rm"].update(clause)
+    with pytest.raises(PolicyError) as e:
+        build(store, parse_policy(data))
+    for piece in expected:
+        assert piece in str(e.value)
+    assert not (store.root / "curated").exists()
+    assert not list(store.root.glob(".staging/*"))
+
+
+def test_weight_that_is_null_for_kept_rows_is_refused_with_examples(real_store):
+    store, _ = real_store
+    data = json.loads(load_policy(bundled_policy()).canonical_json())
+    data["consumers"]["rm"]["weight"] = "CASE WHEN len_chosen > 50 THEN NULL ELSE 1.0 END"
+    with pytest.raises(
+        PolicyError, match=r"consumers\.rm\.weight .* NULL.* kept record\(s\), e\.g\. [0-9a-f]{32}"
+    ):
+        build(store, parse_policy(data))
+    assert not (store.root / "curated").exists()
