@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from schemas.shards import SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
@@ -158,3 +159,19 @@ def build_shards(
     con = store.connect()
     makers = {"sft": _sft_rows, "rm": _rm_rows, "ranking": _ranking_rows}
     return write_shards(out, {c: makers[c](con, limit) for c in consumers}, eval_every=eval_every)
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory, shared_data):
+    """A store with the real HH pairs, Alpaca SFT and GSM8K/OASST rankings ingested (once per session)."""
+    from curation.store import Store
+
+    store = Store(tmp_path_factory.mktemp("real_store") / "store")
+    ingest_real(store, shared_data)
+    return store
+
+
+@pytest.fixture(scope="session")
+def real_shards(tmp_path_factory, real_store) -> Path:
+    """sft, rm and ranking shards (train + eval) built from ``real_store``."""
+    return build_shards(real_store, tmp_path_factory.mktemp("shards") / "build")

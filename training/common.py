@@ -1,0 +1,213 @@
+"""Pieces the three trainers share: config base, length-grouped sampling, chat rendering, step logs.
+
+The configs extend ``transformers.TrainingArguments`` (as TRL's do), so every Trainer option
+(learning rate, batch size, gradient accumulation, bf16, FSDP / DeepSpeed, save/eval steps, seed,
+resume) is also a flag and a YAML key, and ``accelerate launch`` / ``torchrun`` scale the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: Used when a tokenizer has no chat template (e.g. an encoder such as MiniLM).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass
+class CurateTrainingConfig(TrainingArguments):
+    """Options shared by the curate trainers (on top of every transformers.TrainingArguments option)."""
+
+    shards: str = field(
+        default="",
+        metadata={"help": "Build folder with manifest.json and <consumer>/<split>-NNNNN.parquet (required)."},
+    )
+    model: str = field(
+        default="",
+        metadata={"help": "Model to fine-tune: a local folder or a hub id already in the local cache."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Shard split to train on."})
+    eval_split: str | None = field(
+        default="eval",
+        metadata={"help": "Shard split for held-out metrics ('' or none to skip; skipped if absent)."},
+    )
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens per sequence."})
+    overlong: str = field(
+        default="truncate",
+        metadata={
+            "help": "What to do with samples over max_length: 'truncate' or 'drop' (both are counted and "
+            "reported, never silent).",
+            "choices": ["truncate", "drop"],
+        },
+    )
+    length_grouping: bool = field(
+        default=True,
+        metadata={
+            "help": "Batch samples of similar length (sorted buckets, batches shuffled) to avoid padding waste."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow the model's own Python code (off: safe loading)."}
+    )
+    allow_download: bool = field(
+        default=False, metadata={"help": "Allow fetching a hub id from the network (off: local cache only)."}
+    )
+    verify_shards: bool = field(
+        default=True,
+        metadata={"help": "Check every shard file's sha256 against manifest.json before training."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first N samples of the split only (for quick runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N samples of the eval split only."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            self.output_dir = "curate_train_output"
+        # our collators read shard columns the model does not take as arguments
+        self.remove_unused_columns = False
+        super().__post_init__()
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length}: needs at least 8 tokens")
+        if self.overlong not in ("truncate", "drop"):
+            raise ValueError(f"overlong={self.overlong!r}: choose 'truncate' or 'drop'")
+        if self.eval_split in ("", "none", "None"):
+            self.eval_split = None
+
+    def check_required(self) -> None:
+        if not self.shards:
+            raise ValueError("--shards is required (a build folder with manifest.json)")
+        if not self.model:
+            raise ValueError("--model is required (a local model folder or a cached hub id)")
+
+    def resume_checkpoint(self) -> str | None:
+        """``resume_from_checkpoint``: a path, or 'last'/'true' for the newest checkpoint in output_dir."""
+        value = self.resume_from_checkpoint
+        if value is None or str(value).lower() in ("", "false", "none"):
+            return None
+        if str(value).lower() in ("last", "true", "auto"):
+            last = get_last_checkpoint(self.output_dir) if os.path.isdir(self.output_dir) else None
+            if last is None:
+                log.info("no checkpoint in %s: starting fresh", self.output_dir)
+            return last
+        return str(value)
+
+
+class ListDataset(Dataset):
+    """Pre-tokenised samples (dicts) with their lengths, for the length-grouped sampler."""
+
+    def __init__(self, items: list[dict[str, Any]], lengths: Sequence[int]) -> None:
+        self.items, self.lengths = items, list(lengths)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+class SortedBucketSampler(Sampler[int]):
+    """Indices in batches of similar length: sort by length, cut into batches, shuffle the batches.
+
+    The DataLoader cuts the stream into consecutive chunks of ``batch_size`` (and accelerate shards
+    them across processes), so each batch holds neighbours in length order: little padding.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)  # random order among equal lengths
+        order.sort(key=lambda i: self.lengths[i])
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng.shuffle(batches)
+        self.epoch += 1
+        return iter([i for b in batches for i in b])
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Deterministic length-sorted batches for evaluation."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        log.info("tokenizer has no chat template: using curate's plain <|role|> template")
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def render_with_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The chat-template text of ``messages`` and the character spans of each assistant turn.
+
+    Each span runs from the end of the rendered prefix with a generation prompt to the end of the
+    prefix including that turn, so template tokens after the content (e.g. an end-of-turn marker)
+    are supervised too, as the model must learn to stop.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        if text[:end] != tokenizer.apply_chat_template(messages[: i + 1], tokenize=False):
+            raise ValueError("the chat template does not render conversations prefix by prefix")
+        spans.append((start, end))
+    return text, spans
+
+
+def pad_batch(seqs: list[list[int]], pad: int, side: str = "right") -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        else:
+            out[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every logged dict (loss and metrics per logging step) to ``<output_dir>/log.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            row = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(row, default=float) + "\n")
+
+
+def finite_or_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x

@@ -1,0 +1,560 @@
+"""Quality-aware reward-model trainer (docs/methods.md sections 3-6) on transformers' Trainer.
+
+Bradley-Terry on ``AutoModelForSequenceClassification(num_labels=1)`` with, from the rm shard's
+columns, a per-pair weight, an adaptive margin inside the sigmoid and a soft label (``flipped`` is
+informational: the build already swapped the pair). Options: a center-rewards term, a SimCSE
+contrastive loss on the representation that feeds the reward head, a product-of-experts length
+debiasing bias expert (dropped at save), and group DRO over the shard's group ids.
+
+Metrics on the eval split: accuracy, per-group and worst-group accuracy, accuracy on flipped and
+unflipped pairs, Spearman(reward, response length). The saved folder loads with plain
+``AutoModelForSequenceClassification.from_pretrained`` (left truncation is kept in its tokenizer).
+
+    result = train(RMConfig(shards=..., model=..., output_dir=...))
+    metrics = evaluate(result["output_dir"], shards, split="eval")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import Trainer
+
+from curation.models import ModelSpec, bf16_supported, load_sequence_classifier, load_tokenizer, pick_device
+from training.common import (
+    CurateTrainingConfig,
+    JsonlLogCallback,
+    ListDataset,
+    SortedBucketSampler,
+    ensure_chat_template,
+    length_sorted_batches,
+    pad_batch,
+)
+from training.losses import (
+    bradley_terry_loss,
+    center_rewards_term,
+    group_dro_step,
+    group_losses,
+    simcse_loss,
+)
+from training.shards import LengthReport, load_split
+
+log = logging.getLogger(__name__)
+
+BIAS_EXPERT_FILE = "bias_expert.safetensors"
+STATE_FILE = "curate_rm_state.json"
+RM_INFO_FILE = "curate_rm.json"
+
+
+@dataclass
+class RMConfig(CurateTrainingConfig):
+    """Reward-model training options (plus every transformers.TrainingArguments option)."""
+
+    max_length: int = field(
+        default=256,
+        metadata={"help": "Maximum tokens per (prompt + response); longer ones lose their start."},
+    )
+    learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate (Secrets-II: 5e-6)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per step."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the train split."})
+    logging_steps: float = field(default=10, metadata={"help": "Log loss and learning rate every N steps."})
+    use_weights: bool = field(
+        default=True, metadata={"help": "Multiply each pair's loss by its shard weight."}
+    )
+    use_margin: bool = field(
+        default=True, metadata={"help": "Put the shard's adaptive margin inside the sigmoid."}
+    )
+    use_soft_labels: bool = field(default=True, metadata={"help": "Use the shard's soft-label alpha."})
+    center_rewards_coefficient: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the (r_c + r_r)^2 centring term (0 = off; TRL suggests 0.01)."},
+    )
+    simcse_beta: float = field(
+        default=0.0, metadata={"help": "Weight of the SimCSE contrastive loss (0 = off)."}
+    )
+    simcse_temperature: float = field(default=0.05, metadata={"help": "SimCSE cosine temperature tau."})
+    simcse_variant: str = field(
+        default="sample",
+        metadata={
+            "help": "'sample': two dropout views of each response; 'diff': views of h_c - h_r against h_r - h_c.",
+            "choices": ["sample", "diff"],
+        },
+    )
+    poe: bool = field(
+        default=False,
+        metadata={
+            "help": "Product-of-experts length debiasing: train a small bias expert jointly, drop it at save."
+        },
+    )
+    poe_noise_std: float = field(
+        default=0.1, metadata={"help": "Bias expert input noise, as a fraction of the embedding std."}
+    )
+    poe_lr_multiplier: float = field(
+        default=3.0, metadata={"help": "Bias expert learning rate / main learning rate."}
+    )
+    poe_hidden: int = field(default=64, metadata={"help": "Hidden width of the bias expert's MLP."})
+    group_dro: bool = field(default=False, metadata={"help": "Group DRO over the shard's group ids."})
+    group_dro_eta: float = field(default=0.01, metadata={"help": "Group DRO step size eta."})
+    bf16_autocast: str = field(
+        default="false",
+        metadata={
+            "help": "bf16 autocast: 'true', 'false' or 'auto' (on where curation.models.bf16_supported says so). "
+            "Off by default: on the project's AVX-512 CPU it made MiniLM training 3x slower (benchmarks/train_rm).",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+    eval_batch_size_tokens: int = field(
+        default=16384, metadata={"help": "Token budget per evaluation batch."}
+    )
+
+    def __post_init__(self) -> None:
+        mode = str(self.bf16_autocast).lower()
+        device = "cpu" if self.use_cpu else pick_device()
+        if mode == "true" or (mode == "auto" and not self.fp16 and bf16_supported(device)):
+            self.bf16 = True
+            self.use_cpu = self.use_cpu or device == "cpu"  # transformers wants use_cpu for bf16 on CPU
+        super().__post_init__()
+        if self.simcse_variant not in ("sample", "diff"):
+            raise ValueError(f"simcse_variant={self.simcse_variant!r}: choose 'sample' or 'diff'")
+
+
+# ----------------------------------------------------------------------------- data
+def _last_content(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def tokenize_pairs(
+    rows: list[dict[str, Any]], tokenizer, max_length: int, overlong: str, what: str
+) -> tuple[list[dict[str, Any]], LengthReport]:
+    """Tokenise prompt+chosen and prompt+rejected with LEFT truncation (the response end is kept)."""
+    ensure_chat_template(tokenizer)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    texts = []
+    for r in rows:
+        texts.append(tokenizer.apply_chat_template(list(r["prompt"]) + list(r["chosen"]), tokenize=False))
+        texts.append(tokenizer.apply_chat_template(list(r["prompt"]) + list(r["rejected"]), tokenize=False))
+    full_lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    tokenizer.truncation_side = side
+    resp = tokenizer(
+        [_last_content(r[k]) for r in rows for k in ("chosen", "rejected")], add_special_tokens=False
+    )["input_ids"]
+    report = LengthReport(what, max_length)
+    out = []
+    for i, r in enumerate(rows):
+        too_long = max(full_lengths[2 * i], full_lengths[2 * i + 1]) > budget
+        if too_long and overlong == "drop":
+            report.add(r["id"], dropped=True)
+            continue
+        report.add(r["id"], truncated=too_long)
+        out.append(
+            {
+                "id": r["id"],
+                "chosen_ids": enc[2 * i],
+                "rejected_ids": enc[2 * i + 1],
+                "weight": float(r["weight"]),
+                "margin": float(r["margin"]),
+                "soft_label": float(r["soft_label"]),
+                "flipped": bool(r["flipped"]),
+                "group": int(r["group"]),
+                "len_chosen": len(resp[2 * i]),
+                "len_rejected": len(resp[2 * i + 1]),
+            }
+        )
+    report.log()
+    return out, report
+
+
+def load_pairs(
+    shards: str, split: str, tokenizer, max_length: int, overlong: str, limit: int | None, verify: bool = True
+) -> tuple[ListDataset, LengthReport]:
+    table = load_split(shards, "rm", split, verify=verify)
+    if limit is not None:
+        table = table.slice(0, limit)
+    items, report = tokenize_pairs(table.to_pylist(), tokenizer, max_length, overlong, f"rm/{split}")
+    return ListDataset(items, [max(len(x["chosen_ids"]), len(x["rejected_ids"])) for x in items]), report
+
+
+@dataclass
+class PairCollator:
+    """Stacks chosen then rejected sequences into one padded batch of 2B rows plus the shard columns."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [x["chosen_ids"] for x in items] + [x["rejected_ids"] for x in items]
+        ids = pad_batch(seqs, self.pad_token_id, self.padding_side)
+        mask = pad_batch([[1] * len(s) for s in seqs], 0, self.padding_side)
+        f = lambda k, dt: torch.tensor([x[k] for x in items], dtype=dt)  # noqa: E731
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "weight": f("weight", torch.float32),
+            "margin": f("margin", torch.float32),
+            "soft_label": f("soft_label", torch.float32),
+            "flipped": f("flipped", torch.bool),
+            "group": f("group", torch.long),
+            "len_chosen": f("len_chosen", torch.long),
+            "len_rejected": f("len_rejected", torch.long),
+        }
+
+
+# ----------------------------------------------------------------------------- model pieces
+HEAD_NAMES = ("score", "classifier", "classification_head")
+
+
+def reward_head(model: nn.Module) -> tuple[str, nn.Module]:
+    for name in HEAD_NAMES:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return name, head
+    raise ValueError(f"{type(model).__name__}: no reward head ({', '.join(HEAD_NAMES)}) found for SimCSE")
+
+
+class HeadInput:
+    """Captures the representation that feeds the reward head (one vector per sequence)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.name, head = reward_head(model)
+        self.value: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        head.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.value = args[0]
+
+    def pooled(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.value
+        if h.dim() == 3:  # per-token states: the decoder head reads the last real token, encoders the first
+            if self.name == "score":
+                last = attention_mask.sum(1) - 1
+                h = h[torch.arange(h.size(0), device=h.device), last]
+            else:
+                h = h[:, 0]
+        return h
+
+
+class BiasExpert(nn.Module):
+    """A small bias expert (PoE): masked mean of Gaussian-noised input embeddings and log length -> MLP.
+
+    It reads the main model's embedding table without gradient, so it can only learn coarse cues.
+    """
+
+    def __init__(self, embeddings: nn.Embedding, hidden: int, noise_std: float) -> None:
+        super().__init__()
+        self.embeddings = [embeddings]  # a list: not a submodule, not in this module's state_dict
+        dim = embeddings.weight.shape[1]
+        self.noise = noise_std * float(embeddings.weight.detach().float().std())
+        self.mlp = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            e = self.embeddings[0](input_ids).float()
+        e = e + self.noise * torch.randn_like(e)
+        m = attention_mask.unsqueeze(-1).float()
+        length = m.sum(1)
+        pooled = (e * m).sum(1) / length.clamp(min=1)
+        return self.mlp(torch.cat([pooled, torch.log1p(length)], dim=-1)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- trainer
+class RewardTrainer(Trainer):
+    """transformers.Trainer with the quality-aware pairwise loss and reward-model metrics."""
+
+    def __init__(self, *args, rm_config: RMConfig, n_groups: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cfg = rm_config
+        self.n_groups = max(1, n_groups)
+        self.dro_q = torch.full((self.n_groups,), 1.0 / self.n_groups)
+        self.head_input = HeadInput(self.model) if rm_config.simcse_beta > 0 else None
+        self.bias_expert: BiasExpert | None = None
+        if rm_config.poe:
+            self.bias_expert = BiasExpert(
+                self.model.get_input_embeddings(), rm_config.poe_hidden, rm_config.poe_noise_std
+            ).to(self.args.device)
+        self.pairs_trained = 0
+
+    # length-grouped batches
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.cfg.length_grouping and hasattr(ds, "lengths"):
+            return SortedBucketSampler(ds.lengths, self.args.per_device_train_batch_size, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        opt = super().create_optimizer(model)
+        if self.bias_expert is not None and not any(
+            p is q for g in opt.param_groups for p in g["params"] for q in self.bias_expert.parameters()
+        ):
+            opt.add_param_group(
+                {
+                    "params": list(self.bias_expert.parameters()),
+                    "lr": self.args.learning_rate * self.cfg.poe_lr_multiplier,
+                    "weight_decay": 0.0,
+                }
+            )
+        return opt
+
+    def pair_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        rewards = out.logits.squeeze(-1).float()
+        b = inputs["weight"].shape[0]
+        return rewards[:b], rewards[b:]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.cfg
+        r_c, r_r = self.pair_rewards(model, inputs)
+        rc_hat, rr_hat = r_c, r_r
+        if self.bias_expert is not None and model.training:
+            bias = self.bias_expert(inputs["input_ids"], inputs["attention_mask"])
+            b = r_c.shape[0]
+            rc_hat, rr_hat = r_c + bias[:b], r_r + bias[b:]
+        zeros = torch.zeros_like(r_c)
+        per_pair = bradley_terry_loss(
+            rc_hat,
+            rr_hat,
+            inputs["margin"] if cfg.use_margin else zeros,
+            inputs["soft_label"] if cfg.use_soft_labels else zeros,
+        )
+        if cfg.center_rewards_coefficient:
+            per_pair = per_pair + cfg.center_rewards_coefficient * center_rewards_term(r_c, r_r)
+        if cfg.use_weights:
+            per_pair = per_pair * inputs["weight"]
+        if cfg.group_dro and model.training:
+            g_loss, _ = group_losses(per_pair, inputs["group"].clamp(max=self.n_groups - 1), self.n_groups)
+            self.dro_q = group_dro_step(self.dro_q.to(g_loss.device), g_loss, cfg.group_dro_eta)
+            loss = (self.dro_q * g_loss).sum()
+        else:
+            loss = per_pair.mean()
+        if cfg.simcse_beta > 0 and model.training:
+            loss = loss + cfg.simcse_beta * self._simcse(model, inputs)
+        if model.training:
+            self.pairs_trained += int(r_c.shape[0])
+        return (loss, {"r_chosen": r_c, "r_rejected": r_r}) if return_outputs else loss
+
+    def _simcse(self, model, inputs) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        h1 = self.head_input.pooled(mask)
+        model(input_ids=inputs["input_ids"], attention_mask=mask)  # second dropout view
+        h2 = self.head_input.pooled(mask)
+        if self.cfg.simcse_variant == "diff":
+            b = inputs["weight"].shape[0]
+            d1, d2 = h1[:b] - h1[b:], h2[:b] - h2[b:]
+            h1, h2 = torch.cat([d1, -d1]), torch.cat([d2, -d2])
+        return simcse_loss(h1, h2, self.cfg.simcse_temperature)
+
+    # checkpoints carry the bias expert and the DRO weights; the final model does not
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        out = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save or not out.name.startswith("checkpoint-"):
+            return
+        if self.bias_expert is not None:
+            from safetensors.torch import save_file
+
+            save_file(self.bias_expert.state_dict(), str(out / BIAS_EXPERT_FILE))
+        (out / STATE_FILE).write_text(
+            json.dumps({"dro_q": self.dro_q.tolist(), "pairs_trained": self.pairs_trained})
+        )
+
+    def load_extra_state(self, checkpoint: str) -> None:
+        ck = Path(checkpoint)
+        if self.bias_expert is not None and (ck / BIAS_EXPERT_FILE).exists():
+            from safetensors.torch import load_file
+
+            self.bias_expert.load_state_dict(load_file(str(ck / BIAS_EXPERT_FILE)))
+        if (ck / STATE_FILE).exists():
+            state = json.loads((ck / STATE_FILE).read_text())
+            self.dro_q = torch.tensor(state["dro_q"])
+            self.pairs_trained = int(state.get("pairs_trained", 0))
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if ds is None:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        scores = score_dataset(model, ds, self.data_collator, self.cfg.eval_batch_size_tokens, self.args.bf16)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in pair_metrics(ds.items, *scores).items()}
+        self.log(metrics)
+        return metrics
+
+
+# ----------------------------------------------------------------------------- scoring and metrics
+@torch.no_grad()
+def score_dataset(
+    model, ds: ListDataset, collator: PairCollator, token_budget: int = 16384, bf16: bool = False
+) -> tuple[list[float], list[float]]:
+    """Rewards of chosen and rejected for every pair, in length-sorted batches under a token budget."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    r_c = [0.0] * len(ds)
+    r_r = [0.0] * len(ds)
+    order = length_sorted_batches(ds.lengths, 1)
+    batches, cur = [], []
+    for (i,) in order:
+        if cur and (len(cur) + 1) * 2 * ds.lengths[i] > token_budget:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    for idx in batches:
+        batch = collator([ds[i] for i in idx])
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            )
+        rewards = out.logits.squeeze(-1).float().cpu().tolist()
+        for k, i in enumerate(idx):
+            r_c[i], r_r[i] = rewards[k], rewards[len(idx) + k]
+    model.train(was_training)
+    return r_c, r_r
+
+
+def pair_metrics(items: list[dict[str, Any]], r_c: list[float], r_r: list[float]) -> dict[str, float]:
+    """accuracy, per-group and worst-group accuracy, flipped/unflipped accuracy, Spearman(reward, length)."""
+    from scipy.stats import spearmanr
+
+    right = [c > r for c, r in zip(r_c, r_r, strict=True)]
+    out: dict[str, float] = {"pairs": float(len(items)), "accuracy": sum(right) / max(1, len(right))}
+    by_group: dict[int, list[bool]] = {}
+    for it, ok in zip(items, right, strict=True):
+        by_group.setdefault(it["group"], []).append(ok)
+    for g, oks in sorted(by_group.items()):
+        out[f"accuracy_group_{g}"] = sum(oks) / len(oks)
+    if by_group:
+        out["worst_group_accuracy"] = min(sum(v) / len(v) for v in by_group.values())
+    for name, flag in (("flipped", True), ("unflipped", False)):
+        oks = [ok for it, ok in zip(items, right, strict=True) if it["flipped"] is flag]
+        if oks:
+            out[f"accuracy_{name}"] = sum(oks) / len(oks)
+    rewards = list(r_c) + list(r_r)
+    lengths = [it["len_chosen"] for it in items] + [it["len_rejected"] for it in items]
+    if len(set(lengths)) > 1 and len(set(rewards)) > 1:
+        out["spearman_reward_length"] = float(spearmanr(rewards, lengths).statistic)
+    out["mean_margin"] = sum(c - r for c, r in zip(r_c, r_r, strict=True)) / max(1, len(items))
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+def _tokenizer(spec: ModelSpec, max_length: int):
+    tok = load_tokenizer(spec)
+    tok.truncation_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def train(config: RMConfig) -> dict[str, Any]:
+    """Train a reward model on ``config.shards``; returns metrics, length reports and the output folder."""
+    config.check_required()
+    spec = ModelSpec(config.model, config.trust_remote_code, config.allow_download)
+    tok = _tokenizer(spec, config.max_length)
+    train_ds, train_report = load_pairs(
+        config.shards,
+        config.train_split,
+        tok,
+        config.max_length,
+        config.overlong,
+        config.max_train_samples,
+        config.verify_shards,
+    )
+    if len(train_ds) == 0:
+        raise ValueError(f"{config.shards}: no rm/{config.train_split} pairs left to train on")
+    eval_ds, eval_report = None, None
+    if config.eval_split:
+        from training.shards import splits
+
+        if config.eval_split in splits(config.shards, "rm"):
+            eval_ds, eval_report = load_pairs(
+                config.shards,
+                config.eval_split,
+                tok,
+                config.max_length,
+                "truncate",
+                config.max_eval_samples,
+                config.verify_shards,
+            )
+    model = load_sequence_classifier(spec, num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    trainer = RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=PairCollator(tok.pad_token_id, tok.padding_side),
+        processing_class=tok,
+        callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
+        rm_config=config,
+        n_groups=max(x["group"] for x in train_ds.items) + 1,
+    )
+    ckpt = config.resume_checkpoint()
+    if ckpt:
+        trainer.load_extra_state(ckpt)
+    pairs_before = trainer.pairs_trained
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.perf_counter() - t0
+    tok.model_max_length = config.max_length  # so a plain pipeline truncates the same way
+    trainer.save_model(config.output_dir)
+    (Path(config.output_dir) / RM_INFO_FILE).write_text(
+        json.dumps(
+            {"max_length": config.max_length, "truncation_side": "left", "config": _jsonable(asdict(config))},
+            indent=2,
+        )
+    )
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    pairs = trainer.pairs_trained - pairs_before
+    return {
+        "output_dir": config.output_dir,
+        "train_loss": out.training_loss,
+        "global_step": out.global_step,
+        "train_seconds": seconds,
+        "pairs_trained": pairs,
+        "pairs_per_second": pairs / seconds if seconds > 0 else math.nan,
+        "train_length_report": train_report.as_dict(),
+        "eval_length_report": eval_report.as_dict() if eval_report else None,
+        "metrics": metrics,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def evaluate(
+    model_dir: str | Path,
+    shard_dir: str | Path,
+    split: str = "eval",
+    max_length: int | None = None,
+    limit: int | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Held-out metrics of a saved reward model (any sequence classifier folder) on an rm shard split."""
+    info = Path(model_dir) / RM_INFO_FILE
+    if max_length is None:
+        max_length = json.loads(info.read_text())["max_length"] if info.exists() else 512
+    spec = ModelSpec(str(model_dir), trust_remote_code)
+    tok = _tokenizer(spec, max_length)
+    ds, report = load_pairs(str(shard_dir), split, tok, max_length, "truncate", limit)
+    model = load_sequence_classifier(spec, num_labels=1).to(pick_device())
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    r_c, r_r = score_dataset(model, ds, PairCollator(tok.pad_token_id, tok.padding_side))
+    return {**pair_metrics(ds.items, r_c, r_r), "truncated": float(report.truncated)}
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
