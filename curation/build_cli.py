@@ -51,6 +51,8 @@ def register(app: typer.Typer) -> None:
         build: str | None = typer.Option(None, help="Only this build (default: every build in the store)."),
     ) -> None:
         """What happened to one record and why: provenance, scores, class, group, and per build its outcome."""
+        from rich.markup import escape
+
         from curation.cli import console, fail, open_store
         from curation.explain import explain as run_explain
         from curation.store import StoreError
@@ -62,22 +64,23 @@ def register(app: typer.Typer) -> None:
             return
         console.print(f"[bold]{e.id}[/] ({e.kind or 'unknown kind'})")
         for k, v in e.record.items():
-            console.print(f"  {k}: {v}")
+            console.print(f"  {k}: {escape(str(v))}")
         if e.scores:
             console.print("[bold]scores[/] (NULL = scorer not run)")
             for k, v in e.scores.items():
-                console.print(
-                    f"  {k}: {'[dim]null[/]' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}"
+                shown = (
+                    "[dim]null[/]" if v is None else escape(f"{v:.4g}" if isinstance(v, float) else str(v))
                 )
+                console.print(f"  {k}: {shown}")
         for d in e.duplicates:
             console.print(
-                f"[bold]duplicate input row[/]: {d['source_file']} row {d['source_row']} (same content)"
+                f"[bold]duplicate input row[/]: {escape(str(d['source_file']))} row {d['source_row']} (same content)"
             )
         if not e.builds:
             console.print("[dim]no build holds this record yet (run `curate build`)[/]")
         for b in e.builds:
-            where = f"{b['source_file']} row {b['source_row']}"
-            line = f"[bold]build {b['build']}[/] / {b['consumer']}: [bold]{b['outcome']}[/] ({where})"
+            where = escape(f"{b['source_file']} row {b['source_row']}")
+            line = f"[bold]build {b['build']}[/] / {b['consumer']}: [bold]{escape(b['outcome'])}[/] ({where})"
             console.print(line)
             if b["status"] == "kept":
                 extras = "weight={weight:.4g}".format(**b)
@@ -89,7 +92,7 @@ def register(app: typer.Typer) -> None:
                     extras += " label_smoothing={label_smoothing:.4g}".format(**b)
                 console.print(f"  {extras}")
             if b.get("clause"):
-                console.print(f"  because: {b['clause']}")
+                console.print(f"  because: {escape(b['clause'])}")
 
     @app.command()
     def report(
