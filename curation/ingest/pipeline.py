@@ -23,16 +23,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from curation.ingest.columnar import (
+    IdSet,
+    content_key_expr,
+    derive_columns,
+    derive_frame,
+    first_occurrence,
+    hex_ids,
+    key_columns,
+    xxh3_digests,
+)
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.sources import RawRow, SourceError, expand_paths, file_sha256, read_rows
-from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator
+from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain
 from curation.store import Store, StoreError, safe_name
-from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS, record_id
+from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
 
 BATCH_ROWS = 50_000
 
@@ -97,14 +109,6 @@ def _source_name(path: Path, opts: IngestOptions) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:100]
 
 
-def _existing_ids(store: Store, kind: str) -> set[str]:
-    files = store.files(f"ingest/*/{kind}.parquet")
-    ids: set[str] = set()
-    for f in files:
-        ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    return ids
-
-
 def ingest_paths(
     store: Store,
     paths: list[str],
@@ -117,7 +121,7 @@ def ingest_paths(
     results: list[UnitResult] = []
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with store.writer_lock("ingest"):
-        seen: dict[str, set[str]] = {}
+        seen: dict[str, IdSet] = {}
         validators: dict[str, Validator] = {}
         for path in files:
             try:
@@ -143,7 +147,7 @@ def _ingest_file(
     path: Path,
     opts: IngestOptions,
     run_id: str,
-    seen: dict[str, set[str]],
+    seen: dict[str, IdSet],
     validators: dict[str, Validator],
 ) -> UnitResult:
     rows = read_rows(path, opts.format, opts.batch_rows)
@@ -179,81 +183,25 @@ def _ingest_file(
 
     kind = reader.kind
     if kind not in seen:
-        seen[kind] = _existing_ids(store, kind)
+        seen[kind] = IdSet.from_parquet(store.files(f"ingest/*/{kind}.parquet"))
     if kind not in validators:
         validators[kind] = Validator(kind, opts.max_chars)
     ids, validator = seen[kind], validators[kind]
+    ctx = _Ctx(source, str(path), run_id, reader, kind, validator)
     started = dt.datetime.now(dt.UTC)
     staged = store.new_staging_dir()
     writers = _Writers(staged, kind)
-    new_ids: set[str] = set()
     try:
         for batch in _batches(_chain(head, rows), opts.batch_rows):
-            records: list[dict[str, Any]] = []
-            quarantine: list[dict[str, Any]] = []
-            dups: list[dict[str, Any]] = []
-            for raw in batch:
-                res.rows_read += 1
-                if raw.error is not None:
-                    quarantine.append(
-                        _q(source, path, raw.row, "row", raw.error, raw.raw_text(), reader.name, run_id)
-                    )
-                    continue
-                try:
-                    out = reader.convert(raw.value)  # type: ignore[arg-type]
-                except RowError as exc:
-                    quarantine.append(
-                        _q(source, path, raw.row, exc.field, exc.reason, raw.raw_text(), reader.name, run_id)
-                    )
-                    continue
-                except RecursionError:
-                    quarantine.append(
-                        _q(
-                            source,
-                            path,
-                            raw.row,
-                            "row",
-                            "nested too deeply",
-                            raw.raw_text(),
-                            reader.name,
-                            run_id,
-                        )
-                    )
-                    continue
-                res.rows_converted += 1
-                for rec in out:
-                    res.records_out += 1
-                    rid = record_id(kind, rec)
-                    if rid in ids or rid in new_ids:
-                        dups.append(
-                            {
-                                "id": rid,
-                                "kind": kind,
-                                "source": source,
-                                "source_file": str(path),
-                                "source_row": raw.row,
-                                "ingest_run": run_id,
-                            }
-                        )
-                        continue
-                    new_ids.add(rid)
-                    rec["id"] = rid
-                    rec["_raw"] = raw
-                    records.append(rec)
-            bad = validator.failures(records)
-            good = []
-            for i, rec in enumerate(records):
-                raw = rec.pop("_raw")
-                if i in bad:
-                    fld, reason = bad[i]
-                    new_ids.discard(rec["id"])
-                    quarantine.append(
-                        _q(source, path, raw.row, fld, reason, raw.raw_text(), reader.name, run_id)
-                    )
-                else:
-                    good.append(_finish(rec, source, path, raw.row, run_id, reader.name))
+            frame, quarantine, converted = _convert(batch, ctx)
+            res.rows_read += len(batch)
+            res.rows_converted += converted
+            good, bad, dups, accepted_ids = _finish_batch(frame, batch, ctx, ids)
+            quarantine += bad
+            ids.add(accepted_ids)  # later batches see this batch's records as existing
+            res.records_out += 0 if frame is None else frame.height
             writers.write(good, quarantine, dups)
-            res.accepted += len(good)
+            res.accepted += 0 if good is None else good.num_rows
             res.quarantined += len(quarantine)
             res.duplicates += len(dups)
         writers.close()
@@ -280,9 +228,142 @@ def _ingest_file(
         store.commit_dir(staged, f"ingest/{unit}")
     except BaseException:
         writers.abort()
+        seen.pop(kind, None)  # this unit's ids were not committed: reload from the store if needed
         raise
-    ids |= new_ids
     return res
+
+
+@dataclass
+class _Ctx:
+    """What every batch of one file needs."""
+
+    source: str
+    path: str
+    run_id: str
+    reader: Reader
+    kind: str
+    validator: Validator
+
+    def q(self, raw: RawRow, fld: str, reason: str) -> dict[str, Any]:
+        return _q(
+            self.source, Path(self.path), raw.row, fld, reason, raw.raw_text(), self.reader.name, self.run_id
+        )
+
+
+def _content_schema(kind: str) -> pa.Schema:
+    schema = SCHEMAS[kind]  # type: ignore[index]
+    fields = [f for f in schema if f.name not in _PROVENANCE]
+    return pa.schema([pa.field("_i", pa.int64()), *fields])
+
+
+_PROVENANCE = ("id", "source", "source_file", "source_row", "ingest_run", "reader")
+
+
+def _convert(batch: list[RawRow], ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[str, Any]], int]:
+    """Canonical records of a batch (a polars frame with ``_i`` = position in ``batch``), the rows
+    that could not be converted (quarantine rows) and the number of rows converted."""
+    quarantine: list[dict[str, Any]] = []
+    live = []
+    for i, raw in enumerate(batch):
+        if raw.error is not None:
+            quarantine.append(ctx.q(raw, "row", raw.error))
+        else:
+            live.append(i)
+    fast, rest = ctx.reader.convert_columns([batch[i].value for i in live])
+    frames = []
+    if fast is not None and fast.height:
+        pos = pl.Series("_pos", live, dtype=pl.Int64)
+        frames.append(fast.with_columns(pos.gather(fast.get_column("_i")).alias("_i")))
+    records: list[dict[str, Any]] = []
+    converted = fast.get_column("_i").n_unique() if fast is not None and fast.height else 0
+    for j in rest:
+        i = live[j]
+        raw = batch[i]
+        try:
+            out = ctx.reader.convert(raw.value)  # type: ignore[arg-type]
+        except RowError as exc:
+            quarantine.append(ctx.q(raw, exc.field, exc.reason))
+            continue
+        except RecursionError:
+            quarantine.append(ctx.q(raw, "row", "nested too deeply"))
+            continue
+        converted += 1
+        for rec in out:
+            rec["_i"] = i
+            rec["meta"] = orjson.dumps(
+                rec.get("meta") or {}, default=str, option=orjson.OPT_SORT_KEYS
+            ).decode()
+            records.append(rec)
+    if records:
+        table = pa.Table.from_pylist(records, schema=_content_schema(ctx.kind))
+        frames.append(pl.from_arrow(table))  # type: ignore[arg-type]
+    if not frames:
+        return None, quarantine, converted
+    frame = pl.concat([f.select(_content_schema(ctx.kind).names) for f in frames], how="vertical_relaxed")
+    return (frame.sort("_i", maintain_order=True) if len(frames) > 1 else frame), quarantine, converted
+
+
+def _finish_batch(
+    frame: pl.DataFrame | None, batch: list[RawRow], ctx: _Ctx, ids: IdSet
+) -> tuple[pa.Table | None, list[dict[str, Any]], list[dict[str, Any]], np.ndarray]:
+    """Hash, validate and dedup a batch of records: (accepted table, quarantine rows, duplicate rows, accepted ids)."""
+    empty = np.array([], dtype="S16")
+    if frame is None or frame.height == 0:
+        return None, [], [], empty
+    kind = ctx.kind
+    frame = frame.with_columns(key_columns(kind) + derive_columns(kind))  # type: ignore[arg-type]
+    digests = xxh3_digests(frame.select(content_key_expr(kind)).to_series())
+    hexes = hex_ids(digests)
+    frame = frame.with_columns(pl.Series("id", hexes))
+    # exact duplicates: already in the store (or an earlier batch), or earlier in this batch
+    dup = ids.contains(digests) | ~first_occurrence(digests)
+    derived = derive_frame(kind, frame.filter(pl.Series(~dup)))  # type: ignore[arg-type]
+    keep_pos = np.flatnonzero(~dup)
+    failing = ctx.validator.failing_checks(derived.to_pandas())
+    quarantine: list[dict[str, Any]] = []
+    bad: dict[str, tuple[str, str]] = {}  # id -> (field, reason) of records that failed validation
+    rows_i = frame.get_column("_i").to_numpy()
+    if failing:
+        content = frame.select(_content_schema(kind).names[1:])
+        for k, chk in failing.items():
+            pos = int(keep_pos[k])
+            rec = content.row(pos, named=True)
+            fld, reason = explain(chk, derive(kind, [rec]).iloc[0])  # type: ignore[arg-type]
+            quarantine.append(ctx.q(batch[int(rows_i[pos])], fld, reason))
+            bad[str(hexes[pos])] = (fld, reason)
+    accept = ~dup
+    if failing:
+        accept[keep_pos[list(failing)]] = False
+    dups = []
+    for pos in np.flatnonzero(dup):
+        raw = batch[int(rows_i[pos])]
+        rid = str(hexes[pos])
+        if rid in bad:  # a copy of a record that failed validation fails it too
+            quarantine.append(ctx.q(raw, *bad[rid]))
+            continue
+        dups.append(
+            {
+                "id": rid,
+                "kind": kind,
+                "source": ctx.source,
+                "source_file": ctx.path,
+                "source_row": raw.row,
+                "ingest_run": ctx.run_id,
+            }
+        )
+    mask = pl.Series(accept)
+    good = frame.filter(mask)
+    row_numbers = np.array([batch[int(i)].row for i in good.get_column("_i").to_numpy()], dtype=np.int64)
+    good = good.with_columns(
+        pl.lit(ctx.source).alias("source"),
+        pl.lit(ctx.path).alias("source_file"),
+        pl.Series("source_row", row_numbers),
+        pl.lit(ctx.run_id).alias("ingest_run"),
+        pl.lit(ctx.reader.name).alias("reader"),
+    )
+    schema = SCHEMAS[kind]  # type: ignore[index]
+    table = good.select(schema.names).to_arrow().cast(schema)
+    return table, quarantine, dups, digests[accept]
 
 
 def _chain(head: list[RawRow], rest: Iterator[RawRow]) -> Iterator[RawRow]:
@@ -316,18 +397,6 @@ def _q(
     }
 
 
-def _finish(
-    rec: dict[str, Any], source: str, path: Path, row: int, run_id: str, reader: str
-) -> dict[str, Any]:
-    rec["source"] = source
-    rec["source_file"] = str(path)
-    rec["source_row"] = row
-    rec["ingest_run"] = run_id
-    rec["reader"] = reader
-    rec["meta"] = orjson.dumps(rec.get("meta") or {}, default=str, option=orjson.OPT_SORT_KEYS).decode()
-    return rec
-
-
 class _Writers:
     """Streaming Parquet writers of one unit (records, quarantine, duplicates) in its staging folder."""
 
@@ -345,10 +414,19 @@ class _Writers:
             self.open[name] = pq.ParquetWriter(self.folder / f"{name}.parquet", schema, compression="zstd")
         self.open[name].write_table(pa.Table.from_pylist(rows, schema=schema))
 
+    def _put_table(self, name: str, table: pa.Table | None) -> None:
+        if table is None or table.num_rows == 0:
+            return
+        if name not in self.open:
+            self.open[name] = pq.ParquetWriter(
+                self.folder / f"{name}.parquet", table.schema, compression="zstd"
+            )
+        self.open[name].write_table(table)
+
     def write(
-        self, records: list[dict[str, Any]], quarantine: list[dict[str, Any]], dups: list[dict[str, Any]]
+        self, records: pa.Table | None, quarantine: list[dict[str, Any]], dups: list[dict[str, Any]]
     ) -> None:
-        self._put(self.kind, records)
+        self._put_table(self.kind, records)
         self._put("quarantine", quarantine)
         self._put("duplicates", dups)
 

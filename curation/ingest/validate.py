@@ -82,7 +82,7 @@ def derive(kind: Kind, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             )
             rows.append(
                 {
-                    "id": r["id"],
+                    "id": r.get("id", ""),
                     "min_turn_chars": _min_turn(msgs),
                     "role_order": problem or "ok",
                     "field": _empty_at(messages=msgs) or "messages",
@@ -99,7 +99,7 @@ def derive(kind: Kind, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 problem = "responses contain non-assistant turns"
             rows.append(
                 {
-                    "id": r["id"],
+                    "id": r.get("id", ""),
                     "min_turn_chars": min(_min_turn(p), _min_turn(c), _min_turn(j)),
                     "role_order": problem or "ok",
                     "total_chars": _chars(p) + max(_chars(c), _chars(j)),
@@ -115,7 +115,7 @@ def derive(kind: Kind, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             contents = [c["content"] for c in cands]
             rows.append(
                 {
-                    "id": r["id"],
+                    "id": r.get("id", ""),
                     "min_turn_chars": min(_min_turn(p), min((len(c.strip()) for c in contents), default=0)),
                     "role_order": problem or "ok",
                     "field": _empty_at(prompt=p) or "candidates",
@@ -174,11 +174,11 @@ class Validator:
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self._n = 0
 
-    def failures(self, records: Sequence[dict[str, Any]]) -> dict[int, tuple[str, str]]:
-        """Index of each failing record -> (field, reason). The first failing check wins."""
-        if not records:
+    def failing_checks(self, frame: pd.DataFrame) -> dict[int, Check]:
+        """Position of each failing row of a derived frame -> the first check it fails."""
+        if frame.empty:
             return {}
-        frame = derive(self.kind, records).reset_index(names="_row")
+        frame = frame.reset_index(drop=True).reset_index(names="_row")
         gx = self.gx
         self._n += 1
         source = self.context.data_sources.add_pandas(f"batch_{self._n}")
@@ -194,19 +194,30 @@ class Validator:
             batch_parameters={"dataframe": frame},
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
         )
-        out: dict[int, tuple[str, str]] = {}
+        out: dict[int, Check] = {}
         by_column = {c.column: c for c in self.checks}
-        for res in result.results:
-            column = res.expectation_config.kwargs["column"]
-            chk = by_column[column]
+        for res in result.results:  # in suite order: the first failing check wins
+            chk = by_column[res.expectation_config.kwargs["column"]]
             for item in res.result.get("unexpected_index_list") or []:
-                i = int(item["_row"])
-                if i in out:
-                    continue
-                detail = frame.at[i, column]
-                reason = chk.reason if column != "role_order" else f"role order: {detail}"
-                if column == "total_chars":
-                    reason = f"{chk.reason}: {detail} characters"
-                out[i] = (str(frame.at[i, "field"]), reason)
+                out.setdefault(int(item["_row"]), chk)
+        self.context.validation_definitions.delete(f"v_{self.kind}_{self._n}")
+        self.context.suites.delete(f"{self.kind}_{self._n}")
         self.context.data_sources.delete(f"batch_{self._n}")
         return out
+
+    def failures(self, records: Sequence[dict[str, Any]]) -> dict[int, tuple[str, str]]:
+        """Index of each failing record -> (field, reason). The first failing check wins."""
+        if not records:
+            return {}
+        frame = derive(self.kind, records)
+        return {i: explain(chk, frame.iloc[i]) for i, chk in self.failing_checks(frame).items()}
+
+
+def explain(chk: Check, derived: pd.Series) -> tuple[str, str]:
+    """(field, quarantine reason) of a failed check, from the record's derived row (``derive``)."""
+    detail = derived[chk.column]
+    if chk.column == "role_order":
+        return str(derived["field"]), f"role order: {detail}"
+    if chk.column == "total_chars":
+        return str(derived["field"]), f"{chk.reason}: {detail} characters"
+    return str(derived["field"]), chk.reason

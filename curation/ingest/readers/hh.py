@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import polars as pl
 
 from curation.ingest.readers.base import (
     Message,
@@ -46,9 +48,92 @@ class HHReader(Reader):
         c = row.get("chosen")
         return isinstance(c, str) and "\n\nHuman:" in c and isinstance(row.get("rejected"), str)
 
+    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
+        """Vectorised ``convert`` for the common rows (see ``hh_pairs_columnar``); the rest go row by row."""
+        idx = [
+            i
+            for i, v in enumerate(values)
+            if len(v) == 2 and type(v.get("chosen")) is str and type(v.get("rejected")) is str
+        ]
+        if not idx:
+            return None, list(range(len(values)))
+        frame = pl.DataFrame(
+            {
+                "_i": idx,
+                "chosen": [values[i]["chosen"] for i in idx],
+                "rejected": [values[i]["rejected"] for i in idx],
+            },
+            schema={"_i": pl.Int64, "chosen": pl.String, "rejected": pl.String},
+        )
+        fast, slow = hh_pairs_columnar(frame)
+        rest = sorted(set(range(len(values))) - set(idx) | set(slow))
+        return fast, rest
+
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         chosen = split_transcript(text(row.get("chosen"), "chosen"), "chosen")
         rejected = split_transcript(text(row.get("rejected"), "rejected"), "rejected")
         rec = pair_from_conversations(chosen, rejected, "chosen")
         rec["meta"] = extra_meta(row, {"chosen", "rejected"})
         return [rec]
+
+
+def _turn_list(col: str) -> pl.Expr:
+    """Transcript -> ["<head>", "U<user text>", "A<assistant text>", ...] (markers as in ``_TURN``)."""
+    return (
+        pl.col(col)
+        .str.replace_all(r"\n\nHuman: ?", "\x00U")
+        .str.replace_all(r"\n\nAssistant: ?", "\x00A")
+        .str.split("\x00")
+    )
+
+
+def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """``HHReader.convert`` over a frame of (_i, chosen, rejected) strings, for the rows where it is exact.
+
+    Exact for rows with no NUL character, both transcripts starting with the
+    Human marker, ending with an assistant turn after a user turn, and
+    identical up to that last assistant turn (then the shared prefix is the
+    prompt and the last turns are the responses, as ``pair_from_conversations``
+    finds). Returns (canonical pair frame with _i, the _i of the other rows).
+    """
+    t = frame.select(
+        "_i",
+        _turn_list("chosen").alias("c"),
+        _turn_list("rejected").alias("r"),
+        (
+            pl.col("chosen").str.contains("\x00", literal=True)
+            | pl.col("rejected").str.contains("\x00", literal=True)
+        ).alias("nul"),
+    )
+    n_c, n_r = pl.col("c").list.len(), pl.col("r").list.len()
+    ok = (
+        ~pl.col("nul")
+        & (n_c >= 3)
+        & (pl.col("c").list.first() == "")
+        & pl.col("c").list.last().str.starts_with("A")
+        & pl.col("r").list.last().str.starts_with("A")
+        & pl.col("c").list.get(-2, null_on_oob=True).str.starts_with("U")
+        & (pl.col("c").list.slice(0, n_c - 1) == pl.col("r").list.slice(0, n_r - 1))
+    )
+    t = t.with_columns(ok.fill_null(False).alias("ok"))
+    slow = t.filter(~pl.col("ok")).get_column("_i").to_list()
+    e = pl.element()
+    turn = pl.struct(
+        role=e.str.head(1).replace_strict({"U": "user", "A": "assistant"}, return_dtype=pl.String),
+        content=e.str.slice(1),
+    )
+
+    def last(col: str) -> pl.Expr:
+        return pl.concat_list(
+            pl.struct(role=pl.lit("assistant"), content=pl.col(col).list.last().str.slice(1))
+        )
+
+    fast = t.filter(pl.col("ok")).select(
+        "_i",
+        pl.col("c").list.slice(1, n_c - 2).list.eval(turn).alias("prompt"),
+        last("c").alias("chosen"),
+        last("r").alias("rejected"),
+        pl.lit(None, dtype=pl.Float64).alias("strength"),
+        pl.lit("{}").alias("meta"),
+    )
+    return fast, slow

@@ -1,0 +1,248 @@
+"""Ingest benchmark: `curate ingest` against the bare polars limit and Hugging Face datasets, on one file.
+
+One command writes a synthetic HH-RLHF-shaped preference JSONL (turn counts and
+lengths drawn from the real file, see synth.py), then times in separate child
+processes, on that same file:
+
+  curate      `curate ingest FILE --store S --no-near-dedup` (read, normalise, hash, validate, dedup, write)
+  curate-10%  the same on the first tenth of the file (does peak memory grow with the input?)
+  polars      polars.read_ndjson(FILE).write_parquet(OUT)          (the bare limit: parse + write)
+  datasets    datasets.load_dataset("json", data_files=FILE)["train"].to_parquet(OUT)
+
+and near-duplicate detection over the ingested prompts: curation.dedup (rensa
+MinHash LSH, verified candidates, union-find clusters) against a plain
+datasketch MinHash + MinHashLSH with the same shingles and banding.
+
+Each child reports wall seconds and its peak RSS (ru_maxrss). Results go to
+benchmarks/ingest/RESULTS.md with the machine description and its load.
+
+    .venv/bin/python benchmarks/ingest/run.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HH = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+if not HH.exists():
+    HH = REPO / "curation" / "data" / "demo" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    t0 = time.perf_counter()
+    out: dict = {}
+    if method.startswith("curate"):
+        from curation.cli import app
+
+        shutil.rmtree(work / "store", ignore_errors=True)
+        t0 = time.perf_counter()
+        app(["ingest", str(file), "--store", str(work / "store"), "--no-near-dedup"], standalone_mode=False)
+    elif method == "polars":
+        import polars as pl
+
+        t0 = time.perf_counter()
+        pl.read_ndjson(file).write_parquet(work / "polars.parquet")
+    elif method == "datasets":
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        import datasets
+
+        datasets.disable_progress_bars()
+        shutil.rmtree(work / "hf_cache", ignore_errors=True)
+        t0 = time.perf_counter()
+        ds = datasets.load_dataset("json", data_files=str(file), cache_dir=str(work / "hf_cache"))["train"]
+        ds.to_parquet(str(work / "datasets.parquet"))
+    elif method in ("near", "datasketch"):
+        out.update(near(method, work, near_rows))
+        return {**out, "peak_mb": peak_mb()}
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_mb"] = peak_mb()
+    return out
+
+
+def prompt_texts(work: Path, n: int) -> list[str]:
+    from curation.dedup import prompt_texts_sql
+    from curation.store import Store
+
+    con = Store(work / "store", create=False).connect()
+    try:
+        return [t or "" for _, t in con.sql(prompt_texts_sql("pair") + f" LIMIT {n}").fetchall()]
+    finally:
+        con.close()
+
+
+def near(method: str, work: Path, n: int) -> dict:
+    from curation.dedup import MinHashParams, near_duplicate_clusters, shingles
+
+    texts = prompt_texts(work, n)
+    params = MinHashParams()
+    t0 = time.perf_counter()
+    if method == "near":
+        roots, _ = near_duplicate_clusters(texts, params)
+        dup = int(sum(int(r) != i for i, r in enumerate(roots)))
+    else:
+        from datasketch import MinHash, MinHashLSH
+
+        r = params.num_perm // params.bands
+        lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, params=(params.bands, r))
+        hashes = []
+        for i, t in enumerate(texts):
+            m = MinHash(num_perm=params.num_perm, seed=params.seed)
+            m.update_batch([s.encode() for s in shingles(t, params.shingle)])
+            lsh.insert(i, m)
+            hashes.append(m)
+        dup_set = set()
+        for i, m in enumerate(hashes):
+            for j in lsh.query(m):
+                if j > i and m.jaccard(hashes[j]) >= params.threshold:
+                    dup_set.add(j)
+        dup = len(dup_set)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "docs": len(texts),
+        "docs_per_s": len(texts) / seconds,
+        "near_duplicates": dup,
+    }
+
+
+def run_child(method: str, file: Path, work: Path, near_rows: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--file", str(file), "--work", str(work)]
+    cmd += ["--near-rows", str(near_rows)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{method} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_seconds"] = wall
+    return res
+
+
+def head_file(src: Path, dst: Path, rows: int) -> Path:
+    if not dst.exists():
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            for i, line in enumerate(fi):
+                if i >= rows:
+                    break
+                fo.write(line)
+    return dst
+
+
+def sh(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--near-rows", type=int, default=100_000, help="prompts for the near-dup timing")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ingest"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    ap.add_argument("--methods", default="polars,datasets,curate-10%,curate,near,datasketch")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.file, args.work, args.near_rows)))
+        return
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.ingest.synth import write_synthetic
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    file = args.work / f"hh_synth_{args.rows}.jsonl"
+    if not file.exists():
+        t0 = time.perf_counter()
+        write_synthetic(HH, file, args.rows)
+        print(f"wrote {file} ({file.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+    tenth = head_file(file, args.work / f"hh_synth_{args.rows}_head10.jsonl", args.rows // 10)
+    load_before = sh("uptime")
+    results: dict[str, dict] = {}
+    for method in args.methods.split(","):
+        f = tenth if method == "curate-10%" else file
+        work = args.work / method.replace("%", "")
+        work.mkdir(exist_ok=True)
+        if method in ("near", "datasketch"):
+            work = args.work / "curate"
+        results[method] = run_child(method, f, work, args.near_rows)
+        print(method, results[method], flush=True)
+    load_after = sh("uptime")
+    write_results(args, file, results, load_before, load_after)
+
+
+def write_results(args, file: Path, results: dict[str, dict], load_before: str, load_after: str) -> None:
+    rows = args.rows
+    lines = [
+        "# Ingest benchmark",
+        "",
+        f"Command: `.venv/bin/python benchmarks/ingest/run.py --rows {rows} --near-rows {args.near_rows}`  ",
+        f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
+        f"Input: synthetic HH-RLHF-shaped preference JSONL, {rows:,} rows, {file.stat().st_size / 1e6:.0f} MB "
+        "(turn counts and lengths drawn from hh-rlhf/harmless-base-test; see synth.py)  ",
+        f"Python {platform.python_version()}; each method in its own child process, OMP_NUM_THREADS=1; "
+        "seconds = the work inside the child (imports excluded), process = whole child process.",
+        "",
+        "| method | rows | seconds | process s | rows/s | peak RSS MB | vs polars |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = results.get("polars", {}).get("seconds")
+    for m, r in results.items():
+        if m in ("near", "datasketch"):
+            continue
+        n = rows // 10 if m == "curate-10%" else rows
+        ratio = f"{r['seconds'] / base:.2f}x" if base and m != "curate-10%" else ""
+        lines.append(
+            f"| {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {n / r['seconds']:,.0f} | "
+            f"{r['peak_mb']:,.0f} | {ratio} |"
+        )
+    near = {m: results[m] for m in ("near", "datasketch") if m in results}
+    if near:
+        lines += [
+            "",
+            "Near-duplicate prompts (MinHash, 128 permutations, word 3-gram shingles, threshold 0.8, 16 bands x 8 rows):",
+            "",
+            "| method | docs | seconds | docs/s | near-duplicates found | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        names = {"near": "curation.dedup (rensa)", "datasketch": "datasketch (plain)"}
+        for m, r in near.items():
+            lines.append(
+                f"| {names[m]} | {r['docs']:,} | {r['seconds']:.1f} | {r['docs_per_s']:,.0f} | "
+                f"{r['near_duplicates']:,} | {r['peak_mb']:,.0f} |"
+            )
+    lines += [
+        "",
+        "## Machine",
+        "",
+        "```",
+        sh("lscpu | head -20"),
+        f"nproc: {sh('nproc')}",
+        sh("free -g"),
+        f"load before: {load_before}",
+        f"load after:  {load_after}",
+        "```",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print(f"results -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Column-at-a-time work on a batch of canonical records: content ids, derived scalars, dedup.
+
+Everything here computes, over a whole Arrow batch, exactly what the per-record
+definitions compute for one record: ``content_ids`` equals ``schemas.ids.record_id``
+row by row, ``derive_frame`` equals ``validate.derive`` (the tests check both
+with hypothesis). Only the rare failing rows go back to Python for the detail
+of their error message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from schemas import Kind
+
+#: Exactly the characters Python's ``str.strip()`` removes (``str.isspace``), so stripped lengths agree
+#: with Python; tests check it against the running interpreter.
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_ROLE_LETTER = {"system": "S", "user": "U", "assistant": "A", "tool": "T"}
+_MESSAGE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "sft": (("messages", "m"),),
+    "pair": (("prompt", "p"), ("chosen", "c"), ("rejected", "r")),
+    "ranking": (("prompt", "p"),),
+}
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_UNHEX = np.full(256, 255, dtype=np.uint8)
+_UNHEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def _len_prefixed(e: pl.Expr) -> pl.Expr:
+    return pl.format("{}:{}", e.str.len_chars(), e)
+
+
+def _messages_key(col: str) -> pl.Expr:
+    role, content = pl.element().struct.field("role"), pl.element().struct.field("content")
+    return (
+        pl.col(col)
+        .list.eval(pl.concat_str(_len_prefixed(role), _len_prefixed(content)))
+        .list.join("")
+        .fill_null("")
+    )
+
+
+def _candidates_key() -> pl.Expr:
+    e = pl.element()
+    return (
+        pl.col("candidates")
+        .list.eval(
+            pl.concat_str(
+                pl.lit("k"),
+                _len_prefixed(e.struct.field("content")),
+                _len_prefixed(e.struct.field("grade").cast(pl.Int64).cast(pl.String)),
+                pl.when(e.struct.field("is_reference")).then(pl.lit("1")).otherwise(pl.lit("0")),
+            )
+        )
+        .list.join("")
+        .fill_null("")
+    )
+
+
+def key_columns(kind: Kind) -> list[pl.Expr]:
+    """Per-field serialisations whose concatenation is ``schemas.ids.content_key``."""
+    return [_messages_key(col).alias(f"_k_{tag}") for col, tag in _MESSAGE_COLUMNS[kind]] + (
+        [_candidates_key().alias("_k_cands")] if kind == "ranking" else []
+    )
+
+
+def content_key_expr(kind: Kind) -> pl.Expr:
+    parts: list[pl.Expr] = [pl.lit(f"{kind}\x1d")]
+    for _, tag in _MESSAGE_COLUMNS[kind]:
+        parts += [pl.lit(tag), pl.col(f"_k_{tag}"), pl.lit("\x1e")]
+    if kind == "ranking":
+        parts.append(pl.col("_k_cands"))
+    return pl.concat_str(parts)
+
+
+def xxh3_digests(keys: pl.Series) -> np.ndarray:
+    """xxh3-128 of each UTF-8 string, as a numpy array of 16-byte digests (big-endian, like hexdigest)."""
+    arr = keys.to_arrow()
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = memoryview(arr.buffers()[2] or b"")
+    digest = xxhash.xxh3_128_digest
+    out = b"".join(
+        [digest(data[a:b]) for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+    )
+    return np.frombuffer(out, dtype="S16")
+
+
+def hex_ids(digests: np.ndarray) -> pa.Array:
+    """32-character lowercase hex strings of 16-byte digests."""
+    raw = digests.view(np.uint8).reshape(-1, 16)
+    chars = np.empty((len(raw), 32), dtype=np.uint8)
+    chars[:, 0::2] = _HEX[raw >> 4]
+    chars[:, 1::2] = _HEX[raw & 15]
+    return pa.array(chars.reshape(-1).view("S32") if len(raw) else np.array([], dtype="S32")).cast(
+        pa.string()
+    )
+
+
+def digests_from_hex(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Inverse of ``hex_ids`` (ids written by earlier ingests)."""
+    if len(ids) == 0:
+        return np.array([], dtype="S16")
+    chars = np.asarray(ids.to_numpy(zero_copy_only=False).astype("S32")).view(np.uint8).reshape(-1, 32)
+    nib = _UNHEX[chars]
+    return ((nib[:, 0::2] << 4) | nib[:, 1::2]).astype(np.uint8).reshape(-1).view("S16")
+
+
+class IdSet:
+    """Ids already in the store or accepted earlier: sorted 16-byte digests in chunks (16 bytes per id)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+
+    @classmethod
+    def from_parquet(cls, files: list) -> IdSet:
+        s = cls()
+        for f in files:
+            s.add(digests_from_hex(pq.read_table(f, columns=["id"]).column("id")))
+        s.compact()
+        return s
+
+    def add(self, digests: np.ndarray) -> None:
+        if len(digests):
+            self.chunks.append(np.sort(digests))
+        if len(self.chunks) > 16:
+            self.compact()
+
+    def compact(self) -> None:
+        if len(self.chunks) > 1:
+            self.chunks = [np.sort(np.concatenate(self.chunks))]
+
+    def contains(self, digests: np.ndarray) -> np.ndarray:
+        hit = np.zeros(len(digests), dtype=bool)
+        for chunk in self.chunks:
+            pos = np.searchsorted(chunk, digests)
+            pos[pos == len(chunk)] = 0
+            hit |= chunk[pos] == digests
+        return hit
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+def first_occurrence(digests: np.ndarray) -> np.ndarray:
+    """True at the first position of each distinct digest."""
+    first = np.zeros(len(digests), dtype=bool)
+    if len(digests):
+        _, idx = np.unique(digests, return_index=True)
+        first[idx] = True
+    return first
+
+
+# ------------------------------------------------------------------ derived scalar columns
+def _stats(col: str, tag: str) -> list[pl.Expr]:
+    role, content = pl.element().struct.field("role"), pl.element().struct.field("content")
+    return [
+        pl.col(col)
+        .list.eval(content.str.strip_chars(PY_WHITESPACE).str.len_chars())
+        .list.min()
+        .fill_null(0)
+        .alias(f"_min_{tag}"),
+        pl.col(col).list.eval(content.str.len_chars()).list.sum().fill_null(0).alias(f"_chars_{tag}"),
+        pl.col(col)
+        .list.eval(role.replace_strict(_ROLE_LETTER, default="?"))
+        .list.join("")
+        .fill_null("")
+        .alias(f"_roles_{tag}"),
+    ]
+
+
+def derive_columns(kind: Kind) -> list[pl.Expr]:
+    exprs: list[pl.Expr] = []
+    for col, tag in _MESSAGE_COLUMNS[kind]:
+        exprs += _stats(col, tag)
+    if kind == "ranking":
+        e = pl.element().struct
+        exprs += [
+            pl.col("candidates").list.len().alias("n_candidates"),
+            pl.col("candidates")
+            .list.eval(e.field("content").str.strip_chars(PY_WHITESPACE).str.len_chars())
+            .list.min()
+            .fill_null(0)
+            .alias("_min_k"),
+            pl.col("candidates")
+            .list.eval(e.field("content").str.len_chars())
+            .list.max()
+            .fill_null(0)
+            .alias("_max_k"),
+            (~pl.col("candidates").list.eval(e.field("grade").is_null()).list.any().fill_null(False)).alias(
+                "grades_present"
+            ),
+        ]
+    return exprs
+
+
+#: A role sequence that ``validate.role_order_problem`` accepts (letters from _ROLE_LETTER).
+_ROLE_OK = r"^S?U[UAT]*$"
+
+
+def derive_frame(kind: Kind, frame: pl.DataFrame) -> pl.DataFrame:
+    """The scalar columns ``validate.derive`` computes, for a frame that has key and stat columns.
+
+    ``role_order`` is "ok" or "?" (the detail of a bad order is filled in later for those rows only).
+    """
+    if kind == "sft":
+        roles = pl.col("_roles_m")
+        ok = roles.str.contains(_ROLE_OK) & ~roles.str.contains("UT") & roles.str.ends_with("A")
+        cols = [
+            pl.col("_min_m").alias("min_turn_chars"),
+            pl.col("_chars_m").alias("total_chars"),
+            pl.col("messages").list.len().alias("n_turns"),
+        ]
+    else:
+        roles = pl.col("_roles_p")
+        ok = roles.str.contains(_ROLE_OK) & ~roles.str.contains("UT") & roles.str.contains("[UT]$")
+        if kind == "pair":
+            ok = ok & pl.col("_roles_c").str.contains("^[AT]*$") & pl.col("_roles_r").str.contains("^[AT]*$")
+            cols = [
+                pl.min_horizontal("_min_p", "_min_c", "_min_r").alias("min_turn_chars"),
+                (pl.col("_chars_p") + pl.max_horizontal("_chars_c", "_chars_r")).alias("total_chars"),
+                (pl.col("_k_c") != pl.col("_k_r")).alias("responses_differ"),
+            ]
+        else:
+            cols = [
+                pl.min_horizontal("_min_p", "_min_k").alias("min_turn_chars"),
+                (pl.col("_chars_p") + pl.col("_max_k")).alias("total_chars"),
+                pl.col("n_candidates"),
+                pl.col("grades_present"),
+            ]
+    # Int64 columns keep GX's range checks vectorised (other integer types fall back to a Python loop)
+    return frame.select(
+        pl.col("id"),
+        pl.when(ok).then(pl.lit("ok")).otherwise(pl.lit("?")).alias("role_order"),
+        *[c.cast(pl.Int64) if c.meta.output_name() in _COUNTS else c for c in cols],
+    )
+
+
+_COUNTS = ("min_turn_chars", "total_chars", "n_turns", "n_candidates")
