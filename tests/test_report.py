@@ -1,0 +1,106 @@
+"""`curate report`: a self-contained HTML file, rendered in headless Chromium with the network cut off."""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from curation.build import build
+from curation.policy import bundled_policy, load_policy
+from curation.report import render_report
+from tests.test_build_helpers import (  # noqa: F401  (fixtures)
+    available_scorers,
+    ingest,
+    real_store,
+    real_store_template,
+    score,
+)
+
+FIGURES = (
+    "margin_by_class",
+    "reward_vs_length",
+    "length_diff_vs_label",
+    "groups",
+    "epsilon",
+    "source_mix",
+    "before_after",
+)
+#: figures whose data comes from scorers every checkout has, or from ingest and the build
+ALWAYS_FILLED = ("length_diff_vs_label", "source_mix", "before_after")
+
+
+def _sections(page: str) -> dict[str, tuple[int, str]]:
+    out = {}
+    for chunk in page.split('<section class="figure"')[1:]:
+        m = re.match(r' data-figure="(\w+)" data-points="(\d+)"', chunk)
+        assert m, chunk[:200]
+        out[m.group(1)] = (int(m.group(2)), chunk)
+    return out
+
+
+def _chromium(*args: str, tmp_path) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: the page must not need the network
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=20000",
+    ]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=180, check=True)
+
+
+def test_report_is_self_contained_with_every_figure(real_store, tmp_path):
+    store, _ = real_store
+    build(store, load_policy(bundled_policy()))
+    out = render_report(store, tmp_path / "r" / "report.html")
+    page = out.read_text()
+    assert not re.search(r"<script[^>]+src=", page), "every script must be inline"
+    assert page.count("Plotly.newPlot") == len(FIGURES)
+    secs = _sections(page)
+    assert list(secs) == list(FIGURES)
+    for key in ALWAYS_FILLED:
+        assert secs[key][0] > 0, f"{key} has no data"
+    # the length figure reflects the real length_bias scores of this store
+    ((share,),) = store.connect().sql("SELECT avg((len_diff > 0)::INT) FROM scored_pairs").fetchall()
+    assert f"chosen is longer in {share:.1%} of pairs" in page
+
+
+@pytest.mark.slow
+def test_demo_report_renders_in_headless_chromium(store, demo_data, tmp_path):
+    """The bundled demo data through ingest -> score -> build -> report, rendered and screenshotted."""
+    # every demo file whose layout is detected (gsm8k/test.jsonl needs a column mapping)
+    files = sorted(p for p in demo_data.rglob("*") if p.suffix in (".json", ".jsonl", ".gz"))
+    ingest(store, [p for p in files if p.name != "test.jsonl"])
+    scorers = score(store, [s for s in available_scorers() if s != "reward_margin"])
+    assert "length_bias" in scorers
+    build(store, load_policy(bundled_policy()))
+    report = render_report(store, tmp_path / "demo-report.html")
+
+    dom = _chromium("--dump-dom", report.as_uri(), tmp_path=tmp_path).stdout
+    secs = _sections(dom)
+    assert list(secs) == list(FIGURES)
+    for key, (points, html) in secs.items():
+        # plotly drew the figure: its container and the SVG it renders into are in the live DOM
+        assert 'class="plot-container plotly"' in html, f"{key} was not rendered"
+        assert 'class="main-svg"' in html, f"{key} has no SVG"
+        if key in ALWAYS_FILLED:
+            assert points > 0
+    assert dom.count('class="plot-container plotly"') == len(FIGURES)
+
+    png = tmp_path / "demo-report.png"
+    _chromium("--window-size=1400,4000", f"--screenshot={png}", report.as_uri(), tmp_path=tmp_path)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+    print(f"report screenshot: {png}")
