@@ -132,8 +132,32 @@ def serve(
     only: list[str] | None = None,
     limit: int | None = 1,
 ) -> None:
-    """Register the deployments and run their schedules until interrupted (Ctrl-C / SIGTERM)."""
+    """Register the deployments and run their schedules until interrupted (Ctrl-C / SIGTERM).
+
+    On the way out the deployments are paused, so no run piles up as "late"
+    while nothing serves them; the next `curate serve` resumes them.
+    """
+    import signal
+
     from prefect import serve as prefect_serve
 
     deployments = runner_deployments(load_specs(path, only), overrides)
-    prefect_serve(*deployments, limit=limit)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM (systemd, docker stop) = Ctrl-C
+    try:
+        prefect_serve(*deployments, limit=limit)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        pause([f"{d.flow_name}/{d.name}" for d in deployments])
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def pause(names: list[str]) -> None:
+    """Pause deployments by ``flow/deployment`` name (their schedules stop creating runs)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.pause_deployment(client.read_deployment_by_name(name).id)
