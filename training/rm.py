@@ -111,6 +111,12 @@ class RMConfig(CurateTrainingConfig):
             "choices": ["auto", "true", "false"],
         },
     )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Turn the model's dropout off (as TRL's RewardTrainer does); kept on for SimCSE views."
+        },
+    )
     eval_batch_size_tokens: int = field(
         default=16384, metadata={"help": "Token budget per evaluation batch."}
     )
@@ -492,6 +498,10 @@ def train(config: RMConfig) -> dict[str, Any]:
     model = load_sequence_classifier(spec, num_labels=1)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
+    if config.disable_dropout and config.simcse_beta <= 0:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
     trainer = RewardTrainer(
         model=model,
         args=config,

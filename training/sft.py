@@ -1,0 +1,328 @@
+"""SFT trainer with uncertainty-aware label smoothing (UAL, docs/methods.md section 1).
+
+Loss on assistant tokens only (found through the tokenizer's chat template), per-sample label
+smoothing epsilon and weight from the sft shard (target 1 - eps for the gold token, eps / (V - 1) for
+every other token, averaged over each sample's supervised tokens), optional LoRA (peft) and optional
+packing. Runs on transformers' Trainer, so ``accelerate launch`` / ``torchrun`` scale it.
+
+    result = train(SFTConfig(shards=..., model=..., output_dir=...))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from curation.models import ModelSpec, load_causal_lm, load_tokenizer
+from training.common import (
+    CurateTrainingConfig,
+    JsonlLogCallback,
+    ListDataset,
+    SortedBucketSampler,
+    ensure_chat_template,
+    render_with_spans,
+)
+from training.losses import IGNORE_INDEX, segment_mean, ual_token_loss
+from training.shards import LengthReport, load_split, splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig(CurateTrainingConfig):
+    """SFT options (plus every transformers.TrainingArguments option)."""
+
+    max_length: int = field(default=1024, metadata={"help": "Maximum tokens per sample (or per packed row)."})
+    learning_rate: float = field(
+        default=2e-5, metadata={"help": "Learning rate (UAL paper with LoRA: 3e-4)."}
+    )
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Rows per device per step."})
+    logging_steps: float = field(default=10, metadata={"help": "Log loss every N steps."})
+    use_label_smoothing: bool = field(
+        default=True,
+        metadata={"help": "Use each sample's UAL epsilon from the shard (off: plain cross-entropy)."},
+    )
+    label_smoothing: float | None = field(
+        default=None, metadata={"help": "One epsilon for every sample instead of the shard's (e.g. 0.1)."}
+    )
+    use_weights: bool = field(
+        default=True, metadata={"help": "Multiply each sample's loss by its shard weight."}
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several samples into one row of max_length tokens (position ids restart per sample; "
+            "attention is only isolated with attention implementations that honour them, e.g. flash-attention)."
+        },
+    )
+    use_lora: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (UAL paper: 8)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (UAL paper: 16)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (UAL paper: 0.1)."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Modules for LoRA: 'all-linear' or a comma-separated list."}
+    )
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "Save the LoRA-merged model (loads with plain transformers); off: adapter."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing}: must be in [0, 1)")
+
+
+# ----------------------------------------------------------------------------- data
+def tokenize_conversations(
+    rows: list[dict[str, Any]], tokenizer, cfg: SFTConfig, what: str
+) -> tuple[list[dict[str, Any]], LengthReport]:
+    """Chat-template each conversation; labels on assistant tokens; right truncation (reported)."""
+    ensure_chat_template(tokenizer)
+    report = LengthReport(what, cfg.max_length)
+    out = []
+    for r in rows:
+        text, spans = render_with_spans(tokenizer, list(r["messages"]))
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        labels = [
+            tok if any(s <= a < e for s, e in spans) else IGNORE_INDEX
+            for tok, (a, _b) in zip(ids, offsets, strict=True)
+        ]
+        too_long = len(ids) > cfg.max_length
+        if too_long:
+            ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
+        if (too_long and cfg.overlong == "drop") or all(x == IGNORE_INDEX for x in labels[1:]):
+            report.add(r["id"], dropped=True)
+            continue
+        report.add(r["id"], truncated=too_long)
+        eps = cfg.label_smoothing if cfg.label_smoothing is not None else float(r["label_smoothing"])
+        out.append(
+            {
+                "id": r["id"],
+                "input_ids": ids,
+                "labels": labels,
+                "epsilon": eps if cfg.use_label_smoothing or cfg.label_smoothing is not None else 0.0,
+                "weight": float(r["weight"]) if cfg.use_weights else 1.0,
+            }
+        )
+    report.log()
+    return out, report
+
+
+def pack(samples: list[dict[str, Any]], max_length: int, packing: bool) -> ListDataset:
+    """Rows of samples: one sample per row, or greedy packs of consecutive samples up to max_length."""
+    rows: list[list[dict[str, Any]]] = []
+    for s in samples:
+        if (
+            packing
+            and rows
+            and sum(len(x["input_ids"]) for x in rows[-1]) + len(s["input_ids"]) <= max_length
+        ):
+            rows[-1].append(s)
+        else:
+            rows.append([s])
+    return ListDataset([{"samples": r} for r in rows], [sum(len(x["input_ids"]) for x in r) for r in rows])
+
+
+@dataclass
+class SFTCollator:
+    """Pads rows (right); per token: label, epsilon and the sample (segment) it belongs to."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(sum(len(s["input_ids"]) for s in r["samples"]) for r in rows)
+        n = len(rows)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        pos = torch.zeros((n, width), dtype=torch.long)
+        eps = torch.zeros((n, width))
+        seg = torch.zeros((n, width), dtype=torch.long)
+        weights = []
+        for i, r in enumerate(rows):
+            at = 0
+            for s in r["samples"]:
+                k = len(s["input_ids"])
+                ids[i, at : at + k] = torch.tensor(s["input_ids"])
+                # labels never cross a sample boundary: the first token of a sample is not predicted
+                lab = torch.tensor(s["labels"])
+                lab[0] = IGNORE_INDEX
+                labels[i, at : at + k] = lab
+                mask[i, at : at + k] = 1
+                pos[i, at : at + k] = torch.arange(k)
+                eps[i, at : at + k] = s["epsilon"]
+                seg[i, at : at + k] = len(weights)
+                weights.append(s["weight"])
+                at += k
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": pos,
+            "labels": labels,
+            "epsilon": eps,
+            "segments": seg,
+            "weights": torch.tensor(weights),
+        }
+
+
+# ----------------------------------------------------------------------------- trainer
+def sft_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample UAL loss, per-token-shifted supervised mask) for a batch from SFTCollator."""
+    logits = logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    tok = ual_token_loss(logits, labels, batch["epsilon"][:, 1:])
+    mask = labels != IGNORE_INDEX
+    return segment_mean(tok, mask, batch["segments"][:, 1:], batch["weights"].numel()), mask
+
+
+class SFTTrainer(Trainer):
+    def __init__(self, *args, sft_config: SFTConfig, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cfg = sft_config
+        self.samples_trained = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.cfg.length_grouping and hasattr(ds, "lengths"):
+            return SortedBucketSampler(ds.lengths, self.args.per_device_train_batch_size, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _forward(self, model, inputs):
+        return model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"],
+        ).logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = self._forward(model, inputs)
+        per_sample, _ = sft_losses(logits, inputs)
+        loss = (per_sample * inputs["weights"]).mean()
+        if model.training:
+            self.samples_trained += int(inputs["weights"].numel())
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    @torch.no_grad()
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if ds is None:
+            return {}
+        model = self.model
+        was = model.training
+        model.eval()
+        loss_sum = nll_sum = right = tokens = n = 0.0
+        for batch in self.get_eval_dataloader(ds):
+            batch = self._prepare_inputs(batch)
+            logits = self._forward(model, batch)
+            per_sample, mask = sft_losses(logits, batch)
+            loss_sum += float((per_sample * batch["weights"]).sum())
+            n += batch["weights"].numel()
+            labels = batch["labels"][:, 1:]
+            lg = logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(
+                lg.reshape(-1, lg.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            nll_sum += float(nll)
+            right += float(((lg.argmax(-1) == labels) & mask).sum())
+            tokens += float(mask.sum())
+        model.train(was)
+        metrics = {
+            f"{metric_key_prefix}_loss": loss_sum / max(1, n),
+            f"{metric_key_prefix}_nll": nll_sum / max(1, tokens),
+            f"{metric_key_prefix}_perplexity": math.exp(min(50.0, nll_sum / max(1, tokens))),
+            f"{metric_key_prefix}_token_accuracy": right / max(1, tokens),
+            f"{metric_key_prefix}_samples": n,
+        }
+        self.log(metrics)
+        return metrics
+
+
+# ----------------------------------------------------------------------------- entry point
+def load_sft(
+    shards: str, split: str, tok, cfg: SFTConfig, limit: int | None
+) -> tuple[ListDataset, LengthReport]:
+    table = load_split(shards, "sft", split, verify=cfg.verify_shards)
+    if limit is not None:
+        table = table.slice(0, limit)
+    samples, report = tokenize_conversations(table.to_pylist(), tok, cfg, f"sft/{split}")
+    return pack(samples, cfg.max_length, cfg.packing), report
+
+
+def train(config: SFTConfig) -> dict[str, Any]:
+    """Fine-tune a causal LM on the sft shards; returns metrics, length reports and the output folder."""
+    config.check_required()
+    spec = ModelSpec(config.model, config.trust_remote_code, config.allow_download)
+    tok = load_tokenizer(spec)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    train_ds, train_report = load_sft(
+        config.shards, config.train_split, tok, config, config.max_train_samples
+    )
+    if len(train_ds) == 0:
+        raise ValueError(f"{config.shards}: no sft/{config.train_split} samples left to train on")
+    eval_ds, eval_report = None, None
+    if config.eval_split and config.eval_split in splits(config.shards, "sft"):
+        eval_ds, eval_report = load_sft(
+            config.shards, config.eval_split, tok, config, config.max_eval_samples
+        )
+    model = load_causal_lm(spec)
+    if config.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = config.lora_target_modules
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=targets
+                if targets == "all-linear"
+                else [t.strip() for t in targets.split(",")],
+            ),
+        )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=SFTCollator(tok.pad_token_id),
+        processing_class=tok,
+        callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
+        sft_config=config,
+    )
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=config.resume_checkpoint())
+    seconds = time.perf_counter() - t0
+    if config.use_lora and config.merge_lora:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(config.output_dir)
+        tok.save_pretrained(config.output_dir)
+    else:
+        trainer.save_model(config.output_dir)
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    return {
+        "output_dir": config.output_dir,
+        "train_loss": out.training_loss,
+        "global_step": out.global_step,
+        "train_seconds": seconds,
+        "samples_trained": trainer.samples_trained,
+        "train_length_report": train_report.as_dict(),
+        "eval_length_report": eval_report.as_dict() if eval_report else None,
+        "metrics": metrics,
+        "log_history": trainer.state.log_history,
+    }
