@@ -38,6 +38,10 @@ ROLE_MAP = {
 }
 
 
+#: Longest conversation accepted; longer ones are quarantined before any per-turn work.
+MAX_TURNS = 10_000
+
+
 def content_text(content: Any, field: str) -> str:
     """String content, or the text parts of an OpenAI list-of-parts content joined by newlines."""
     if isinstance(content, str):
@@ -72,6 +76,8 @@ def normalize_messages(
         )
     if not turns:
         raise RowError(field, "empty conversation")
+    if len(turns) > MAX_TURNS:
+        raise RowError(field, f"{len(turns)} turns, more than {MAX_TURNS}: not a conversation to train on")
     out: list[Message] = []
     for i, turn in enumerate(turns):
         where = f"{field}[{i}]"

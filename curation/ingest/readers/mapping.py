@@ -177,10 +177,10 @@ class MappingReader(Reader):
                 )
             )
             g = get_path(item, self.mapping["candidate_grade"])
-            if isinstance(g, bool) or not isinstance(g, int | float):
+            if isinstance(g, bool) or not isinstance(g, int | float) or g != g:
                 raise RowError(
                     f"{self.mapping['candidates']}[{i}].{self.mapping['candidate_grade']}",
-                    f"expected a number, got {g!r}",
+                    f"expected a number (not NaN), got {g!r}",
                 )
             scores.append(float(g))
         grades = dense_grades(scores)

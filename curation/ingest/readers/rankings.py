@@ -158,7 +158,9 @@ class CompletionsReader(Reader):
             from curation.ingest.readers.chat import normalize_messages
 
             prompt = normalize_messages(prompt_raw, pkey)
-        lkey = next(k for k in _LIST_KEYS if isinstance(row.get(k), list))
+        lkey = next((k for k in _LIST_KEYS if isinstance(row.get(k), list)), None)
+        if lkey is None:
+            raise RowError(_LIST_KEYS[0], f"missing: no list of candidates ({', '.join(_LIST_KEYS)})")
         items = row[lkey]
         contents, scores, by_rank = [], [], False
         for i, item in enumerate(items):
@@ -175,8 +177,8 @@ class CompletionsReader(Reader):
             if skey is None:
                 raise RowError(f"{where}", "grades present: no grade/score/rating/rank")
             value = item[skey]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RowError(f"{where}.{skey}", f"expected a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise RowError(f"{where}.{skey}", f"expected a number (not NaN), got {value!r}")
             scores.append(float(value))
         if len(contents) < 2:
             raise RowError(lkey, f"a ranking needs at least 2 candidates, got {len(contents)}")
