@@ -77,62 +77,67 @@ class HHReader(Reader):
         return [rec]
 
 
-def _turn_list(col: str) -> pl.Expr:
-    """Transcript -> ["<head>", "U<user text>", "A<assistant text>", ...] (markers as in ``_TURN``)."""
-    return (
-        pl.col(col)
-        .str.replace_all(r"\n\nHuman: ?", "\x00U")
-        .str.replace_all(r"\n\nAssistant: ?", "\x00A")
-        .str.split("\x00")
-    )
+def _marked(col: str) -> pl.Expr:
+    """Each turn marker replaced by NUL + role letter (U/A); the optional space stays with the content."""
+    return pl.col(col).str.replace_many(["\n\nHuman:", "\n\nAssistant:"], ["\x00U", "\x00A"])
+
+
+def _after(e: pl.Expr, n: int) -> pl.Expr:
+    """Text after ``n`` marker characters and the marker's optional space (as ``_TURN`` consumes it)."""
+    return pl.when(e.str.slice(n, 1) == " ").then(e.str.slice(n + 1)).otherwise(e.str.slice(n))
 
 
 def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     """``HHReader.convert`` over a frame of (_i, chosen, rejected) strings, for the rows where it is exact.
 
-    Exact for rows with no NUL character, both transcripts starting with the
-    Human marker, ending with an assistant turn after a user turn, and
-    identical up to that last assistant turn (then the shared prefix is the
-    prompt and the last turns are the responses, as ``pair_from_conversations``
-    finds). Returns (canonical pair frame with _i, the _i of the other rows).
+    Exact for rows with no NUL character, the chosen transcript starting with
+    the Human marker and ending with an assistant turn after a user turn, and
+    the rejected transcript equal to it up to that last assistant turn and then
+    holding one assistant turn (so the shared prefix is the prompt and the last
+    turns are the responses, as ``pair_from_conversations`` finds). Returns
+    (canonical pair frame with _i, the _i of the other rows).
     """
     t = frame.select(
         "_i",
-        _turn_list("chosen").alias("c"),
-        _turn_list("rejected").alias("r"),
+        _marked("chosen").str.split("\x00").alias("c"),
+        _marked("rejected").alias("mr"),
         (
             pl.col("chosen").str.contains("\x00", literal=True)
             | pl.col("rejected").str.contains("\x00", literal=True)
         ).alias("nul"),
     )
-    n_c, n_r = pl.col("c").list.len(), pl.col("r").list.len()
+    n_c = pl.col("c").list.len()
+    last_c = pl.col("c").list.last()
+    # the chosen transcript up to its last turn, in marked form: the turns joined back with the sentinel
+    prefix = pl.col("c").list.slice(0, n_c - 1).list.join("\x00")
+    t = t.with_columns(prefix.alias("pre"))
+    rest_r = pl.col("mr").str.slice(pl.col("pre").str.len_chars())
     ok = (
         ~pl.col("nul")
         & (n_c >= 3)
         & (pl.col("c").list.first() == "")
-        & pl.col("c").list.last().str.starts_with("A")
-        & pl.col("r").list.last().str.starts_with("A")
+        & last_c.str.starts_with("A")
         & pl.col("c").list.get(-2, null_on_oob=True).str.starts_with("U")
-        & (pl.col("c").list.slice(0, n_c - 1) == pl.col("r").list.slice(0, n_r - 1))
+        & pl.col("mr").str.starts_with(pl.col("pre"))
+        & rest_r.str.starts_with("\x00A")
+        & ~rest_r.str.slice(1).str.contains("\x00", literal=True)
     )
     t = t.with_columns(ok.fill_null(False).alias("ok"))
     slow = t.filter(~pl.col("ok")).get_column("_i").to_list()
     e = pl.element()
     turn = pl.struct(
         role=e.str.head(1).replace_strict({"U": "user", "A": "assistant"}, return_dtype=pl.String),
-        content=e.str.slice(1),
+        content=_after(e, 1),
     )
 
-    def last(col: str) -> pl.Expr:
-        return pl.concat_list(
-            pl.struct(role=pl.lit("assistant"), content=pl.col(col).list.last().str.slice(1))
-        )
+    def single(content: pl.Expr) -> pl.Expr:
+        return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=content))
 
     fast = t.filter(pl.col("ok")).select(
         "_i",
         pl.col("c").list.slice(1, n_c - 2).list.eval(turn).alias("prompt"),
-        last("c").alias("chosen"),
-        last("r").alias("rejected"),
+        single(_after(last_c, 1)).alias("chosen"),
+        single(_after(rest_r, 2)).alias("rejected"),
         pl.lit(None, dtype=pl.Float64).alias("strength"),
         pl.lit("{}").alias("meta"),
     )
