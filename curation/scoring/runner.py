@@ -102,7 +102,6 @@ class RewardModel(_Base):
 
     def __init__(self, spec: ModelSpec, config: RunnerConfig | None = None) -> None:
         super().__init__(spec, config)
-        import torch
         from transformers import AutoModelForSequenceClassification
 
         from curation.models import _kwargs
@@ -122,7 +121,6 @@ class RewardModel(_Base):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.to(self.device).eval()
-        torch.set_grad_enabled(False)
 
     def score_encoded(self, encoded: Sequence[Sequence[int]]) -> np.ndarray:
         import torch

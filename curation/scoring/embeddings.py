@@ -1,0 +1,187 @@
+"""Sentence embeddings, computed once per distinct text and shared by every scorer.
+
+The cache is keyed by the text's content hash (``schemas.ids.text_id``), so the
+same prompt in a pair and in an SFT record, or in two scorers, is embedded once.
+Vectors are L2-normalised float32 (cosine = dot product). Texts longer than the
+encoder's window lose their START (left truncation), as for reward models.
+The default encoder is the bundled all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from curation.models import (
+    DEFAULT_ENCODER,
+    ModelSpec,
+    bf16_supported,
+    describe,
+    load_sentence_encoder,
+    pick_device,
+)
+from curation.scoring.base import ScoreSummary, Timer
+from curation.scoring.cache import CacheSpec, CacheStats, cached_compute
+from curation.scoring.texts import last_user_turn, load_records, plain_render, prompt_of_sft, response_text
+from schemas.ids import text_id
+
+if TYPE_CHECKING:
+    from curation.store import Store
+
+VERSION = "1"
+
+
+class Embedder:
+    """An encoder plus the store cache it writes to."""
+
+    def __init__(
+        self,
+        store: Store,
+        model: str = DEFAULT_ENCODER,
+        max_seq_length: int = 256,
+        batch_size: int = 64,
+        device: str | None = None,
+        bf16: bool | None = None,
+        progress: bool = True,
+        trust_remote_code: bool = False,
+        allow_network: bool = False,
+    ) -> None:
+        self.store = store
+        self.spec_model = ModelSpec(model, trust_remote_code, allow_network)
+        self.fingerprint = describe(self.spec_model)["fingerprint"]
+        self.device = pick_device(device)
+        self.bf16 = bf16_supported(self.device) if bf16 is None else bf16
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.progress = progress
+        self._model = None
+        self.stats = CacheStats()
+
+    @property
+    def cache(self) -> CacheSpec:
+        params = {
+            "max_seq_length": self.max_seq_length,
+            "normalize": True,
+            "truncation": "left",
+            "bf16": self.bf16,
+        }
+        return CacheSpec("embeddings", VERSION, self.fingerprint, params)
+
+    def model(self):
+        if self._model is None:
+            self._model = load_sentence_encoder(self.spec_model, self.device)
+            self._model.max_seq_length = self.max_seq_length
+            self._model.tokenizer.truncation_side = "left"
+        return self._model
+
+    def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
+        import contextlib
+
+        import torch
+
+        ctx = (
+            torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), ctx:
+            vecs = self.model().encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def embed(self, texts: Sequence[str], desc: str = "embeddings") -> np.ndarray:
+        """(len(texts), dim) normalised embeddings; only texts never embedded before are encoded."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        keys = [text_id(t) for t in texts]
+
+        def compute(pos: np.ndarray) -> pa.Table:
+            vecs = self.encode_uncached([texts[i] for i in pos])
+            return pa.table({"vector": pa.array(list(vecs), pa.list_(pa.float32()))})
+
+        schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32()))])
+        table, stats = cached_compute(
+            self.store,
+            self.cache,
+            keys,
+            compute,
+            schema=schema,
+            order=[len(t) for t in texts],
+            chunk_size=1024,
+            progress=self.progress,
+            desc=desc,
+        )
+        self.stats.add(stats)
+        col = table.column("vector").combine_chunks()
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return np.asarray(flat, dtype=np.float32).reshape(len(texts), -1)
+
+
+# ------------------------------------------------------------- text views
+def prompt_texts(kind: str, records: list[dict]) -> list[str]:
+    """The prompt of each record, rendered plainly (what semantic dedup and clusters compare)."""
+    if kind == "sft":
+        return [plain_render(prompt_of_sft(r["messages"])) for r in records]
+    return [plain_render(r["prompt"]) for r in records]
+
+
+def pair_response_texts(records: list[dict]) -> tuple[list[str], list[str]]:
+    """(last user turn + chosen response, last user turn + rejected response) per pair."""
+    chosen, rejected = [], []
+    for r in records:
+        q = last_user_turn(r["prompt"])
+        chosen.append(f"{q}\n{response_text(r['chosen'])}")
+        rejected.append(f"{q}\n{response_text(r['rejected'])}")
+    return chosen, rejected
+
+
+def run(
+    store: Store,
+    *,
+    kinds: Sequence[str] = ("pair", "sft", "ranking"),
+    model: str = DEFAULT_ENCODER,
+    where: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    allow_network: bool = False,
+) -> ScoreSummary:
+    """Embed the texts the other scorers use (prompts of every kind, pair responses, SFT conversations)."""
+    if isinstance(kinds, str):
+        kinds = [k.strip() for k in kinds.split(",")]
+    with Timer() as t, store.writer_lock("score embeddings"):
+        emb = Embedder(
+            store,
+            model,
+            device=device,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+            allow_network=allow_network,
+        )
+        n = 0
+        for kind in kinds:
+            records = load_records(store, kind, where)
+            n += len(records)
+            emb.embed(prompt_texts(kind, records), f"{kind} prompts")
+            if kind == "pair":
+                c, r = pair_response_texts(records)
+                emb.embed(c + r, "pair responses")
+            if kind == "sft":
+                emb.embed([plain_render(r["messages"]) for r in records], "sft conversations")
+    return ScoreSummary(
+        "embeddings",
+        emb.cache.key,
+        n,
+        cached=emb.stats.cached,
+        computed=emb.stats.computed,
+        skipped=emb.stats.computed == 0,
+        seconds=t.seconds,
+    )

@@ -1,0 +1,227 @@
+"""spurious_groups: interpretable bias features, embedding clusters and Q-Diversity pseudo-groups (methods.md 6).
+
+Per pair:
+- ``feat_*``: length bucket of the longer response, sign of the length difference, refusal
+  phrases, lists/markdown, word overlap with the last user turn (each for chosen and rejected),
+  source dataset, and the k-means cluster of the prompt embedding;
+- ``feat_qdiv`` (z): a Q-Diversity pseudo-attribute from a 2-way head g on frozen embeddings
+  (e(chosen) - e(rejected), standardised). g plays the max side of the min-max game against the
+  preference model: it is trained to put high-loss pairs in group 1 and low-loss pairs in group 0
+  (maximising the gap of q-weighted mean losses), while the paper's regulariser
+  L_z = KL(p(y) || p^(y | z=1)) + KL(p(y) || p^(y | z=0)) keeps both pseudo-groups' label
+  distribution equal to the overall one, so z cannot just copy y. The loss per pair is
+  softplus(-margin / std(margin)) from the active reward_margin result, or, before that exists,
+  from a quick out-of-fold logistic preference head on the same embeddings.
+- ``group_id`` = 2 y + z with y = chosen is longer (the bias feature the label may hide behind);
+  ``group_weight`` = N / (G n_g): every non-empty group carries the same total weight, mean 1.
+
+The group table is the ``score_groups`` view (size, mean margin, share of flagged pairs).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from curation.models import DEFAULT_ENCODER
+from curation.scoring.base import ScoreSummary, Timer, add_stats
+from curation.scoring.cache import (
+    ResultSpec,
+    activate,
+    active_meta,
+    active_table,
+    commit_result,
+    ids_fingerprint,
+    result_done,
+)
+from curation.scoring.schemas import SPURIOUS_SCHEMA
+from curation.scoring.texts import last_user_turn, load_records, response_text
+
+if TYPE_CHECKING:
+    from curation.store import Store
+
+NAME = "spurious_groups"
+VERSION = "1"
+LEN_EDGES = (64, 128, 256)
+_WORDS = re.compile(r"\w+")
+
+
+def _overlap(q: str, r: str) -> float:
+    a, b = set(_WORDS.findall(q.lower())), set(_WORDS.findall(r.lower()))
+    return len(a & b) / max(1, len(a | b))
+
+
+def _kl(p, q):
+    import torch
+
+    return (p * (torch.log(p + 1e-8) - torch.log(q + 1e-8))).sum()
+
+
+def qdiv_head(
+    h: np.ndarray, y: np.ndarray, loss: np.ndarray, kl_weight: float = 1.0, steps: int = 300, seed: int = 0
+) -> np.ndarray:
+    """Pseudo-attribute z in {0, 1} per sample from a linear 2-way head on ``h`` (see module doc)."""
+    import torch
+
+    torch.manual_seed(seed)
+    x = torch.as_tensor((h - h.mean(0)) / (h.std(0) + 1e-6), dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    lt = torch.as_tensor((loss - loss.mean()) / (loss.std() + 1e-8), dtype=torch.float32)
+    classes = int(yt.max()) + 1 if len(yt) else 1
+    py = torch.bincount(yt, minlength=classes).float() / len(yt)
+    onehot = torch.nn.functional.one_hot(yt, classes).float()
+    g = torch.nn.Linear(x.shape[1], 2)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2, weight_decay=1e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            q = torch.softmax(g(x), dim=1)[:, 1]
+            q1, q0 = q.sum() + 1e-8, (1 - q).sum() + 1e-8
+            gap = (q * lt).sum() / q1 - ((1 - q) * lt).sum() / q0
+            p1 = (onehot * q[:, None]).sum(0) / q1
+            p0 = (onehot * (1 - q)[:, None]).sum(0) / q0
+            objective = -gap + kl_weight * (_kl(py, p1) + _kl(py, p0))
+            opt.zero_grad()
+            objective.backward()
+            opt.step()
+    with torch.inference_mode():
+        return (torch.softmax(g(x), dim=1)[:, 1] > 0.5).numpy().astype(np.int32)
+
+
+def balanced_weights(groups: np.ndarray) -> np.ndarray:
+    """N / (G n_g) per sample: equal total weight per non-empty group, mean 1."""
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return len(groups) / (len(uniq) * counts[inv])
+
+
+def run(
+    store: Store,
+    *,
+    where: str | None = None,
+    clusters: int = 8,
+    kl_weight: float = 1.0,
+    steps: int = 300,
+    seed: int = 0,
+    encoder: str = DEFAULT_ENCODER,
+    tokenizer: str = DEFAULT_ENCODER,
+    device: str = "auto",
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    allow_network: bool = False,
+) -> ScoreSummary:
+    """Compute bias features, clusters, Q-Diversity pseudo-groups and group weights for every pair."""
+    from sklearn.cluster import KMeans
+
+    from curation.scoring.embeddings import Embedder, pair_response_texts, prompt_texts
+    from curation.scoring.length_bias import pair_lengths
+    from curation.scoring.reward_margin import _LIST, _REFUSAL, crossfit_rewards
+    from schemas.ids import text_id
+
+    summary = ScoreSummary(NAME, "", 0)
+    with Timer() as t, store.writer_lock("score spurious_groups"):
+        records = load_records(store, "pair", where)
+        if not records:
+            raise ValueError("no pairs to score")
+        ids = [r["id"] for r in records]
+        summary.records = len(ids)
+        emb = Embedder(
+            store,
+            encoder,
+            device=device,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+            allow_network=allow_network,
+        )
+        rm_meta = active_meta(store, "reward_margin")
+        params = {
+            "clusters": clusters,
+            "kl_weight": kl_weight,
+            "steps": steps,
+            "seed": seed,
+            "tokenizer": tokenizer,
+            "embeddings": emb.cache.key,
+            "reward_margin": rm_meta["key"] if rm_meta else None,
+        }
+        spec = ResultSpec(NAME, VERSION, emb.fingerprint, params, ids_fingerprint(ids))
+        summary.key = spec.key
+        if result_done(store, spec):
+            activate(store, NAME, spec.key)
+            summary.skipped, summary.cached = True, len(ids)
+            summary.seconds = 0.0
+            return summary
+        lengths, stats, _ = pair_lengths(
+            store,
+            records,
+            tokenizer,
+            progress,
+            trust_remote_code=trust_remote_code,
+            allow_network=allow_network,
+        )
+        add_stats(summary, stats)
+        lc = lengths.column("len_chosen").to_numpy().astype(np.int64)
+        lr = lengths.column("len_rejected").to_numpy().astype(np.int64)
+        prompts = emb.embed(prompt_texts("pair", records), "pair prompts")
+        tc, tr = pair_response_texts(records)
+        resp = emb.embed(tc + tr, "pair responses")
+        add_stats(summary, emb.stats)
+        n = len(records)
+        diff = resp[:n] - resp[n:]
+        k = max(1, min(clusters, n))
+        cluster = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(prompts).astype(np.int32)
+        # per-pair loss of the preference model
+        margin = None
+        if rm_meta:
+            rm = active_table(store, "reward_margin")
+            mp = dict(zip(rm.column("id").to_pylist(), rm.column("margin").to_pylist(), strict=True))
+            margin = np.array([mp.get(i, np.nan) for i in ids], dtype=np.float64)
+            if np.isnan(margin).any():
+                margin = None  # stale result: fall back to the quick head below
+        loss_source = "reward_margin"
+        if margin is None:
+            loss_source = "quick-crossfit-logistic"
+            keys = [text_id(last_user_turn(r["prompt"])) for r in records]
+            folds = min(5, max(2, n // 20))
+            rc, rr = crossfit_rewards(
+                resp[:n], resp[n:], keys, folds=folds, repeats=1, head="logistic", seed=seed
+            )
+            margin = (rc - rr)[:, 0]
+        loss = np.logaddexp(0.0, -margin / (np.nanstd(margin) + 1e-8))
+        y = (lc > lr).astype(np.int64)
+        z = qdiv_head(diff, y, loss, kl_weight, steps, seed)
+        group = (2 * y + z).astype(np.int32)
+        weights = balanced_weights(group)
+        qs = [last_user_turn(r["prompt"]) for r in records]
+        ch = [response_text(r["chosen"]) for r in records]
+        rj = [response_text(r["rejected"]) for r in records]
+        table = pa.table(
+            {
+                "id": ids,
+                "group_id": group,
+                "group_weight": weights,
+                "feat_len_bucket": np.searchsorted(LEN_EDGES, np.maximum(lc, lr), side="right").astype(
+                    np.int32
+                ),
+                "feat_len_sign": np.sign(lc - lr).astype(np.int32),
+                "feat_refusal_chosen": [bool(_REFUSAL.search(s)) for s in ch],
+                "feat_refusal_rejected": [bool(_REFUSAL.search(s)) for s in rj],
+                "feat_list_chosen": [bool(_LIST.search(s)) for s in ch],
+                "feat_list_rejected": [bool(_LIST.search(s)) for s in rj],
+                "feat_overlap_chosen": [_overlap(q, s) for q, s in zip(qs, ch, strict=True)],
+                "feat_overlap_rejected": [_overlap(q, s) for q, s in zip(qs, rj, strict=True)],
+                "feat_source": [r["source"] for r in records],
+                "feat_emb_cluster": cluster,
+                "feat_qdiv": z,
+            },
+            schema=SPURIOUS_SCHEMA,
+        )
+        report = {"pairs": n, "groups": int(len(np.unique(group))), "loss_source": loss_source}
+        for g in np.unique(group):
+            m = group == g
+            report[f"group{g}_size"] = int(m.sum())
+            report[f"group{g}_mean_loss"] = float(loss[m].mean())
+        commit_result(store, spec, table, report=report)
+        summary.report = report
+    summary.seconds = t.seconds
+    return summary
