@@ -22,6 +22,13 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's flow and task logs."),
 ) -> None:
     """Run the whole pipeline on the bundled real sample data with the bundled model (offline, no server)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a first start migrates a fresh SQLite database: give a busy 2-core machine more than the default 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not verbose:  # before Prefect is first imported, so its logging config sees it
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from rich.table import Table
 
     from curation.cli import console, print_table

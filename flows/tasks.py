@@ -106,19 +106,25 @@ def package_code_key(package: str) -> str:
     return digest("code", [(str(f.relative_to(root)), file_digest(f)) for f in files])
 
 
-def model_key(params: dict[str, Any]) -> str | None:
-    """Fingerprint of the model a scorer uses (config + weights), or None when it uses none."""
-    model = params.get("model")
-    if not model:
-        return None
+#: Parameters that name local models; their fingerprints (config + weights) join the cache key.
+MODEL_PARAMS = ("model", "models", "encoder", "tokenizer")
+
+
+def model_key(params: dict[str, Any]) -> dict[str, str] | None:
+    """Fingerprints of the models a step's params name (defaults are covered by the code hash), or None."""
     from curation.models import ModelSpec, fingerprint
 
-    spec = ModelSpec(
-        model,
-        trust_remote_code=bool(params.get("trust_remote_code", False)),
-        allow_network=bool(params.get("allow_network", False)),
-    )
-    return fingerprint(spec.path())
+    names = []
+    for key in MODEL_PARAMS:
+        value = params.get(key)
+        names.extend([value] if isinstance(value, str) else list(value or []))
+    if not names:
+        return None
+    trust = bool(params.get("trust_remote_code", False))
+    network = bool(params.get("allow_network", False))
+    return {
+        n: fingerprint(ModelSpec(n, trust_remote_code=trust, allow_network=network).path()) for n in names
+    }
 
 
 def score_key(store_root: str, scorer: str, params: dict[str, Any], kinds: list[str]) -> str:
