@@ -27,7 +27,7 @@ STEP_FUNCTIONS = {
     "score": ("curation.scoring", "run_scorer"),
     "build": ("curation.build", "build"),
     "report": ("curation.report", "render_report"),
-    "train": ("training", "train"),
+    "train": ("training.rm", "train"),
 }
 
 
@@ -220,7 +220,10 @@ def build_flow(
 # --------------------------------------------------------------------- train
 @flow(name="curate-train", log_prints=True)
 def train_flow(store: str, name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train on a build's shards (cached on the manifest, the config and the base model's fingerprint)."""
+    """Train on a build's shards (cached on the manifest, the config, the base model's fingerprint and the code).
+
+    ``config``: ``{"trainer": "rm" | "sft" | "rescue", "model": PATH, ...}`` (fields of the trainer's config).
+    """
     if not step_available("train"):
         _skip("train")
         return {}

@@ -195,13 +195,33 @@ def train_key(store_root: str, name: str, config: dict[str, Any]) -> str:
     )
 
 
+#: trainer name -> (module, config class); each module has ``train(config) -> dict`` (see training/).
+TRAINERS = {
+    "rm": ("training.rm", "RMConfig"),
+    "sft": ("training.sft", "SFTConfig"),
+    "rescue": ("training.rescue", "RescueConfig"),
+}
+
+
 @_task(train_key, task_run_name="train {name}", retries=0)
 def train(store_root: str, name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Train on a build's shards (training.train)."""
-    from training import train as run_training
+    """Train on a build's shards: ``config = {"trainer": "rm"|"sft"|"rescue", "model": ..., **config fields}``.
 
-    out = run_training(Store(store_root), name, **config)
-    return {"name": name, "result": _plain(out)}
+    ``shards`` is the build folder; ``output_dir`` defaults to ``<store>/models/<build>-<trainer>``.
+    """
+    import importlib
+
+    fields = dict(config)
+    trainer = fields.pop("trainer", "rm")
+    if trainer not in TRAINERS:
+        raise ValueError(f"train config: unknown trainer {trainer!r}; choose one of {', '.join(TRAINERS)}")
+    module_name, config_class = TRAINERS[trainer]
+    module = importlib.import_module(module_name)
+    store = Store(store_root)
+    fields.setdefault("shards", str(store.path("curated", name)))
+    fields.setdefault("output_dir", str(store.path("models", f"{name}-{trainer}")))
+    out = module.train(getattr(module, config_class)(**fields))
+    return {"name": name, "trainer": trainer, "output_dir": fields["output_dir"], "result": _plain(out)}
 
 
 KINDS = ("sft", "pair", "ranking")
