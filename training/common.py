@@ -98,6 +98,9 @@ class CurateTrainingConfig(TrainingArguments):
             raise ValueError("--shards is required (a build folder with manifest.json)")
         if not self.model:
             raise ValueError("--model is required (a local model folder or a cached hub id)")
+        from training.shards import read_manifest
+
+        read_manifest(self.shards)  # fail on a bad build folder before loading any model
 
     def resume_checkpoint(self) -> str | None:
         """``resume_from_checkpoint``: a path, or 'last'/'true' for the newest checkpoint in output_dir."""
