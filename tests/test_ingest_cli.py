@@ -1,0 +1,39 @@
+"""`curate ingest` / `curate stats` end to end: accounting printed per source, re-runs add nothing, clear errors."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from curation.cli import app
+
+
+def test_ingest_prints_accounting_and_is_idempotent(demo_data, tmp_path):
+    runner = CliRunner()
+    store = str(tmp_path / "store")
+    args = ["ingest", str(demo_data / "openai-cookbook"), str(demo_data / "llama-factory"), "--store", store]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    out = first.output
+    assert "toy_chat_fine_tuning" in out and "alpaca_en_demo" in out and "dpo_en_demo" in out
+    # rows read, records, accepted, quarantined, duplicates for the cookbook file: 5 = 3 + 2 + 0
+    line = next(x for x in out.splitlines() if "toy_chat_fine_tuning" in x and "│" in x)
+    assert [c.strip() for c in line.split("│") if c.strip()][-5:] == ["5", "5", "3", "2", "0"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("skipped (already ingested)") == 3
+    stats = runner.invoke(app, ["stats", "--store", store])
+    assert stats.exit_code == 0 and "role order" in stats.output and "records by source" in stats.output
+
+
+def test_unreadable_files_fail_clearly(tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "broken.json"
+    bad.write_text('[{"a": 1}, {"a": ')
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"foo": 1, "bar": 2}\n')
+    res = runner.invoke(app, ["ingest", str(bad), str(odd), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 1
+    text = " ".join(res.output.split())
+    assert "broken.json: not valid JSON" in text
+    assert "odd.jsonl: unknown layout (fields: bar, foo)" in text and "--map" in text
+    missing = runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "--store", str(tmp_path / "s")])
+    assert missing.exit_code == 1 and "no such file" in missing.output
