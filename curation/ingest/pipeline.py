@@ -10,6 +10,15 @@ Accounting per unit: every input row produces records or one quarantine row;
 every record is accepted, quarantined (failed validation) or a duplicate
 (its content id is already in the store or earlier in the file). So
 ``records_out + rows_failed == accepted + quarantined + duplicates``.
+
+Work is done a batch at a time (``batch_rows`` input rows, so memory does not
+grow with the file): a reader converts what it can column-at-a-time
+(``Reader.convert_columns``, e.g. HH transcripts with polars string ops) and
+the rest row by row; then ids, the derived columns that Great Expectations
+checks, and exact dedup are computed over the whole batch (curation.ingest.columnar).
+A copy of a record that fails validation is quarantined with the same reason,
+never counted as a duplicate of something that is not stored. Known ids are
+kept as sorted 16-byte digests (16 bytes per record, not a Python set).
 """
 
 from __future__ import annotations
