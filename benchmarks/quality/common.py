@@ -70,6 +70,8 @@ class Sizes:
             sft_batch=4,
             sft_per_source=16,
             sft_eval_per_source=8,
+            scorer_params={"max_length": 64, "repeats": 1},
+            ual_params={"max_length": 64},
         )
 
 
@@ -160,11 +162,12 @@ def ingest(store_dir: Path, path: Path, source: str, reader: str):
     return store
 
 
-def build(store, policy: str, name: str | None = None) -> Path:
-    """``curate build benchmarks/quality/policies/<policy>.yaml --store ... [--name ...]``."""
+def build(store, policy, name: str | None = None) -> Path:
+    """``curate build benchmarks/quality/policies/<policy>.yaml --store ... [--name ...]``; ``policy`` is a
+    file stem under policies/ or a ``curation.policy.Policy`` (a policy file with harness-set values)."""
     from curation.build import build as do_build
 
-    return do_build(store, POLICIES / f"{policy}.yaml", name=name).path
+    return do_build(store, POLICIES / f"{policy}.yaml" if isinstance(policy, str) else policy, name=name).path
 
 
 def train_rm(shards: Path, out: Path, sizes: Sizes, seed: int, **options: Any) -> dict[str, Any]:

@@ -1,11 +1,10 @@
 """Experiment 3: worst-group accuracy of the reward model with and without group DRO.
 
-HH-RLHF harmless pairs (clean labels), split by prompt as in experiment 1. Train and test pairs are
-ingested as two sources of one store; the ``spurious_groups`` scorer assigns every pair a group from
-its bias features (it reads no preference strength; the test labels only enter through the sign of
-the features, as group labels do in any worst-group evaluation). Two builds select the sources; the
-reward model trains with plain Bradley-Terry or with group DRO over those groups, and is evaluated
-per group on the test pairs.
+HH-RLHF harmless pairs (clean labels), split by prompt as in experiment 1. Train and test pairs go
+into two stores, and the ``spurious_groups`` scorer runs on each separately (group id = 2 y + z with
+y = chosen is longer and z the Q-Diversity pseudo-attribute for hard pairs), so nothing about the
+test pairs reaches training. The reward model trains with plain Bradley-Terry or with group DRO over
+the train groups, and is evaluated per group on the test pairs (groups the scorer gave them there).
 """
 
 from __future__ import annotations
@@ -37,21 +36,24 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
     train, test = split_by_prompt(load_hh(), sizes.test_fraction)
     train = subsample(train, sizes.groups_train_limit, seed=1)
     test = subsample(test, sizes.hh_test_limit)
-    store = Store(fresh_dir(work / "store"))
-    for name, rows in (("hh_train", train), ("hh_test", test)):
-        path = write_jsonl(rows, work / f"{name}.jsonl")
-        for res in ingest_paths(store, [str(path)], IngestOptions(reader="hh", source=name)):
-            if res.error:
-                raise RuntimeError(f"ingest {path}: {res.error}")
+    builds, counts, reports = {}, {}, {}
     with Clock() as prep:
-        summary = run_scorer(store, "spurious_groups", **sizes.groups_params)
-        builds = {p: build(store, p) for p in ("grp_train", "grp_test")}
-    counts = (
-        store.connect()
-        .sql("SELECT source, group_id, count(*) FROM scored_pairs GROUP BY ALL ORDER BY ALL")
-        .fetchall()
+        for name, rows in (("train", train), ("test", test)):
+            store = Store(fresh_dir(work / f"store_{name}"))
+            path = write_jsonl(rows, work / f"hh_{name}.jsonl")
+            for res in ingest_paths(store, [str(path)], IngestOptions(reader="hh", source=f"hh_{name}")):
+                if res.error:
+                    raise RuntimeError(f"ingest {path}: {res.error}")
+            reports[name] = run_scorer(store, "spurious_groups", progress=False, **sizes.groups_params).report
+            builds[name] = build(store, f"grp_{name}")
+            counts[name] = (
+                store.connect()
+                .sql("SELECT group_id, count(*) FROM scored_pairs GROUP BY ALL ORDER BY ALL")
+                .fetchall()
+            )
+    log(
+        f"exp3: (group, pairs) train {counts['train']}, test {counts['test']}; scored+built in {prep.seconds:.0f}s"
     )
-    log(f"exp3: groups (source, group, n): {counts}; scored+built in {prep.seconds:.0f}s")
 
     out = []
     for arm, options in ARMS.items():
@@ -59,14 +61,14 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
         for seed in sizes.seeds:
             with Clock() as clock:
                 res = train_rm(
-                    builds["grp_train"],
+                    builds["train"],
                     work / f"rm_{seed}",
                     sizes,
                     seed,
                     **options,
                     **({"group_dro_eta": sizes.dro_eta} if options else {}),
                 )
-                m = eval_rm(Path(res["output_dir"]), builds["grp_test"])
+                m = eval_rm(Path(res["output_dir"]), builds["test"])
             seconds += clock.seconds
             worst.append(m["worst_group_accuracy"])
             acc.append(m["accuracy"])
@@ -74,11 +76,11 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
             log(f"exp3 {arm} seed {seed}: worst group {worst[-1]:.3f}, all {acc[-1]:.3f}, {per_group[-1]}")
             shutil.rmtree(res["output_dir"], ignore_errors=True)
         extra = {
-            "train_pairs": count_rows(builds["grp_train"]),
-            "test_pairs": count_rows(builds["grp_test"]),
-            "groups": [list(c) for c in counts],
+            "train_pairs": count_rows(builds["train"]),
+            "test_pairs": count_rows(builds["test"]),
+            "groups": {k: [list(c) for c in v] for k, v in counts.items()},
             "per_group_accuracy": per_group,
-            "scorer": summary.to_dict().get("report", {}),
+            "scorer": reports,
             "group_dro_eta": sizes.dro_eta if options else None,
         }
         for metric, values in (("worst-group accuracy", worst), ("accuracy, all test", acc)):

@@ -103,7 +103,7 @@ def score_noise(store, sizes: Sizes, cache_from: Path | None) -> dict[str, Any]:
 
     if cache_from is not None and (cache_from / "scores" / "cache").is_dir():
         shutil.copytree(cache_from / "scores" / "cache", store.root / "scores" / "cache", dirs_exist_ok=True)
-    summary = run_scorer(store, "reward_margin", backend="crossfit", **sizes.scorer_params)
+    summary = run_scorer(store, "reward_margin", backend="crossfit", progress=False, **sizes.scorer_params)
     return summary.to_dict()
 
 

@@ -68,12 +68,11 @@ def heldout_loss(model_dir: Path, shards: Path, max_length: int) -> dict[str, fl
 
 
 def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
-    from training.sft import SFTConfig, train
-
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.scoring import run_scorer
     from curation.store import Store
     from tests.tiny_models import build_tiny_causal_lm, gsm8k_and_alpaca_texts
+    from training.sft import SFTConfig, train
 
     per_source = sizes.sft_per_source + sizes.sft_eval_per_source
     data = sft_rows(SHARED, per_source)
@@ -94,7 +93,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
             if res.error:
                 raise RuntimeError(f"ingest {path}: {res.error}")
     with Clock() as prep:
-        summary = run_scorer(store, "uncertainty", **sizes.ual_params)
+        summary = run_scorer(store, "uncertainty", progress=False, **sizes.ual_params)
         eval_fraction = sizes.sft_eval_per_source / per_source
         builds = {}
         for arm, policy in ARMS.items():
