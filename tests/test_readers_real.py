@@ -184,6 +184,9 @@ def test_messages_and_kto_label_in_meta(real, shared_data):
     v1 = res["v1_sft_demo"]
     raw = _rows(shared_data / "llama-factory/v1_sft_demo.jsonl")
     assert v1.rows_read == 500 and v1.accepted + v1.duplicates == 500 and v1.quarantined == 0
+    # per-turn fields (loss_weight) are kept in meta, turn by turn
+    row0 = json.loads(_q(store, "SELECT meta FROM sft WHERE source='v1_sft_demo' AND source_row=0")[0][0])
+    assert [t["loss_weight"] for t in row0["turn_fields"]] == [m["loss_weight"] for m in raw[0]["messages"]]
 
 
 def test_alpaca_eval_soft_preference(real, shared_data):

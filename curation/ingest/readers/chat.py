@@ -100,6 +100,12 @@ def normalize_messages(
     return out
 
 
+def turn_extras(turns: list[Any], role_key: str = "role", content_key: str = "content") -> dict[str, Any]:
+    """Per-turn fields besides role and content (loss_weight, name, tool_calls ...), so nothing is lost."""
+    extra = [{k: v for k, v in t.items() if k not in (role_key, content_key)} for t in turns]
+    return {"turn_fields": extra} if any(extra) else {}
+
+
 def with_system(system: Any, messages: list[Message]) -> list[Message]:
     if isinstance(system, str) and system.strip() and (not messages or messages[0]["role"] != "system"):
         return [msg("system", system), *messages]
@@ -127,7 +133,8 @@ class MessagesReader(Reader):
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         messages = normalize_messages(row.get("messages"), "messages")
         split_prompt(messages, "messages")  # must end with an assistant turn after a user turn
-        return [{"messages": messages, "meta": extra_meta(row, {"messages"})}]
+        meta = extra_meta(row, {"messages"}) | turn_extras(row["messages"])
+        return [{"messages": messages, "meta": meta}]
 
 
 class ShareGPTReader(Reader):
@@ -152,7 +159,10 @@ class ShareGPTReader(Reader):
         messages = normalize_messages(row.get("conversations"), "conversations", "from", "value")
         messages = with_system(row.get("system"), messages)
         split_prompt(messages, "conversations")
-        return [{"messages": messages, "meta": extra_meta(row, {"conversations", "system"})}]
+        meta = extra_meta(row, {"conversations", "system"}) | turn_extras(
+            row["conversations"], "from", "value"
+        )
+        return [{"messages": messages, "meta": meta}]
 
 
 class ShareGPTPairReader(Reader):
