@@ -43,20 +43,27 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system, all threads) of this process so far: less disturbed by other load than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
     sys.path.insert(0, str(REPO))
     t0 = time.perf_counter()
+    c0 = cpu_s()
     out: dict = {}
     if method.startswith("curate"):
         from curation.cli import app
 
         shutil.rmtree(work / "store", ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         app(["ingest", str(file), "--store", str(work / "store"), "--no-near-dedup"], standalone_mode=False)
     elif method == "polars":
         import polars as pl
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         pl.read_ndjson(file).write_parquet(work / "polars.parquet")
     elif method == "datasets":
         os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -64,13 +71,14 @@ def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
 
         datasets.disable_progress_bars()
         shutil.rmtree(work / "hf_cache", ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         ds = datasets.load_dataset("json", data_files=str(file), cache_dir=str(work / "hf_cache"))["train"]
         ds.to_parquet(str(work / "datasets.parquet"))
     elif method in ("near", "datasketch"):
         out.update(near(method, work, near_rows))
         return {**out, "peak_mb": peak_mb()}
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = cpu_s() - c0
     out["peak_mb"] = peak_mb()
     return out
 
@@ -197,20 +205,24 @@ def write_results(args, file: Path, results: dict[str, dict], load_before: str, 
         f"Input: synthetic HH-RLHF-shaped preference JSONL, {rows:,} rows, {file.stat().st_size / 1e6:.0f} MB "
         "(turn counts and lengths drawn from hh-rlhf/harmless-base-test; see synth.py)  ",
         f"Python {platform.python_version()}; each method in its own child process, OMP_NUM_THREADS=1; "
-        "seconds = the work inside the child (imports excluded), process = whole child process.",
+        "seconds = wall time of the work inside the child (imports excluded), process = whole child process, "
+        "CPU s = user + system CPU time of that work over all threads (less disturbed by other load "
+        "than wall time; polars and datasets use several threads, curate mostly one).",
         "",
-        "| method | rows | seconds | process s | rows/s | peak RSS MB | vs polars |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) | vs polars (CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = results.get("polars", {}).get("seconds")
+    base_cpu = results.get("polars", {}).get("cpu_seconds")
     for m, r in results.items():
         if m in ("near", "datasketch"):
             continue
         n = rows // 10 if m == "curate-10%" else rows
         ratio = f"{r['seconds'] / base:.2f}x" if base and m != "curate-10%" else ""
+        cratio = f"{r['cpu_seconds'] / base_cpu:.2f}x" if base_cpu and m != "curate-10%" else ""
         lines.append(
-            f"| {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {n / r['seconds']:,.0f} | "
-            f"{r['peak_mb']:,.0f} | {ratio} |"
+            f"| {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+            f"{n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {cratio} |"
         )
     near = {m: results[m] for m in ("near", "datasketch") if m in results}
     if near:
