@@ -27,37 +27,41 @@ EXPECTED = {
 }
 
 
-def _run(tmp_path: Path, only: str, shared_data: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_data) -> tuple[subprocess.CompletedProcess, Path]:
+    """One ``run.py --tiny`` over every experiment (one process: the imports are paid once)."""
+    tmp = tmp_path_factory.mktemp("quality")
     env = {
         **os.environ,
         "CURATE_SHARED_DATA": str(shared_data),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(tmp / "prefect"),
     }
     cmd = [
         sys.executable,
         str(RUN),
         "--tiny",
         "--only",
-        only,
+        ",".join(sorted(EXPECTED)),
         "--out",
-        str(tmp_path / "out"),
+        str(tmp / "out"),
         "--work",
-        str(tmp_path / "work"),
+        str(tmp / "work"),
         "--threads",
         "1",
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return proc, tmp / "out"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(EXPECTED))
-def test_tiny_experiment_writes_every_row(tmp_path, shared_data, experiment):
-    proc = _run(tmp_path, experiment, shared_data)
+def test_tiny_experiment_writes_every_row(tiny_run, experiment):
+    proc, out = tiny_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    out = tmp_path / "out"
     res = json.loads((out / f"results-{experiment}.json").read_text())
+    assert res["tiny"] is True
     arms, metrics = EXPECTED[experiment]
     rows = res["rows"]
     assert {r["arm"] for r in rows} == arms
@@ -68,5 +72,56 @@ def test_tiny_experiment_writes_every_row(tmp_path, shared_data, experiment):
         assert r["wall_seconds"] > 0 and r["command"].endswith(f"--only {experiment}")
     md = (out / "RESULTS.md").read_text()
     assert md.count("| " + rows[0]["experiment"] + " |") == len(rows)
-    assert "machine:" in md
+    assert f"### Experiment {experiment}" in md and "machine:" in md
     assert (out / f"exp{experiment}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_noisy_preferences_arms_differ_as_designed(tiny_run):
+    """Arm (c) trains on exactly as many pairs as arm (b) kept, and (b) keeps fewer than (a)."""
+    _, out = tiny_run
+    rows = {(r["arm"], r["setting"]): r for r in json.loads((out / "results-1.json").read_text())["rows"]}
+    for setting in ("flip 20 %", "flip 40 %"):
+        raw = rows[("(a) raw noisy", setting)]["extra"]["train_pairs"]
+        cur = rows[("(b) curated", setting)]["extra"]["train_pairs"]
+        rnd = rows[("(c) random subset", setting)]["extra"]["train_pairs"]
+        assert rnd == cur
+        assert all(c < r for c, r in zip(cur, raw, strict=True))
+
+
+def test_hh_split_by_prompt_and_seeded_flips(shared_data):
+    from benchmarks.quality.noisy_preferences import flip_labels, load_hh, prompt_key, split_by_prompt
+
+    rows = load_hh(shared_data)
+    train, test = split_by_prompt(rows, 0.2)
+    assert len(train) + len(test) == len(rows) == 2312
+    assert 0.15 < len(test) / len(rows) < 0.25
+    assert not {prompt_key(r) for r in train} & {prompt_key(r) for r in test}
+    noisy, flipped = flip_labels(train[:200], 0.4, seed=3)
+    assert len(flipped) == 80 and flip_labels(train[:200], 0.4, seed=3)[1] == flipped
+    assert flip_labels(train[:200], 0.4, seed=4)[1] != flipped
+    for i, (a, b) in enumerate(zip(train[:200], noisy, strict=True)):
+        swapped = (b["chosen"], b["rejected"]) == (a["rejected"], a["chosen"])
+        assert swapped == (i in flipped) or a["chosen"] == a["rejected"]
+
+
+def test_alpaca_eval_pairs_are_real_judgments(shared_data):
+    from benchmarks.quality.length_bias import MIN_GAP, chosen_longer, judgments, load_alpaca_eval, split
+
+    data = load_alpaca_eval(shared_data)
+    groups = judgments(data)
+    assert len(groups) == 805
+    outputs = {v: {r["output_2"] for r in data[v]} for v in data}
+    for g in groups[:50]:
+        direct = [
+            r for r in g if r["output_1"] not in outputs["default"] | outputs["concise"] | outputs["verbose"]
+        ]
+        assert len(direct) <= 3
+        for r in g:
+            assert 1.0 <= r["preference"] <= 2.0 and r["preference"] != 1.5
+            if r not in direct:
+                assert abs(r["preference"] - 1.5) * 2 >= MIN_GAP - 1e-9
+    train, test = split(groups, 0.2)
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
+    # the judge mostly prefers the longer answer: the bias the experiment is about
+    assert sum(map(chosen_longer, train)) / len(train) > 0.7
