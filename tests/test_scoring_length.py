@@ -101,3 +101,20 @@ def test_views_have_contract_columns_before_any_score(hh_store):
     for name in ("uncertainty", "label_smoothing", "uncertainty_source", "sem_cluster", "sem_representative"):
         assert name in sft_cols
     assert "prompt" in cols and "chosen" in cols  # every column of pairs
+
+
+def test_cli_score_prints_summary_and_refuses_unknown_params(hh_store):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", "length_bias", "--store", str(hh_store.root), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "p_chosen_longer" in res.output and "length_bias" in res.output
+    res = runner.invoke(
+        app, ["score", "length_bias", "--store", str(hh_store.root), "--param", "bogus=1", "--no-progress"]
+    )
+    assert res.exit_code == 1 and "does not take bogus" in res.output
+    res = runner.invoke(app, ["score", "nope", "--store", str(hh_store.root)])
+    assert res.exit_code == 1 and "unknown scorer" in res.output
