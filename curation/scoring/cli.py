@@ -92,6 +92,9 @@ def register(app: typer.Typer) -> None:
             try:
                 summary = run_scorer(st, name, **{k: v for k, v in given.items() if k in accepted})
             except (StoreError, ValueError) as exc:
+                if scorer == "all" and str(exc).startswith("no "):
+                    console.print(f"[dim]{name}: skipped, {exc}[/]")
+                    continue
                 fail(f"{name}: {exc}")
                 return
             rows.append(summary)
