@@ -120,7 +120,7 @@ def test_poe_sum_weights_margin_and_group_dro_in_the_loss(real_shards, minilm, t
 
 
 def test_train_rm_loss_goes_down_and_metrics(real_shards, minilm, tmp_path):  # noqa: F811
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from training.rm import evaluate, train
 
@@ -141,6 +141,8 @@ def test_train_rm_loss_goes_down_and_metrics(real_shards, minilm, tmp_path):  # 
     # plain transformers loads it; the PoE bias expert is not part of it
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 1
+    tok = AutoTokenizer.from_pretrained(out)  # a reward_margin backend truncates the same way
+    assert tok.truncation_side == "left" and tok.model_max_length == 48
     assert not (out / "bias_expert.safetensors").exists()
     again = evaluate(out, real_shards, split="eval", limit=24)
     assert again["accuracy"] == pytest.approx(m["eval_accuracy"])

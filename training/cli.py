@@ -9,6 +9,7 @@ with TRL's scripts. ``curate train rm --help`` lists them all. Scale out with th
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import typer
@@ -75,6 +76,8 @@ def _run(kind: str, argv: list[str]) -> None:
     except (ShardError, ModelError, ValueError, FileNotFoundError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun only the main process reports
+        return
     summary = {k: v for k, v in result.items() if k != "log_history"}
     sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
 

@@ -147,11 +147,12 @@ def tokenize_pairs(
     for r in rows:
         texts.append(tokenizer.apply_chat_template(list(r["prompt"]) + list(r["chosen"]), tokenize=False))
         texts.append(tokenizer.apply_chat_template(list(r["prompt"]) + list(r["rejected"]), tokenize=False))
+    side, limit = tokenizer.truncation_side, tokenizer.model_max_length
+    tokenizer.model_max_length = 1 << 30  # measuring full lengths: no "longer than the model" warning
     full_lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
     enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    tokenizer.truncation_side = side
+    tokenizer.truncation_side, tokenizer.model_max_length = side, limit
     resp = tokenizer(
         [_last_content(r[k]) for r in rows for k in ("chosen", "rejected")], add_special_tokens=False
     )["input_ids"]
@@ -289,6 +290,8 @@ class RewardTrainer(Trainer):
             self.bias_expert = BiasExpert(
                 self.model.get_input_embeddings(), rm_config.poe_hidden, rm_config.poe_noise_std
             ).to(self.args.device)
+            if self.accelerator.num_processes > 1:  # its gradients are averaged across processes too
+                self.bias_expert = self.accelerator.prepare_model(self.bias_expert)
         self.pairs_trained = 0
 
     # length-grouped batches
@@ -338,8 +341,13 @@ class RewardTrainer(Trainer):
         if cfg.use_weights:
             per_pair = per_pair * inputs["weight"]
         if cfg.group_dro and model.training:
-            g_loss, _ = group_losses(per_pair, inputs["group"].clamp(max=self.n_groups - 1), self.n_groups)
-            self.dro_q = group_dro_step(self.dro_q.to(g_loss.device), g_loss, cfg.group_dro_eta)
+            g_loss, count = group_losses(
+                per_pair, inputs["group"].clamp(max=self.n_groups - 1), self.n_groups
+            )
+            # the weights follow the group losses of the whole global batch, the same on every process
+            total = self.accelerator.reduce(torch.stack([g_loss.detach() * count, count]), "sum")
+            global_loss = total[0] / total[1].clamp(min=1)
+            self.dro_q = group_dro_step(self.dro_q.to(g_loss.device), global_loss, cfg.group_dro_eta)
             loss = (self.dro_q * g_loss).sum()
         else:
             loss = per_pair.mean()
@@ -369,7 +377,9 @@ class RewardTrainer(Trainer):
         if self.bias_expert is not None:
             from safetensors.torch import save_file
 
-            save_file(self.bias_expert.state_dict(), str(out / BIAS_EXPERT_FILE))
+            save_file(
+                self.accelerator.unwrap_model(self.bias_expert).state_dict(), str(out / BIAS_EXPERT_FILE)
+            )
         (out / STATE_FILE).write_text(
             json.dumps({"dro_q": self.dro_q.tolist(), "pairs_trained": self.pairs_trained})
         )
@@ -379,7 +389,9 @@ class RewardTrainer(Trainer):
         if self.bias_expert is not None and (ck / BIAS_EXPERT_FILE).exists():
             from safetensors.torch import load_file
 
-            self.bias_expert.load_state_dict(load_file(str(ck / BIAS_EXPERT_FILE)))
+            self.accelerator.unwrap_model(self.bias_expert).load_state_dict(
+                load_file(str(ck / BIAS_EXPERT_FILE))
+            )
         if (ck / STATE_FILE).exists():
             state = json.loads((ck / STATE_FILE).read_text())
             self.dro_q = torch.tensor(state["dro_q"])
@@ -522,14 +534,24 @@ def train(config: RMConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     tok.model_max_length = config.max_length  # so a plain pipeline truncates the same way
     trainer.save_model(config.output_dir)
-    (Path(config.output_dir) / RM_INFO_FILE).write_text(
-        json.dumps(
-            {"max_length": config.max_length, "truncation_side": "left", "config": _jsonable(asdict(config))},
-            indent=2,
+    if trainer.args.should_save:
+        (Path(config.output_dir) / RM_INFO_FILE).write_text(
+            json.dumps(
+                {
+                    "max_length": config.max_length,
+                    "truncation_side": "left",
+                    "config": _jsonable(asdict(config)),
+                },
+                indent=2,
+            )
+        )
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    # pairs trained by all processes together
+    pairs = int(
+        trainer.accelerator.reduce(
+            torch.tensor(trainer.pairs_trained - pairs_before, device=trainer.args.device), "sum"
         )
     )
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    pairs = trainer.pairs_trained - pairs_before
     return {
         "output_dir": config.output_dir,
         "train_loss": out.training_loss,
