@@ -88,8 +88,14 @@ def near_duplicate_clusters(
     Items earlier in ``texts`` win as representatives. Candidate pairs from the
     LSH bands are verified with the MinHash Jaccard estimate before merging.
     """
-    n = len(texts)
-    hashes = minhashes(texts, params)
+    return cluster_minhashes(minhashes(texts, params), params)
+
+
+def cluster_minhashes(
+    hashes: Sequence[rensa.RMinHash], params: MinHashParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """``near_duplicate_clusters`` from precomputed MinHashes (lets callers stream the texts)."""
+    n = len(hashes)
     lsh = rensa.RMinHashLSH(threshold=params.threshold, num_perm=params.num_perm, num_bands=params.bands)
     lsh.insert_pairs(list(enumerate(hashes)))
     parent = np.arange(n)
@@ -135,11 +141,14 @@ def mark_near_duplicates(
     con = store.connect()
     try:
         for kind in kinds:
-            rows = con.sql(prompt_texts_sql(kind)).fetchall()
-            ids = [r[0] for r in rows]
-            texts = [r[1] or "" for r in rows]
-            if texts:
-                roots, sim = near_duplicate_clusters(texts, params)
+            ids: list[str] = []
+            hashes: list[rensa.RMinHash] = []
+            # stream the prompt texts: only ids and 128-value signatures stay in memory
+            for batch in con.sql(prompt_texts_sql(kind)).to_arrow_reader(batch_size=50_000):
+                ids.extend(batch.column("id").to_pylist())
+                hashes.extend(minhashes([t or "" for t in batch.column("text").to_pylist()], params))
+            if hashes:
+                roots, sim = cluster_minhashes(hashes, params)
             else:
                 roots, sim = np.array([], dtype=np.int64), np.array([])
             sizes = np.bincount(roots, minlength=len(ids)) if len(ids) else np.array([])
