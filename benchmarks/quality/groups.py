@@ -28,6 +28,13 @@ from benchmarks.quality.noisy_preferences import load_hh, split_by_prompt, subsa
 ARMS = {"(a) plain BT": {}, "(b) group DRO": {"group_dro": True}}
 
 
+def reuse_embeddings(exp1_work: Path, store_root: Path) -> None:
+    """Seed the store's content-keyed score cache with experiment 1's (same encoder, same HH texts)."""
+    for cache in sorted(exp1_work.glob("store_*/scores/cache")):
+        shutil.copytree(cache, store_root / "scores" / "cache", dirs_exist_ok=True)
+        return
+
+
 def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.scoring import run_scorer
@@ -40,6 +47,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
     with Clock() as prep:
         for name, rows in (("train", train), ("test", test)):
             store = Store(fresh_dir(work / f"store_{name}"))
+            reuse_embeddings(work.parent / "exp1", store.root)
             path = write_jsonl(rows, work / f"hh_{name}.jsonl")
             for res in ingest_paths(store, [str(path)], IngestOptions(reader="hh", source=f"hh_{name}")):
                 if res.error:
