@@ -116,3 +116,19 @@ def test_group_dro_weights():
     z = math.exp(0.02) + 1 + math.exp(0.005)
     assert q.tolist() == pytest.approx([math.exp(0.02) / z, 1 / z, math.exp(0.005) / z])
     assert (q @ losses).item() == pytest.approx((2 * math.exp(0.02) + 0.5 * math.exp(0.005)) / z)
+
+
+def test_sorted_bucket_sampler_batches_neighbours_in_length():
+    from training.common import SortedBucketSampler
+
+    lengths = [(i * 37) % 101 for i in range(203)]  # 203 = 25 batches of 8 + 3
+    sampler = SortedBucketSampler(lengths, 8, seed=1)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(203)) and first != second  # every index once; reshuffled per epoch
+    chunks = [first[i : i + 8] for i in range(0, 203, 8)]
+    ordered = sorted(lengths)
+    for chunk in chunks[:-1]:
+        lo, hi = min(lengths[i] for i in chunk), max(lengths[i] for i in chunk)
+        # each DataLoader chunk is one sorted bucket: 8 consecutive values of the sorted lengths
+        assert any(ordered[k] == lo and ordered[k + 7] == hi for k in range(0, 200, 8))
+    assert len(chunks[-1]) == 3

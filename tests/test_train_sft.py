@@ -3,6 +3,8 @@ and short real training runs of a tiny causal LM on Alpaca shards."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -93,6 +95,8 @@ def test_train_sft_loss_goes_down(real_shards, tiny_lm, tmp_path):  # noqa: F811
     m = result["metrics"]
     assert m["eval_samples"] > 0 and 0 <= m["eval_token_accuracy"] <= 1 and m["eval_nll"] > 0
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size > 0
+    report = json.loads((out / "length_report.json").read_text())
+    assert report["train"]["total"] == 16 and report["train"] == result["train_length_report"]
 
 
 def test_train_sft_lora_packing_merged(real_shards, tiny_lm, tmp_path):  # noqa: F811

@@ -150,9 +150,11 @@ class SortedBucketSampler(Sampler[int]):
         rng.shuffle(order)  # random order among equal lengths
         order.sort(key=lambda i: self.lengths[i])
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        # a short last batch stays last: anywhere else it would shift every later batch boundary
+        tail = batches.pop() if batches and len(batches[-1]) < self.batch_size else []
         rng.shuffle(batches)
         self.epoch += 1
-        return iter([i for b in batches for i in b])
+        return iter([i for b in batches for i in b] + tail)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -210,6 +212,15 @@ class JsonlLogCallback(TrainerCallback):
             row = {"step": state.global_step, "epoch": state.epoch, **logs}
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(row, default=float) + "\n")
+
+
+def write_length_reports(config: TrainingArguments, **reports) -> None:
+    """``<output_dir>/length_report.json``: what each split truncated or dropped for length."""
+    if not config.should_save:
+        return
+    out = Path(config.output_dir) / "length_report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({k: v for k, v in reports.items() if v is not None}, indent=2))
 
 
 def finite_or_none(x: float) -> float | None:

@@ -27,6 +27,7 @@ from training.common import (
     ListDataset,
     SortedBucketSampler,
     ensure_chat_template,
+    write_length_reports,
 )
 from training.losses import (
     IGNORE_INDEX,
@@ -283,6 +284,9 @@ def train(config: RescueConfig) -> dict[str, Any]:
         rescue_config=config,
     )
     before = trainer.evaluate() if eval_ds is not None else {}
+    write_length_reports(
+        config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
+    )
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=config.resume_checkpoint())
     seconds = time.perf_counter() - t0

@@ -37,6 +37,7 @@ from training.common import (
     ensure_chat_template,
     length_sorted_batches,
     pad_batch,
+    write_length_reports,
 )
 from training.losses import (
     bradley_terry_loss,
@@ -529,6 +530,9 @@ def train(config: RMConfig) -> dict[str, Any]:
     if ckpt:
         trainer.load_extra_state(ckpt)
     pairs_before = trainer.pairs_trained
+    write_length_reports(
+        config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
+    )
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.perf_counter() - t0

@@ -28,6 +28,7 @@ from training.common import (
     SortedBucketSampler,
     ensure_chat_template,
     render_with_spans,
+    write_length_reports,
 )
 from training.losses import IGNORE_INDEX, segment_mean, ual_token_loss
 from training.shards import LengthReport, load_split, splits
@@ -304,6 +305,9 @@ def train(config: SFTConfig) -> dict[str, Any]:
         processing_class=tok,
         callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
         sft_config=config,
+    )
+    write_length_reports(
+        config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
     )
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=config.resume_checkpoint())
