@@ -139,7 +139,7 @@ def _encodable(r) -> bool:
     return True
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(HOSTILE_LINES, min_size=1, max_size=25),
     st.sampled_from(["auto", "hh", "messages", "sharegpt_pair"]),
@@ -154,12 +154,7 @@ def test_hostile_jsonl_every_row_accounted(lines, reader, gz):
         (res,) = ingest_paths(store, [str(path)], IngestOptions(reader=reader))
         nonblank = sum(1 for line in data[3:].split(b"\n") if line.strip())
         if res.error:  # the whole file is unreadable: said so, nothing half-written
-            assert (
-                reader == "auto"
-                and "detect" in res.error
-                or "layout" in res.error
-                or "no readable" in res.error
-            )
+            assert reader == "auto" and ("unknown layout" in res.error or "no readable row" in res.error)
             assert not store.files("ingest/*/run.parquet")
             return
         assert res.reconciles and res.rows_read == nonblank
