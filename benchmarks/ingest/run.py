@@ -132,7 +132,14 @@ def near(method: str, work: Path, n: int) -> dict:
 def run_child(method: str, file: Path, work: Path, near_rows: int) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--file", str(file), "--work", str(work)]
     cmd += ["--near-rows", str(near_rows)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # one thread each (OMP_NUM_THREADS also caps Arrow's pool): the comparison is per core, as in stack-notes
+    threads = os.environ.get("BENCH_THREADS", "1")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "POLARS_MAX_THREADS": threads,
+        "RAYON_NUM_THREADS": threads,
+    }
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t0
@@ -204,10 +211,10 @@ def write_results(args, file: Path, results: dict[str, dict], load_before: str, 
         f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
         f"Input: synthetic HH-RLHF-shaped preference JSONL, {rows:,} rows, {file.stat().st_size / 1e6:.0f} MB "
         "(turn counts and lengths drawn from hh-rlhf/harmless-base-test; see synth.py)  ",
-        f"Python {platform.python_version()}; each method in its own child process, OMP_NUM_THREADS=1; "
+        f"Python {platform.python_version()}; each method in its own child process with one thread "
+        "(OMP_NUM_THREADS=POLARS_MAX_THREADS=1; set BENCH_THREADS to change); "
         "seconds = wall time of the work inside the child (imports excluded), process = whole child process, "
-        "CPU s = user + system CPU time of that work over all threads (less disturbed by other load "
-        "than wall time; polars and datasets use several threads, curate mostly one).",
+        "CPU s = user + system CPU time of that work (less disturbed by other load than wall time).",
         "",
         "| method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) | vs polars (CPU) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
