@@ -38,7 +38,7 @@ def test_pretrained_rm_margin_classes_and_independent_forward(tmp_path, shared_d
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    st = build_store(tmp_path, shared_data, hh=60)
+    st = build_store(tmp_path, shared_data, hh=30)
     s = run_scorer(st, "reward_margin", models=[str(rm_dir)], chunk_size=25, bf16=False, **FAST)
     t = scored(st).to_pylist()
     n = len(t)
@@ -64,7 +64,7 @@ def test_pretrained_rm_margin_classes_and_independent_forward(tmp_path, shared_d
 
 
 def test_ensemble_of_two_models_reuses_cache(tmp_path, shared_data, rm_dir, rm2_dir):
-    st = build_store(tmp_path, shared_data, hh=40)
+    st = build_store(tmp_path, shared_data, hh=24)
     one = run_scorer(st, "reward_margin", models=[str(rm_dir)], **FAST)
     two = run_scorer(st, "reward_margin", models=[str(rm_dir), str(rm2_dir)], **FAST)
     assert two.cached == one.records and two.computed == one.records  # only the new model ran
@@ -80,22 +80,22 @@ def _chunk_rows(st) -> int:
 
 
 def test_killed_run_resumes_recomputing_at_most_one_chunk(tmp_path, shared_data, rm_dir):
-    st = build_store(tmp_path / "a", shared_data, hh=90)
-    ref = build_store(tmp_path / "b", shared_data, hh=90)
+    st = build_store(tmp_path / "a", shared_data, hh=50)
+    ref = build_store(tmp_path / "b", shared_data, hh=50)
     code = (
         "from curation.store import Store; from curation.scoring import run_scorer; "
-        f"run_scorer(Store({str(st.root)!r}), 'reward_margin', models=[{str(rm_dir)!r}], chunk_size=20, "
+        f"run_scorer(Store({str(st.root)!r}), 'reward_margin', models=[{str(rm_dir)!r}], chunk_size=10, "
         "max_length=96, progress=False, device='cpu')"
     )
     env = os.environ | {"CURATE_SCORE_KILL_AFTER_CHUNKS": "2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     done = _chunk_rows(st)
-    assert done == 40  # two chunks committed, nothing else (no result, no half chunk)
+    assert done == 20  # two chunks committed, nothing else (no result, no half chunk)
     assert not (st.root / "scores" / "reward_margin" / "active.json").exists()
-    resumed = run_scorer(st, "reward_margin", models=[str(rm_dir)], chunk_size=20, **FAST)
+    resumed = run_scorer(st, "reward_margin", models=[str(rm_dir)], chunk_size=10, **FAST)
     assert resumed.cached == done and resumed.computed == resumed.records - done
-    whole = run_scorer(ref, "reward_margin", models=[str(rm_dir)], chunk_size=20, **FAST)
+    whole = run_scorer(ref, "reward_margin", models=[str(rm_dir)], chunk_size=10, **FAST)
     assert whole.key == resumed.key
     a, b = (
         scored(st, "id, reward_chosen, reward_rejected, margin"),
@@ -104,7 +104,7 @@ def test_killed_run_resumes_recomputing_at_most_one_chunk(tmp_path, shared_data,
     assert a.column("id").to_pylist() == b.column("id").to_pylist()
     for col in ("reward_chosen", "reward_rejected", "margin"):
         np.testing.assert_array_equal(a.column(col).to_numpy(), b.column(col).to_numpy())
-    again = run_scorer(st, "reward_margin", models=[str(rm_dir)], chunk_size=20, **FAST)
+    again = run_scorer(st, "reward_margin", models=[str(rm_dir)], chunk_size=10, **FAST)
     assert again.computed == 0 and again.skipped
 
 
@@ -129,7 +129,7 @@ def test_crossfit_is_out_of_fold():
 
 
 def test_crossfit_backend_on_hh(tmp_path, shared_data):
-    st = build_store(tmp_path, shared_data, hh=80)
+    st = build_store(tmp_path, shared_data, hh=48)
     s = run_scorer(
         st, "reward_margin", backend="crossfit", folds=3, repeats=2, head="logistic", progress=False
     )
