@@ -399,8 +399,9 @@ def run(
     summary = ScoreSummary(NAME, "", 0)
     with Timer() as t, store.writer_lock("score reward_margin"):
         records = load_records(store, "pair", where)
-        if not records:
-            raise ValueError("no pairs to score (ingest preference data first, or loosen --where)")
+        if not records:  # nothing to score is not an error (a store may hold other kinds only)
+            summary.skipped, summary.report = True, {"note": "no pairs to score"}
+            return summary
         ids = [r["id"] for r in records]
         summary.records = len(ids)
         if backend == "models":

@@ -167,8 +167,9 @@ def run(
     summary = ScoreSummary(NAME, "", 0)
     with Timer() as t, store.writer_lock("score uncertainty"):
         records = load_records(store, "sft", where)
-        if not records:
-            raise ValueError("no sft records to score (ingest SFT data first, or loosen --where)")
+        if not records:  # nothing to score is not an error (a store may hold other kinds only)
+            summary.skipped, summary.report = True, {"note": "no sft records to score"}
+            return summary
         ids = [r["id"] for r in records]
         summary.records = len(ids)
         convs = [plain_render(r["messages"]) for r in records]
