@@ -242,15 +242,23 @@ def write_parquet_atomic(table: pa.Table, target: Path, **kwargs) -> None:
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise StoreError(f"disk full while writing {target}; nothing was committed") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise StoreError(f"permission denied writing {target}: {exc.strerror}") from exc
-        raise
+        raise io_error(exc, f"writing {target}") from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def io_error(exc: OSError, doing: str) -> StoreError:
+    """A StoreError that says what failed and what the user can do; nothing was committed."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(
+            f"disk full while {doing}; nothing was committed, the store is unchanged. "
+            "Free some space and run the command again: it resumes."
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"permission denied {doing}: {exc.strerror}; nothing was committed.")
+    return StoreError(f"I/O error {doing}: {exc.strerror or exc}; nothing was committed.")
 
 
 def _fsync_dir(path: Path) -> None:

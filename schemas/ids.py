@@ -46,7 +46,10 @@ def content_key(kind: str, record: Mapping) -> str:
         for cand in record["candidates"]:
             parts.append("k")
             _put(parts, cand["content"])
-            _put(parts, str(int(cand["grade"])))
+            grade = cand.get("grade")
+            if grade is None:
+                raise ValueError("ranking candidate without a grade")
+            _put(parts, str(int(grade)))
             parts.append("1" if cand.get("is_reference") else "0")
     else:
         raise ValueError(f"unknown kind {kind!r}")

@@ -52,7 +52,7 @@ from curation.ingest.columnar import (
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.sources import RawRow, SourceError, expand_paths, file_sha256, read_rows
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain
-from curation.store import Store, StoreError, safe_name
+from curation.store import Store, StoreError, io_error, safe_name
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
 
 BATCH_ROWS = 50_000
@@ -144,6 +144,8 @@ def ingest_paths(
                     unit="",
                     error=str(exc),
                 )
+            except OSError as exc:
+                raise io_error(exc, f"ingesting {path}") from exc
             results.append(res)
             if progress:
                 progress(res)
