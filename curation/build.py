@@ -595,3 +595,18 @@ def read_manifest(store: Store, name: str) -> dict:
 
 def build_names(store: Store) -> list[str]:
     return sorted(p.parent.name for p in store.files("curated/*/manifest.json"))
+
+
+def curated_views(store: Store) -> dict[str, str]:
+    """View ``curated_accounting``: every build's accounting rows with a ``build`` column (for `curate sql`)."""
+    glob = "curated/*/accounting.parquet"
+    if not store.files(glob):
+        schema = pa.schema([pa.field("build", pa.string()), *ACCOUNTING_SCHEMA])
+        from curation.store import empty_select
+
+        return {"curated_accounting": empty_select(schema)}
+    pattern = str(store.root / glob).replace("'", "''")
+    return {
+        "curated_accounting": "SELECT regexp_extract(filename, '/curated/([^/]+)/accounting\\.parquet$', 1) AS build, "
+        f"* EXCLUDE (filename) FROM read_parquet('{pattern}', filename = true)"
+    }

@@ -20,9 +20,12 @@ def all_views(store: Store) -> dict[str, str]:
     from curation.dedup import near_dup_views
 
     views.update(near_dup_views(store))
+    from curation.build import curated_views
+
     try:
         from curation.scoring.views import score_views
     except ImportError:  # scoring not installed in a minimal checkout
-        return views
+        return views | curated_views(store)
     views.update(score_views(store))
+    views.update(curated_views(store))
     return views

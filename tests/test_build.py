@@ -69,6 +69,13 @@ def test_accounting_reconciles_to_the_record(real_store):
         assert pq.read_metadata(res.path / s["path"]).num_rows == s["rows"]
     assert set(scorers) <= set(m["scorers"])
     assert {i["file_sha256"] for i in m["inputs"]} and all(len(i["file_sha256"]) == 64 for i in m["inputs"])
+    # the same accounting through SQL: the curated_accounting view over every build
+    view = dict(
+        con.execute(
+            "SELECT consumer, count(*) FROM curated_accounting WHERE build = 'default' GROUP BY consumer"
+        ).fetchall()
+    )
+    assert view == {c: t["records"] for c, t in m["accounting"]["totals"].items()}
 
 
 def test_shards_have_every_column_and_no_prompt_crosses_splits(real_store):
