@@ -77,3 +77,40 @@ def test_train_sft_cli_and_wrong_kind(real_shards, tiny_lm, tmp_path):  # noqa: 
         app, ["train", "rm", "--shards", str(real_shards), "--model", str(tiny_lm), "--lerning_rate", "1"]
     )
     assert typo.exit_code != 0
+
+
+def test_train_rm_on_a_real_build(real_store, minilm, tmp_path):  # noqa: F811
+    """The curation builder's shards (curation/build.py, bundled default policy) train as they are."""
+    import shutil
+
+    from curation.build import build
+    from curation.store import Store
+
+    store = Store(tmp_path / "store")
+    shutil.copytree(real_store.root / "ingest", store.root / "ingest")
+    store.refresh_catalog()
+    built = build(store, "default")
+    out = tmp_path / "rm"
+    args = ["--shards", str(built.path), "--model", str(minilm), "--output_dir", str(out), "--max_steps", "2"]
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "rm",
+            *args,
+            "--max_length",
+            "32",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_eval_samples",
+            "8",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = _summary(res.output)
+    assert summary["pairs_trained"] == 4 and summary["metrics"]["eval_pairs"] == 8
+    assert summary["train_length_report"]["total"] > 1000
