@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=8192)
     ap.add_argument("--pipeline-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="auto: bf16_supported()")
     ap.add_argument("--work", default="/tmp/curate_scoring_bench")
     ap.add_argument("--out", default=str(REPO / "benchmarks/scoring/results.json"))
     args = ap.parse_args()
@@ -145,10 +146,15 @@ def main() -> None:
 
     bare_s, bare_scores = bare(rm.bf16)
     res["bare"] = {"seconds": round(bare_s, 2), "pairs_per_s": n / bare_s, "tokens_per_s": tokens / bare_s}
-    if rm.bf16:
-        fp32_s, fp32_scores = bare(False)
+    if True:  # the other precision, for the speed and tolerance comparison
+        fp32_s, fp32_scores = bare(not rm.bf16)
+        if not rm.bf16:
+            fp32_scores, bare_scores = bare_scores, fp32_scores
         diff = np.abs(fp32_scores - bare_scores)
-        res["bare_fp32"] = {"seconds": round(fp32_s, 2), "pairs_per_s": n / fp32_s}
+        res["bare_bf16" if not rm.bf16 else "bare_fp32"] = {
+            "seconds": round(fp32_s, 2),
+            "pairs_per_s": n / fp32_s,
+        }
         res["bf16_vs_fp32"] = {
             "max_abs_diff": float(diff.max()),
             "mean_abs_diff": float(diff.mean()),
