@@ -83,7 +83,7 @@ def test_demo_report_renders_in_headless_chromium(store, demo_data, tmp_path):
     # every demo file whose layout is detected (gsm8k/test.jsonl needs a column mapping)
     files = sorted(p for p in demo_data.rglob("*") if p.suffix in (".json", ".jsonl", ".gz"))
     ingest(store, [p for p in files if p.name != "test.jsonl"])
-    scorers = score(store, [s for s in available_scorers() if s != "reward_margin"])
+    scorers = score(store, available_scorers())
     assert "length_bias" in scorers
     build(store, load_policy(bundled_policy()))
     report = render_report(store, tmp_path / "demo-report.html")
