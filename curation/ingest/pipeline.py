@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from curation.ingest.blocks import ArrowBlock, Batch, read_batches
 from curation.ingest.columnar import (
     IdSet,
     content_key_expr,
@@ -50,7 +51,7 @@ from curation.ingest.columnar import (
     xxh3_digests,
 )
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
-from curation.ingest.sources import RawRow, SourceError, expand_paths, file_sha256, read_rows
+from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain
 from curation.store import Store, StoreError, io_error, safe_name
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
@@ -70,6 +71,8 @@ class IngestOptions:
     label_values: dict[str, str] | None = None
     max_chars: int = DEFAULT_MAX_CHARS
     batch_rows: int = BATCH_ROWS
+    #: Parse JSONL in Arrow blocks where the reader has a columnar path (same output; see ingest/blocks.py).
+    block_path: bool = True
 
 
 @dataclass
@@ -149,7 +152,8 @@ def ingest_paths(
             results.append(res)
             if progress:
                 progress(res)
-        store.refresh_catalog()
+        if any(r.unit and not r.skipped for r in results) or not store.path("catalog.duckdb").exists():
+            store.refresh_catalog()
     return results
 
 
@@ -202,8 +206,15 @@ def _ingest_file(
     started = dt.datetime.now(dt.UTC)
     staged = store.new_staging_dir()
     writers = _Writers(staged, kind)
+    fmt = detect_format(path) if opts.format == "auto" else opts.format
+    batches: Iterator[Batch]
+    if opts.block_path and fmt == "jsonl" and hasattr(reader, "convert_arrow"):
+        rows.close()  # type: ignore[attr-defined]
+        batches = read_batches(path, opts.batch_rows, reader.arrow_fields)  # type: ignore[attr-defined]
+    else:
+        batches = _batches(_chain(head, rows), opts.batch_rows)
     try:
-        for batch in _batches(_chain(head, rows), opts.batch_rows):
+        for batch in batches:
             frame, quarantine, converted = _convert(batch, ctx)
             res.rows_read += len(batch)
             res.rows_converted += converted
@@ -270,26 +281,33 @@ def _content_schema(kind: str) -> pa.Schema:
 _PROVENANCE = ("id", "source", "source_file", "source_row", "ingest_run", "reader")
 
 
-def _convert(batch: list[RawRow], ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[str, Any]], int]:
+def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[str, Any]], int]:
     """Canonical records of a batch (a polars frame with ``_i`` = position in ``batch``), the rows
-    that could not be converted (quarantine rows) and the number of rows converted."""
-    quarantine: list[dict[str, Any]] = []
-    live = []
-    for i, raw in enumerate(batch):
-        if raw.error is not None:
-            quarantine.append(ctx.q(raw, "row", raw.error))
-        else:
-            live.append(i)
-    fast, rest = ctx.reader.convert_columns([batch[i].value for i in live])
+    that could not be converted (quarantine rows) and the number of rows converted.
+
+    Rows the reader converts column-at-a-time go straight into the frame; the others (in
+    batch order) go through ``Reader.convert``: first the rows that are not valid JSON objects
+    are quarantined, then each remaining row is converted or quarantined with its RowError."""
+    if isinstance(batch, ArrowBlock):
+        fast, rest = ctx.reader.convert_arrow(batch.table)  # type: ignore[attr-defined]
+        pending = [(i, batch.raw(i)) for i in rest]
+    else:
+        live = [i for i, raw in enumerate(batch) if raw.error is None]
+        fast, rest = ctx.reader.convert_columns([batch[i].value for i in live])
+        if fast is not None and fast.height:
+            pos = pl.Series("_pos", live, dtype=pl.Int64)
+            fast = fast.with_columns(pos.gather(fast.get_column("_i")).alias("_i"))
+        slow = {live[j] for j in rest}
+        pending = [(i, raw) for i, raw in enumerate(batch) if raw.error is not None or i in slow]
+    quarantine = [ctx.q(raw, "row", raw.error) for _, raw in pending if raw.error is not None]
     frames = []
     if fast is not None and fast.height:
-        pos = pl.Series("_pos", live, dtype=pl.Int64)
-        frames.append(fast.with_columns(pos.gather(fast.get_column("_i")).alias("_i")))
+        frames.append(fast)
     records: list[dict[str, Any]] = []
     converted = fast.get_column("_i").n_unique() if fast is not None and fast.height else 0
-    for j in rest:
-        i = live[j]
-        raw = batch[i]
+    for i, raw in pending:
+        if raw.error is not None:
+            continue
         try:
             out = ctx.reader.convert(raw.value)  # type: ignore[arg-type]
         except RowError as exc:
@@ -314,8 +332,18 @@ def _convert(batch: list[RawRow], ctx: _Ctx) -> tuple[pl.DataFrame | None, list[
     return (frame.sort("_i", maintain_order=True) if len(frames) > 1 else frame), quarantine, converted
 
 
+def _raw(batch: Batch, i: int) -> RawRow:
+    return batch.raw(i) if isinstance(batch, ArrowBlock) else batch[i]
+
+
+def _row_numbers(batch: Batch) -> np.ndarray:
+    if isinstance(batch, ArrowBlock):
+        return batch.row_numbers()
+    return np.fromiter((r.row for r in batch), dtype=np.int64, count=len(batch))
+
+
 def _finish_batch(
-    frame: pl.DataFrame | None, batch: list[RawRow], ctx: _Ctx, ids: IdSet
+    frame: pl.DataFrame | None, batch: Batch, ctx: _Ctx, ids: IdSet
 ) -> tuple[pa.Table | None, list[dict[str, Any]], list[dict[str, Any]], np.ndarray]:
     """Hash, validate and dedup a batch of records: (accepted table, quarantine rows, duplicate rows, accepted ids)."""
     empty = np.array([], dtype="S16")
@@ -340,17 +368,17 @@ def _finish_batch(
             pos = int(keep_pos[k])
             rec = content.row(pos, named=True)
             fld, reason = explain(chk, derive(kind, [rec]).iloc[0])  # type: ignore[arg-type]
-            quarantine.append(ctx.q(batch[int(rows_i[pos])], fld, reason))
+            quarantine.append(ctx.q(_raw(batch, int(rows_i[pos])), fld, reason))
             bad[str(hexes[pos])] = (fld, reason)
     accept = ~dup
     if failing:
         accept[keep_pos[list(failing)]] = False
     dups = []
+    row_numbers = _row_numbers(batch)
     for pos in np.flatnonzero(dup):
-        raw = batch[int(rows_i[pos])]
         rid = str(hexes[pos])
         if rid in bad:  # a copy of a record that failed validation fails it too
-            quarantine.append(ctx.q(raw, *bad[rid]))
+            quarantine.append(ctx.q(_raw(batch, int(rows_i[pos])), *bad[rid]))
             continue
         dups.append(
             {
@@ -358,17 +386,16 @@ def _finish_batch(
                 "kind": kind,
                 "source": ctx.source,
                 "source_file": ctx.path,
-                "source_row": raw.row,
+                "source_row": int(row_numbers[rows_i[pos]]),
                 "ingest_run": ctx.run_id,
             }
         )
     mask = pl.Series(accept)
     good = frame.filter(mask)
-    row_numbers = np.array([batch[int(i)].row for i in good.get_column("_i").to_numpy()], dtype=np.int64)
     good = good.with_columns(
         pl.lit(ctx.source).alias("source"),
         pl.lit(ctx.path).alias("source_file"),
-        pl.Series("source_row", row_numbers),
+        pl.Series("source_row", row_numbers[good.get_column("_i").to_numpy()]),
         pl.lit(ctx.run_id).alias("ingest_run"),
         pl.lit(ctx.reader.name).alias("reader"),
     )

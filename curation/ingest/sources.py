@@ -25,6 +25,8 @@ FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 #: Largest raw text kept verbatim in quarantine (the rest is summarised, never silently cut).
 RAW_KEEP = 1_000_000
+#: UTF-8 byte order mark; dropped where it opens the first line of a JSONL file.
+BOM = b"\xef\xbb\xbf"
 
 
 class SourceError(ValueError):
@@ -80,7 +82,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _open_bytes(path: Path) -> io.BufferedIOBase:
+def open_bytes(path: Path) -> io.BufferedIOBase:
     fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
     if head == b"\x1f\x8b":
@@ -92,7 +94,7 @@ def detect_format(path: Path) -> str:
     fmt = _data_suffix(path)
     if fmt:
         return fmt
-    with _open_bytes(path) as fh:
+    with open_bytes(path) as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"PAR1"):
         return "parquet"
@@ -139,22 +141,22 @@ def _decode_object(data: bytes | str, row: int) -> RawRow:
     return RawRow(row, value)
 
 
+def decode_line(line: bytes, row: int) -> RawRow:
+    """One non-blank JSONL line (with or without its newline) as the RawRow of row number ``row``."""
+    return _decode_object(line.strip(), row)
+
+
 def _jsonl(path: Path) -> Iterator[RawRow]:
-    with _open_bytes(path) as fh:
-        row = 0
-        for line in fh:
-            if row == 0 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
-            stripped = line.strip()
-            if not stripped:
-                row += 1
-                continue
-            yield _decode_object(stripped, row)
-            row += 1
+    with open_bytes(path) as fh:
+        for row, line in enumerate(fh):
+            if row == 0 and line.startswith(BOM):
+                line = line[len(BOM) :]
+            if line.strip():
+                yield decode_line(line, row)
 
 
 def _json(path: Path) -> Iterator[RawRow]:
-    with _open_bytes(path) as fh:
+    with open_bytes(path) as fh:
         data = fh.read()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -194,7 +196,7 @@ def _parquet(path: Path, batch_size: int) -> Iterator[RawRow]:
 
 def _csv(path: Path) -> Iterator[RawRow]:
     csv.field_size_limit(min(2**31 - 1, os.sys.maxsize))
-    with _open_bytes(path) as fb:
+    with open_bytes(path) as fb:
         text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="replace", newline="")
         reader = csv.DictReader(text)
         for i, rec in enumerate(reader):

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from curation.ingest.readers.base import (
     Message,
@@ -68,6 +69,19 @@ class HHReader(Reader):
         fast, slow = hh_pairs_columnar(frame)
         rest = sorted(set(range(len(values))) - set(idx) | set(slow))
         return fast, rest
+
+    #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
+    arrow_fields = ("chosen", "rejected")
+
+    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
+        """``convert_columns`` for rows parsed by Arrow as exactly {chosen: string, rejected: string}
+        (a missing or null field is null): rows with a null go to ``convert``, as do the rows
+        ``hh_pairs_columnar`` leaves."""
+        frame = pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]
+        null = pl.col("chosen").is_null() | pl.col("rejected").is_null()
+        nulls = frame.filter(null).get_column("_i").to_list()
+        fast, slow = hh_pairs_columnar(frame.filter(~null).select("_i", "chosen", "rejected"))
+        return fast, sorted(nulls + slow)
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         chosen = split_transcript(text(row.get("chosen"), "chosen"), "chosen")
