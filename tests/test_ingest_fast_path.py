@@ -1,0 +1,157 @@
+"""The Arrow block path of JSONL ingest gives exactly what the line-by-line path gives.
+
+Checked at two levels: the batches themselves (same boundaries, row numbers, parsed
+values and error rows; hypothesis over real HH lines mixed with hostile ones), and
+whole ingest units (records, quarantine, duplicates, accounting) on real HH data
+with injected bad lines.
+"""
+
+from __future__ import annotations
+
+import gzip
+import tempfile
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from curation.ingest.blocks import ArrowBlock, read_batches
+from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
+from curation.ingest.readers.hh import HHReader
+from curation.ingest.sources import read_rows
+from curation.store import Store
+
+HH = "hh-rlhf/harmless-base-test.jsonl.gz"
+_Q = b'"\\n\\nHuman: q\\n\\nAssistant: a"'
+#: Lines the block path must refuse (or hand to the row path) without changing the outcome.
+HOSTILE = [
+    b'{"chosen": ',  # malformed
+    b"not json at all",
+    b"[1, 2, 3]",
+    b'"just a string"',
+    b"{}",  # both fields missing (nulls)
+    b'{"chosen": ' + _Q + b"}",  # one field missing
+    b'{"chosen": null, "rejected": ' + _Q + b"}",
+    b'{"chosen": 5, "rejected": ' + _Q + b"}",  # number: the row path makes it text
+    b'{"chosen": 5.0, "rejected": "\\n\\nHuman: q\\n\\nAssistant: 5"}',
+    b'{"chosen": true, "rejected": ' + _Q + b"}",
+    b'{"chosen": {"x": 1}, "rejected": ' + _Q + b"}",
+    b'{"chosen": ["x"], "rejected": ' + _Q + b"}",
+    b'{"chosen": ' + _Q + b', "rejected": ' + _Q + b', "extra": 1}',  # extra key
+    b'{"chosen": "x", "rejected": ' + _Q + b', "chosen": ' + _Q + b"}",  # repeated key: last wins
+    b'{"chosen": ' + _Q + b', "rejected": "\\n\\nHuman: q\\n\\nAssistant: \xff"}',  # invalid UTF-8
+    b'{"chosen": ' + _Q + b', "rejected": "\\n\\nHuman: q\\n\\nAssistant: \xed\xa0\x80"}',  # UTF-8 surrogate
+    b'{"chosen": ' + _Q + b', "rejected": "\\ud800"}',  # lone surrogate escape
+    b'{"chosen": ' + _Q + b', "rejected": "a\tb"}',  # raw control character
+    b'{"chosen": ' + _Q + b', "rejected": "\\x"}',  # bad escape
+    b'{"chosen": ' + _Q + b', "rejected": ' + _Q + b"} {}",  # two objects on one line
+    b'{"chosen": ' + _Q + b', "rejected": ' + _Q + b"}\r",  # CRLF
+    b'  {"chosen": ' + _Q + b', "rejected": "\\n\\nHuman: q\\n\\nAssistant: b"}  ',  # padded
+    b'{"ch\\u006fsen": ' + _Q + b', "rejected": "\\n\\nHuman: q\\n\\nAssistant: c"}',  # escaped key
+    b'{"chosen": "\\n\\nHuman: q\\u0000\\n\\nAssistant: a", "rejected": ' + _Q + b"}",  # NUL
+    b'{"chosen": "\\n\\nHuman: q\\n\\nAssistant: ", "rejected": ' + _Q + b"}",  # fails validation
+    b'{"chosen": "lead\\n\\nHuman: q\\n\\nAssistant: a", "rejected": ' + _Q + b"}",  # text before marker
+    b'{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a", "rejected": "\\n\\nHuman: q\\n\\nAssistant: b"}',
+    b'{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a", "rejected": "\\n\\nHuman: q\\n\\nAssistant: b"}',  # dup
+    b"",  # blank
+    b"   ",
+    b"\x0c",
+]
+
+
+@pytest.fixture(scope="module")
+def hh_lines(shared_data) -> list[bytes]:
+    with gzip.open(shared_data / HH, "rb") as fh:
+        return [line.rstrip(b"\n") for _, line in zip(range(1200), fh, strict=False)]
+
+
+def _write(path: Path, lines: list[bytes], bom: bool, gz: bool, final_newline: bool = True) -> Path:
+    data = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines) + (b"\n" if final_newline else b"")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def assert_same_batches(path: Path, batch_rows: int) -> list:
+    """read_batches == _batches(read_rows(...)) row for row; returns the block-path batches."""
+    exact = list(_batches(read_rows(path, "jsonl"), batch_rows))
+    fast = list(read_batches(path, batch_rows, HHReader.arrow_fields))
+    assert [len(b) for b in fast] == [len(b) for b in exact]
+    for got, want in zip(fast, exact, strict=True):
+        if not isinstance(got, ArrowBlock):
+            assert got == want
+            continue
+        assert got.row_numbers().tolist() == [r.row for r in want]
+        parsed = got.table.to_pylist()
+        for i, raw in enumerate(want):
+            assert got.raw(i) == raw  # what the row path sees for a row it takes
+            if None not in parsed[i].values():  # what the columnar path sees is the same object
+                assert raw.error is None and parsed[i] == raw.value
+    return fast
+
+
+def test_real_hh_takes_the_block_path(hh_lines, tmp_path):
+    path = _write(tmp_path / "hh.jsonl", hh_lines, bom=False, gz=False)
+    fast = assert_same_batches(path, 500)
+    assert all(isinstance(b, ArrowBlock) for b in fast) and sum(map(len, fast)) == len(hh_lines)
+
+
+def test_hostile_lines_each_fall_back_or_match(hh_lines, tmp_path):
+    for k, bad in enumerate(HOSTILE):
+        lines = [*hh_lines[:5], bad, *hh_lines[5:9]]
+        path = _write(tmp_path / f"h{k}.jsonl", lines, bom=False, gz=False)
+        assert_same_batches(path, 4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    picks=st.lists(
+        st.one_of(st.integers(0, 40).map(lambda i: ("hh", i)), st.sampled_from(HOSTILE)), max_size=30
+    ),
+    batch_rows=st.integers(1, 9),
+    bom=st.booleans(),
+    gz=st.booleans(),
+    final_newline=st.booleans(),
+)
+def test_batches_match_the_line_path(hh_lines, picks, batch_rows, bom, gz, final_newline):
+    lines = [hh_lines[p[1]] if isinstance(p, tuple) else p for p in picks]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(Path(tmp) / ("in.jsonl.gz" if gz else "in.jsonl"), lines, bom, gz, final_newline)
+        assert_same_batches(path, batch_rows)
+
+
+def _unit(root: Path) -> dict[str, list[dict]]:
+    (unit,) = (root / "ingest").iterdir()
+    out = {}
+    for f in sorted(unit.glob("*.parquet")):
+        rows = pq.read_table(f).to_pylist()
+        for r in rows:
+            for volatile in ("ingest_run", "started_at", "finished_at"):
+                r.pop(volatile, None)
+        out[f.name] = rows
+    return out
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_ingest_units_identical(hh_lines, tmp_path, gz):
+    lines = list(hh_lines[:600])
+    for k, bad in enumerate(HOSTILE):  # spread over the file: some batches clean, some not
+        lines.insert(37 * k + 11, bad)
+    lines += hh_lines[:50]  # exact duplicates of earlier batches
+    path = _write(tmp_path / ("hh.jsonl.gz" if gz else "hh.jsonl"), lines, bom=True, gz=gz)
+    batches = list(read_batches(path, 60, HHReader.arrow_fields))
+    assert any(isinstance(b, ArrowBlock) for b in batches) and any(isinstance(b, list) for b in batches)
+    units, results = [], []
+    for block_path in (True, False):
+        root = tmp_path / f"store_{block_path}"
+        (res,) = ingest_paths(Store(root), [str(path)], IngestOptions(batch_rows=60, block_path=block_path))
+        units.append(_unit(root))
+        results.append(res)
+    assert results[0] == results[1] and results[0].reconciles
+    assert results[0].quarantined > len(HOSTILE) // 2 and results[0].duplicates >= 50
+    assert units[0] == units[1]
+    q = units[0]["quarantine.parquet"]
+    assert any(r["reason"].startswith("malformed JSON: invalid UTF-8") for r in q)
+    assert orjson.loads(units[0]["run.parquet"][0]["options"]) == {}
