@@ -86,9 +86,9 @@ def main() -> None:
 
     # the same texts for every contender
     t = time.perf_counter()
-    rm = RewardModel(
-        ModelSpec(model_dir), RunnerConfig(max_length=args.max_length, token_budget=args.token_budget)
-    )
+    bf16 = {"auto": None, "on": True, "off": False}[args.bf16]
+    cfg = RunnerConfig(max_length=args.max_length, token_budget=args.token_budget, bf16=bf16)
+    rm = RewardModel(ModelSpec(model_dir), cfg)
     load_s = time.perf_counter() - t
     with torch.inference_mode():  # warm-up: oneDNN builds its kernels on the first call of each precision
         warm = rm.tokenize(["warm up " * 200] * 4)
@@ -118,6 +118,7 @@ def main() -> None:
         models=[model_dir],
         max_length=args.max_length,
         token_budget=args.token_budget,
+        bf16=bf16,
         progress=False,
     )
     wall = time.perf_counter() - t
