@@ -368,6 +368,8 @@ def run(
     folds: int = 5,
     repeats: int | None = None,
     head: str = "mlp",
+    c: float = 0.05,
+    hidden: int = 64,
     finetune: bool = False,
     epochs: int | None = None,
     seed: int = 0,
@@ -445,6 +447,7 @@ def run(
                 )
                 fingerprint = embedder.fingerprint
                 params = {"backend": "crossfit", "head": head, "folds": folds, "repeats": reps, "epochs": ep}
+                params |= {"c": c} if head == "logistic" else {"hidden": hidden}
                 params |= {"seed": seed, "embeddings": embedder.cache.key} | combine_kw
             rspec = ResultSpec(NAME, VERSION, fingerprint, params, ids_fingerprint(ids))
             if _done(store, rspec):
@@ -469,7 +472,16 @@ def run(
                 fc, fr = crossfit_features(store, records, embedder)
                 add_stats(summary, embedder.stats)
                 rc, rr = crossfit_rewards(
-                    fc, fr, keys, folds=folds, repeats=reps, head=head, epochs=ep, seed=seed
+                    fc,
+                    fr,
+                    keys,
+                    folds=folds,
+                    repeats=reps,
+                    head=head,
+                    c=c,
+                    hidden=hidden,
+                    epochs=ep,
+                    seed=seed,
                 )
         else:
             raise ValueError(f"unknown backend {backend!r}: use models or crossfit")
