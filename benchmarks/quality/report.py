@@ -19,10 +19,17 @@ def load_results(folder: Path) -> list[dict]:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| experiment | arm | setting | metric | mean ± std | per seed | seeds | train rows | wall time | command |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | arm | setting | metric | mean ± std | per seed | seeds | train rows | wall time | machine "
+        "| command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
+        m = res["machine"]
+        where = (
+            f"{m['nproc']} CPU"
+            + ("" if m["gpu"] == "none" else f", {m['gpu']}")
+            + f", load {m['load_average'].split()[-1]}"
+        )
         for r in res["rows"]:
             per_seed = ", ".join(_fmt(v) for v in r["values"])
             n = r.get("extra", {}).get("train_pairs", r.get("extra", {}).get("train_samples", ""))
@@ -31,7 +38,7 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"| {r['experiment']} | {r['arm']} | {r['setting']} | {r['metric']} | "
                 f"{_fmt(r['mean'])} ± {_fmt(r['std'])} | {per_seed} | {', '.join(map(str, r['seeds']))} | {n} | "
-                f"{r['wall_seconds'] / 60:.1f} min | `{r['command']}` |"
+                f"{r['wall_seconds'] / 60:.1f} min | {where} | `{r['command']}` |"
             )
     return "\n".join(lines)
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/quality/run.py --only 1,2     # a subset (rows of the others are kept)
     .venv/bin/python benchmarks/quality/run.py --tiny --out /tmp/q   # seconds-size smoke run (the test)
 
-Experiments (see benchmarks/quality/README in RESULTS.md): 1 noisy preferences (HH-RLHF harmless),
+Experiments (described in NOTES.md, results in RESULTS.md): 1 noisy preferences (HH-RLHF harmless),
 2 length bias (AlpacaEval), 3 spurious groups with group DRO (HH-RLHF harmless), 4 UAL on a mixed
 SFT set (GSM8K + Alpaca) with a tiny causal LM. Each experiment writes its rows to
 ``<out>/results-<n>.json`` as soon as it finishes, so a partial run keeps what it finished.
@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--keep-going", action="store_true", help="record a failed experiment and run the others")
+    ap.add_argument(
+        "--report-only", action="store_true", help="only rewrite RESULTS.md and plots from results-*.json"
+    )
     args = ap.parse_args(argv)
+    if args.report_only:
+        print(write_report(args.out or HERE))
+        return 0
 
     import importlib
 
