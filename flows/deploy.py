@@ -145,6 +145,10 @@ def serve(
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM (systemd, docker stop) = Ctrl-C
     try:
         prefect_serve(*deployments, limit=limit)
+    except KeyboardInterrupt:
+        # Prefect catches the first interrupt itself; one that lands outside its handler (during start-up
+        # or shutdown of its event loop) is the same request to stop, not an error.
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         pause([f"{d.flow_name}/{d.name}" for d in deployments])

@@ -208,24 +208,13 @@ def test_parquet_with_wrong_types_and_nulls(tmp_path, store):
 
 
 BIG = r"""
-import json, resource, sys, tempfile
+import json, resource, sys
 from pathlib import Path
-from curation.ingest.pipeline import ingest_paths, IngestOptions
+from curation.ingest.pipeline import ingest_paths
 from curation.store import Store
-tmp = Path(tempfile.mkdtemp())
-kind = sys.argv[1]
-f = tmp / "big.jsonl"
-with open(f, "w") as fh:
-    if kind == "row50mb":
-        fh.write(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: " + "x" * 50_000_000,
-                             "rejected": "\n\nHuman: hi\n\nAssistant: no"}) + "\n")
-        fh.write(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: ok", "rejected": "\n\nHuman: hi\n\nAssistant: no"}) + "\n")
-    else:
-        turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "t"} for i in range(1_000_000)]
-        fh.write(json.dumps({"messages": turns}) + "\n")
-        fh.write(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
-(res,) = ingest_paths(Store(tmp / "store"), [str(f)])
-q = Store(tmp / "store").read("quarantine").to_pylist()
+f, root = Path(sys.argv[1]), Path(sys.argv[2])
+(res,) = ingest_paths(Store(root), [str(f)])
+q = Store(root).read("quarantine").to_pylist()
 print(json.dumps({"accepted": res.accepted, "quarantined": res.quarantined, "reconciles": res.reconciles,
                   "reason": q[0]["reason"], "raw_len": len(q[0]["raw"]),
                   "file_mb": f.stat().st_size / 1e6,
@@ -233,10 +222,43 @@ print(json.dumps({"accepted": res.accepted, "quarantined": res.quarantined, "rec
 """
 
 
+def _write_big(f, kind: str) -> None:
+    """The hostile file, written by the test process so the ingesting process's peak memory is its own."""
+    with open(f, "w") as fh:
+        if kind == "row50mb":
+            fh.write(
+                json.dumps(
+                    {
+                        "chosen": "\n\nHuman: hi\n\nAssistant: " + "x" * 50_000_000,
+                        "rejected": "\n\nHuman: hi\n\nAssistant: no",
+                    }
+                )
+                + "\n"
+            )
+            fh.write(
+                json.dumps(
+                    {"chosen": "\n\nHuman: hi\n\nAssistant: ok", "rejected": "\n\nHuman: hi\n\nAssistant: no"}
+                )
+                + "\n"
+            )
+        else:
+            turn = '{"role": "user", "content": "t"}, {"role": "assistant", "content": "t"}'
+            fh.write('{"messages": [' + ", ".join([turn] * 500_000) + "]}\n")
+            fh.write(
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+                )
+                + "\n"
+            )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["row50mb", "turns1m"])
-def test_huge_rows_are_quarantined_with_bounded_memory(case):
-    out = subprocess.run([sys.executable, "-c", BIG, case], capture_output=True, text=True, check=True)
+def test_huge_rows_are_quarantined_with_bounded_memory(case, tmp_path):
+    big = tmp_path / "big.jsonl"
+    _write_big(big, case)
+    cmd = [sys.executable, "-c", BIG, str(big), str(tmp_path / "store")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["reconciles"] and r["accepted"] == 1 and r["quarantined"] == 1
     assert ("length out of bounds" if case == "row50mb" else "more than 10000") in r["reason"]
