@@ -31,7 +31,11 @@ class DemoResult:
 
 #: Files whose layout the readers cannot guess: their ingest options (the rest are detected).
 DEMO_OPTIONS: dict[str, dict[str, Any]] = {
-    "gsm8k/test.jsonl": {"kind": "sft", "mapping": {"prompt": "question", "response": "answer"}},
+    "gsm8k/test.jsonl": {
+        "kind": "sft",
+        "source": "gsm8k",
+        "mapping": {"prompt": "question", "response": "answer"},
+    },
 }
 
 
