@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +107,37 @@ class CurateTrainingConfig(TrainingArguments):
         if value is None or str(value).lower() in ("", "false", "none"):
             return None
         if str(value).lower() in ("last", "true", "auto"):
-            last = get_last_checkpoint(self.output_dir) if os.path.isdir(self.output_dir) else None
+            last = last_complete_checkpoint(self.output_dir)
             if last is None:
-                log.info("no checkpoint in %s: starting fresh", self.output_dir)
+                log.info("no complete checkpoint in %s: starting fresh", self.output_dir)
             return last
         return str(value)
+
+
+#: Written into a checkpoint folder after transformers has saved everything in it. transformers writes
+#: checkpoints file by file, so a run killed mid-save leaves a folder that only looks like a checkpoint;
+#: resuming with 'last' only ever picks folders that carry this marker.
+CHECKPOINT_COMPLETE = "CHECKPOINT_COMPLETE"
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` folder under ``output_dir`` whose save finished (has the marker)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_COMPLETE).exists()
+    ]
+    skipped = [p.name for p in root.glob("checkpoint-*") if p not in done]
+    if skipped:
+        log.warning(
+            "ignoring incomplete checkpoint folder(s) %s in %s (a run was killed while saving)",
+            ", ".join(sorted(skipped)),
+            root,
+        )
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 class ListDataset(Dataset):
@@ -205,6 +230,15 @@ class JsonlLogCallback(TrainerCallback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Mark the checkpoint transformers just finished writing as complete (see CHECKPOINT_COMPLETE)."""
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                tmp = folder / f".{CHECKPOINT_COMPLETE}.tmp"
+                tmp.write_text(json.dumps({"global_step": state.global_step}))
+                os.replace(tmp, folder / CHECKPOINT_COMPLETE)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
