@@ -90,9 +90,7 @@ def test_sigkill_during_build_then_rerun_gives_identical_shards(scored_store, tm
 
 
 @pytest.mark.slow
-def test_sigkill_during_rm_training_then_resume_finishes_like_an_uninterrupted_run(
-    real_shards, minilm, tmp_path
-):  # noqa: F811
+def test_sigkill_during_rm_training_then_resume_finishes(real_shards, minilm, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
     def cmd(out: Path, resume: bool) -> list[str]:
