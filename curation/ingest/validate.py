@@ -161,9 +161,13 @@ class Validator:
 
     def __init__(self, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        logging.getLogger("great_expectations").setLevel(logging.ERROR)
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        # GX logs an INFO line per ephemeral context ("Created temporary directory ..."); set after the
+        # import, which configures its own loggers.
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
         self.kind = kind
         self.max_chars = max_chars
