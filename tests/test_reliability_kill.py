@@ -93,7 +93,9 @@ def test_sigkill_during_build_then_rerun_gives_identical_shards(scored_store, tm
 def test_sigkill_during_rm_training_then_resume_finishes(real_shards, minilm, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
-    def cmd(out: Path, resume: bool) -> list[str]:
+    def cmd(out: Path) -> list[str]:
+        # '--resume_from_checkpoint last' starts fresh when there is no complete checkpoint, so the very
+        # same command is both the first run and the rerun after a kill.
         args = [
             *CURATE,
             "train",
@@ -125,13 +127,13 @@ def test_sigkill_during_rm_training_then_resume_finishes(real_shards, minilm, tm
             "--disable_tqdm",
             "true",
         ]
-        return [*args, "--resume_from_checkpoint", "last"] if resume else args
+        return [*args, "--resume_from_checkpoint", "last"]
 
     clean = tmp_path / "clean"
-    subprocess.run(cmd(clean, False), check=True, capture_output=True, cwd=REPO)
+    subprocess.run(cmd(clean), check=True, capture_output=True, cwd=REPO)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(out, False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (out / "checkpoint-4").exists() and proc.poll() is None:
         time.sleep(0.05)
@@ -139,7 +141,7 @@ def test_sigkill_during_rm_training_then_resume_finishes(real_shards, minilm, tm
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model.safetensors").exists(), "the final model must not exist after a kill mid-run"
-    subprocess.run(cmd(out, True), check=True, capture_output=True, cwd=REPO)
+    subprocess.run(cmd(out), check=True, capture_output=True, cwd=REPO)
 
     # The resumed run reached the same step from the last COMPLETE checkpoint and saved a loadable model.
     # (Its weights are not bit-identical to the uninterrupted run: the data order after resume differs;
