@@ -117,6 +117,11 @@ def write_report(folder: Path, failures: dict[str, str] | None = None) -> Path:
             f"GPU: {m['gpu']}, load average at the end {m['load_average']}",
             f"- sizes: `{json.dumps(res['sizes'], default=str)}`",
         ]
+        if res.get("assembled_from_logs"):
+            parts.append(
+                "- assembled by benchmarks/quality/from_log.py from the per-training lines of the run logs "
+                f"{res['assembled_from_logs']} (the run was cut or split across processes); seeds per row as listed"
+            )
         extras = {r["arm"] + " / " + r["setting"]: r.get("extra", {}) for r in res["rows"]}
         parts += [
             "",

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--keep-going", action="store_true", help="record a failed experiment and run the others")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds instead of the default 0,1,2")
+    ap.add_argument(
+        "--noise", default=None, help="experiment 1: comma-separated flip rates instead of 0.2,0.4"
+    )
     ap.add_argument(
         "--report-only", action="store_true", help="only rewrite RESULTS.md and plots from results-*.json"
     )
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = Sizes.tiny() if args.tiny else Sizes()
+    if args.seeds:
+        sizes.seeds = tuple(int(x) for x in args.seeds.split(","))
+    if args.noise:
+        sizes.noise_levels = tuple(float(x) for x in args.noise.split(","))
     out = args.out or HERE
     out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="curate-quality-"))
