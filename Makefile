@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c .ci/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c .ci/constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: setup

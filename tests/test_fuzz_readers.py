@@ -261,7 +261,16 @@ def test_huge_rows_are_quarantined_with_bounded_memory(case, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["reconciles"] and r["accepted"] == 1 and r["quarantined"] == 1
-    assert ("length out of bounds" if case == "row50mb" else "more than 10000") in r["reason"]
+    assert "larger than the 16777216-byte limit; not parsed" in r["reason"]
     assert r["raw_len"] < 1_100_000  # the raw text kept in quarantine is capped, with a pointer to the file
     # bounded by a multiple of the largest row (Python objects for a parsed row), on top of the libraries
     assert r["peak_mb"] < 500 + 20 * r["file_mb"], r
+
+
+def test_conversation_over_the_turn_cap_is_quarantined(tmp_path, store):
+    turn = '{"role": "user", "content": "t"}, {"role": "assistant", "content": "t"}'
+    f = tmp_path / "long.jsonl"
+    f.write_text('{"messages": [' + ", ".join([turn] * 5_001) + "]}\n")
+    (res,) = ingest_paths(store, [str(f)])
+    assert (res.rows_read, res.accepted, res.quarantined) == (1, 0, 1)
+    assert "10002 turns, more than 10000" in store.read("quarantine").column("reason")[0].as_py()

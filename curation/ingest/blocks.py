@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as paj
 
-from curation.ingest.sources import BOM, RawRow, decode_line, open_bytes
+from curation.ingest.sources import BOM, MAX_ROW_BYTES, RawRow, decode_line, open_bytes
 
 #: Bytes read from the file at a time (a batch is cut at whole lines, whatever the chunk). 4 MB chunks
 #: are reused by the allocator (fewer fresh pages): half the page faults and ~15 % less CPU than 32 MB here.
@@ -143,8 +143,12 @@ def _nonblank(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 def _arrow_block(
     data: bytes, starts: np.ndarray, ends: np.ndarray, row: int, nonblank: np.ndarray, schema: pa.Schema
 ) -> ArrowBlock | None:
-    if not nonblank.all() or not _plain(data, starts, ends).all():
-        return None
+    if (
+        not nonblank.all()
+        or not _plain(data, starts, ends).all()
+        or int((ends - starts).max()) > MAX_ROW_BYTES
+    ):
+        return None  # the line path decides (and quarantines over-long lines unparsed)
     body = pa.py_buffer(memoryview(data)[: int(ends[-1])])  # no copy; starts[0] == 0
     longest = int((ends - starts).max())
     opts = paj.ParseOptions(

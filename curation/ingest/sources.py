@@ -25,6 +25,10 @@ FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 #: Largest raw text kept verbatim in quarantine (the rest is summarised, never silently cut).
 RAW_KEEP = 1_000_000
+#: A JSONL line longer than this is quarantined without being parsed: no record that passes validation
+#: (at most --max-chars characters of content) comes near it, and parsing it would cost memory many
+#: times its size (a 36 MB line of a million turns makes about a GB of Python objects).
+MAX_ROW_BYTES = 16 * 1024 * 1024
 #: UTF-8 byte order mark; dropped where it opens the first line of a JSONL file.
 BOM = b"\xef\xbb\xbf"
 
@@ -143,6 +147,14 @@ def _decode_object(data: bytes | str, row: int) -> RawRow:
 
 def decode_line(line: bytes, row: int) -> RawRow:
     """One non-blank JSONL line (with or without its newline) as the RawRow of row number ``row``."""
+    if len(line) > MAX_ROW_BYTES:
+        head = line[:RAW_KEEP].decode("utf-8", "replace")
+        return RawRow(
+            row,
+            None,
+            f"{head}... [{len(line) - RAW_KEEP} more bytes, see the source file]",
+            f"row of {len(line)} bytes is larger than the {MAX_ROW_BYTES}-byte limit; not parsed",
+        )
     return _decode_object(line.strip(), row)
 
 
