@@ -76,25 +76,9 @@ def test_views_have_contract_columns_before_any_score(hh_store):
         assert con.sql("SELECT count(*) FROM scored_pairs WHERE margin IS NULL").fetchall()[0][0] == n_pairs(
             hh_store
         )
-    expected = {
-        "reward_chosen": "DOUBLE",
-        "reward_rejected": "DOUBLE",
-        "margin": "DOUBLE",
-        "margin_std": "DOUBLE",
-        "n_models": "INTEGER",
-        "quality_class": "VARCHAR",
-        "adaptive_margin": "DOUBLE",
-        "len_prompt": "INTEGER",
-        "len_chosen": "INTEGER",
-        "len_rejected": "INTEGER",
-        "len_diff": "INTEGER",
-        "chosen_longer": "BOOLEAN",
-        "length_explained": "BOOLEAN",
-        "group_id": "INTEGER",
-        "group_weight": "DOUBLE",
-        "sem_cluster": "VARCHAR",
-        "sem_representative": "BOOLEAN",
-    }
+    from curation.build import CONTRACT_COLUMNS  # the scoring/curation contract, defined once
+
+    expected = CONTRACT_COLUMNS["scored_pairs"]
     for name, typ in expected.items():
         assert cols[name] == typ, name
     assert any(c.startswith("feat_") for c in cols)
