@@ -35,14 +35,68 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
+def bare_forward(model, encoded, pad_id: int, budget: int, bf16: bool) -> tuple[float, np.ndarray]:
+    """Seconds and scores of the model's forward alone over pre-padded token-budget batches on its device."""
+    import torch
+
+    from curation.scoring.runner import pad_batch, token_batches
+
+    device = next(model.parameters()).device
+    batches = []
+    for idx in token_batches([len(e) for e in encoded], budget):
+        ids, mask = pad_batch([encoded[i] for i in idx], pad_id)
+        batches.append((idx, ids.to(device), mask.to(device)))
+    out = np.empty(len(encoded))
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    sync()
+    t0 = time.perf_counter()
+    with torch.inference_mode(), ctx:
+        for idx, ids, mask in batches:
+            out[idx] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy()
+    return time.perf_counter() - t0, out
+
+
+def naive_pipeline(model, tokenizer, texts: list[str], batch: int, max_length: int) -> float:
+    """Seconds of ``transformers.pipeline("text-classification")`` over the texts in file order."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=model.device)
+    sync()
+    t0 = time.perf_counter()
+    pipe(texts, batch_size=batch, truncation=True, max_length=max_length, function_to_apply="none")
+    return time.perf_counter() - t0
+
+
+def precision_tolerance(fp32: np.ndarray, bf16: np.ndarray, pairs: int) -> dict:
+    """How far bf16 rewards are from fp32 ones (texts: the chosen ``pairs`` first, then the rejected)."""
+    from scipy.stats import spearmanr
+
+    diff = np.abs(fp32 - bf16)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_abs_diff_over_reward_std": float(diff.max() / fp32.std()),
+        "spearman": float(spearmanr(fp32, bf16).statistic),
+        "margin_sign_agreement": float(
+            np.mean(np.sign(fp32[:pairs] - fp32[pairs:]) == np.sign(bf16[:pairs] - bf16[pairs:]))
+        ),
+    }
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     import torch
-    from scipy.stats import spearmanr
 
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.models import ModelSpec, bf16_supported, bundled_minilm_path
     from curation.scoring import run_scorer
-    from curation.scoring.runner import RewardModel, RunnerConfig, pad_batch, token_batches
+    from curation.scoring.runner import RewardModel, RunnerConfig, pad_batch
     from curation.scoring.texts import load_records, render
     from curation.store import Store
 
@@ -132,56 +186,22 @@ def main() -> None:
     }
 
     # 2. bare limit: the same forward over pre-tokenised, pre-padded token-budget batches
-    def bare(bf16: bool) -> tuple[float, np.ndarray]:
-        batches = []
-        for idx in token_batches([len(e) for e in encoded], args.token_budget):
-            ids, mask = pad_batch([encoded[i] for i in idx], rm.tokenizer.pad_token_id)
-            batches.append((idx, ids, mask))
-        out = np.empty(len(encoded))
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), ctx:
-            for idx, ids, mask in batches:
-                out[idx] = rm.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy()
-        return time.perf_counter() - t0, out
-
-    bare_s, bare_scores = bare(rm.bf16)
+    bare_s, bare_scores = bare_forward(
+        rm.model, encoded, rm.tokenizer.pad_token_id, args.token_budget, rm.bf16
+    )
     res["bare"] = {"seconds": round(bare_s, 2), "pairs_per_s": n / bare_s, "tokens_per_s": tokens / bare_s}
-    if True:  # the other precision, for the speed and tolerance comparison
-        fp32_s, fp32_scores = bare(not rm.bf16)
-        if not rm.bf16:
-            fp32_scores, bare_scores = bare_scores, fp32_scores
-        diff = np.abs(fp32_scores - bare_scores)
-        res["bare_bf16" if not rm.bf16 else "bare_fp32"] = {
-            "seconds": round(fp32_s, 2),
-            "pairs_per_s": n / fp32_s,
-        }
-        res["bf16_vs_fp32"] = {
-            "max_abs_diff": float(diff.max()),
-            "mean_abs_diff": float(diff.mean()),
-            "max_abs_diff_over_reward_std": float(diff.max() / fp32_scores.std()),
-            "spearman": float(spearmanr(fp32_scores, bare_scores).statistic),
-            "margin_sign_agreement": float(
-                np.mean(
-                    np.sign(fp32_scores[:n] - fp32_scores[n:]) == np.sign(bare_scores[:n] - bare_scores[n:])
-                )
-            ),
-        }
+    other_s, other_scores = bare_forward(
+        rm.model, encoded, rm.tokenizer.pad_token_id, args.token_budget, not rm.bf16
+    )  # the other precision, for the speed and tolerance comparison
+    res["bare_bf16" if not rm.bf16 else "bare_fp32"] = {
+        "seconds": round(other_s, 2),
+        "pairs_per_s": n / other_s,
+    }
+    fp32_scores, bf16_scores = (bare_scores, other_scores) if not rm.bf16 else (other_scores, bare_scores)
+    res["bf16_vs_fp32"] = precision_tolerance(fp32_scores, bf16_scores, n)
 
     # 3. naive peer: transformers.pipeline, fixed batch size, texts in file order
-    from transformers import pipeline
-
-    tok = rm.tokenizer
-    pipe = pipeline("text-classification", model=rm.model, tokenizer=tok, device="cpu")
-    t0 = time.perf_counter()
-    pipe(
-        texts,
-        batch_size=args.pipeline_batch,
-        truncation=True,
-        max_length=args.max_length,
-        function_to_apply="none",
-    )
-    naive_s = time.perf_counter() - t0
+    naive_s = naive_pipeline(rm.model, rm.tokenizer, texts, args.pipeline_batch, args.max_length)
     res["naive_pipeline"] = {
         "seconds": round(naive_s, 2),
         "pairs_per_s": n / naive_s,

@@ -62,7 +62,8 @@ def run_curate(shards: Path, model: str, args, out: Path, overlong: str = "trunc
         eval_split="",
         disable_tqdm=True,
         seed=0,
-        bf16_autocast="false",
+        bf16_autocast="true" if args.bf16 else "false",
+        use_cpu=args.device == "cpu",
         overlong=overlong,
     )
     r = train(cfg)
@@ -110,8 +111,8 @@ def run_trl(shards: Path, model_path: str, args, out: Path, group_by_length: boo
         report_to="none",
         disable_tqdm=True,
         seed=0,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         # keep the precomputed `length` column for the sampler (TRL's collator ignores it)
         remove_unused_columns=not group_by_length,
@@ -159,6 +160,17 @@ def padding_stats(shards: Path, model_path: str, args) -> dict:
     return out
 
 
+def machine(args) -> str:
+    import torch
+
+    cpu = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}"
+    )
+    if args.device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {cpu}"
+    return cpu
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
@@ -172,6 +184,12 @@ def main() -> None:
         default="trl_default,trl_group_by_length,curate,curate_drop",
         help="curate: truncate over-long pairs and train on all; curate_drop: drop them like TRL",
     )
+    p.add_argument(
+        "--shards", default=None, help="an rm shard folder to train on (default: build one from --shared)"
+    )
+    p.add_argument("--model", default=None, help="encoder to train (default: the bundled MiniLM)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every trainer (GPU)")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     p.add_argument(
         "--padding-only", action="store_true", help="only count real vs padded tokens, no training"
@@ -183,11 +201,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from curation.models import bundled_minilm_path
 
-    model = str(bundled_minilm_path())
+    model = args.model or str(bundled_minilm_path())
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        shards = build_shard(Path(args.shared), work, args.limit)
+        shards = Path(args.shards) if args.shards else build_shard(Path(args.shared), work, args.limit)
         padding = padding_stats(shards, model, args)
         for k, v in padding.items():
             print(
@@ -211,7 +229,7 @@ def main() -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     report = {
         "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "machine": machine(args),
         "load": load,
         "args": vars(args),
         "padding": padding,
