@@ -5,17 +5,19 @@
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, transformers, pyarrow, sklearn; print('torch', torch.__version__, 'transformers', transformers.__version__, 'pyarrow', pyarrow.__version__)"
+$PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_core .devpack/whl/orjson-*.whl
 $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_trl .devpack/whl/*.whl || echo "wheel install failed"
+export PYTHONPATH=/tmp/site_core
 
 $PY benchmarks/gpu/device_bench.py unpack || exit 1
 timeout 150 $PY benchmarks/gpu/device_bench.py scoring --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/scoring.log"
 timeout 300 $PY benchmarks/gpu/device_bench.py noise --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/noise.log"
-train=(benchmarks/train_rm/bench.py --shards .devpack/shards --model .devpack/minilm --device cuda --bf16 --threads 4)
+train=(benchmarks/train_rm/bench.py --shards .devpack/shards --model .devpack/minilm --device cuda --bf16 --threads 4 --warmup 1)
 timeout 90 $PY "${train[@]}" --only curate,curate_drop --out "$OUT/train_curate.json" 2>&1 | tail -n 20 | tee "$OUT/train_curate.log"
-PYTHONPATH=/tmp/site_trl timeout 120 $PY "${train[@]}" --only trl_group_by_length,trl_default \
+PYTHONPATH=/tmp/site_core:/tmp/site_trl timeout 120 $PY "${train[@]}" --only trl_group_by_length,trl_default \
   --out "$OUT/train_trl.json" 2>&1 | tail -n 20 | tee "$OUT/train_trl.log"
 echo "done"

@@ -1,7 +1,7 @@
 """Pack what the GPU benchmarks need into ./.devpack (run here, on the CPU machine, before device_run.sh).
 
 The GPU machine has torch, transformers, sentence-transformers, accelerate, pyarrow, scikit-learn and
-xxhash, but not duckdb or polars, and the working tree that travels there is capped at 64 MiB. So
+xxhash, but not duckdb, polars or orjson, and the working tree that travels there is capped at 64 MiB. So
 everything that needs the store is done here:
 
 - ``minilm-fp16/``: the bundled all-MiniLM-L6-v2 with its weights stored in fp16 (45 MB instead of 87 MB);
@@ -9,7 +9,8 @@ everything that needs the store is done here:
 - ``hh_noisy.jsonl``: the HH-RLHF harmless pairs with 20 % of labels flipped exactly as
   benchmarks/noise/bench.py flips them (same seed), as canonical records with a ``flipped`` flag;
 - ``shards/``: an rm shard of all HH pairs (weight 1, no margin), as benchmarks/train_rm builds it;
-- ``whl/``: wheels of datasets, dill, multiprocess and trl (pure Python) for the TRL comparison only.
+- ``whl/``: wheels of orjson (the score cache needs it), and of datasets, dill, multiprocess and trl
+  for the TRL comparison only.
 
     .venv/bin/python benchmarks/gpu/prepare.py          # then: see benchmarks/gpu/RESULTS.md
 """
@@ -29,7 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-WHEELS = ["datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "trl==1.16.0"]
+WHEELS = ["orjson==3.13.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "trl==1.16.0"]
 
 
 def pack_model(out: Path) -> None:

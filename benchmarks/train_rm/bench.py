@@ -189,6 +189,12 @@ def main() -> None:
     )
     p.add_argument("--model", default=None, help="encoder to train (default: the bundled MiniLM)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="untimed runs of the first trainer first (CUDA init, kernel autotuning)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every trainer (GPU)")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     p.add_argument(
@@ -216,13 +222,17 @@ def main() -> None:
                 json.dumps({"command": " ".join(["python", *sys.argv]), "padding": padding}, indent=2)
             )
             return
-        for name in args.only.split(","):
+        names = args.only.split(",")
+        for i, name in enumerate(names[:1] * args.warmup + names):
             if name.startswith("curate"):
                 overlong = "drop" if name == "curate_drop" else "truncate"
-                results[name] = run_curate(shards, model, args, work / name, overlong)
+                r = run_curate(shards, model, args, work / f"{name}{i}", overlong)
             else:
-                results[name] = run_trl(shards, model, args, work / name, name == "trl_group_by_length")
-            r = results[name]
+                r = run_trl(shards, model, args, work / f"{name}{i}", name == "trl_group_by_length")
+            if i < args.warmup:
+                print(f"warm-up ({name}): {r['seconds']:.1f} s, not counted", flush=True)
+                continue
+            results[name] = r
             r["pairs_per_second"] = r["pairs"] / r["seconds"]
             print(name, r, flush=True)
     best_trl = max((r["pairs_per_second"] for k, r in results.items() if k.startswith("trl")), default=None)
