@@ -105,6 +105,14 @@ def test_id_set_and_hex_roundtrip():
         s.add(chunk)
     hit = s.contains(d)
     assert hit[:600].all() and not hit[600:].any() and len(s) == 600
+    # ids that share their first 8 bytes (the binary-search key) with a stored id but differ after it
+    raw = d[:50].view(np.uint8).reshape(-1, 16).copy()
+    raw[:, 8:] ^= 0xFF
+    twins = raw.reshape(-1).view("S16")
+    assert not s.contains(twins).any()
+    s.add(twins[:25])
+    hit = s.contains(np.concatenate([twins, d[:50]]))
+    assert hit[:25].all() and not hit[25:50].any() and hit[50:].all()
     assert first_occurrence(np.concatenate([d[:3], d[:2]])).tolist() == [True, True, True, False, False]
 
 

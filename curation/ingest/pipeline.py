@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,7 @@ from curation.ingest.columnar import (
 )
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
-from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain
+from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
 from curation.store import Store, StoreError, io_error, safe_name
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
 
@@ -130,6 +131,8 @@ def ingest_paths(
     """Ingest files, globs or folders into ``store``; returns one accounting row per file."""
     opts = opts or IngestOptions()
     files = expand_paths(paths)
+    if files and "great_expectations" not in sys.modules:
+        prefetch_gx()
     results: list[UnitResult] = []
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with store.writer_lock("ingest"):
