@@ -171,6 +171,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ingest"))
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     ap.add_argument("--methods", default="polars,datasets,curate-10%,curate,near,datasketch")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds over the methods (round-robin, sync before each child); each method reports its median run",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -189,15 +195,21 @@ def main() -> None:
         print(f"wrote {file} ({file.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
     tenth = head_file(file, args.work / f"hh_synth_{args.rows}_head10.jsonl", args.rows // 10)
     load_before = sh("uptime")
-    results: dict[str, dict] = {}
-    for method in args.methods.split(","):
-        f = tenth if method == "curate-10%" else file
-        work = args.work / method.replace("%", "")
-        work.mkdir(exist_ok=True)
-        if method in ("near", "datasketch"):
-            work = args.work / "curate"
-        results[method] = run_child(method, f, work, args.near_rows)
-        print(method, results[method], flush=True)
+    runs: dict[str, list[dict]] = {}
+    for _ in range(max(1, args.repeat)):  # round-robin, so drifting machine state hits every method alike
+        for method in args.methods.split(","):
+            f = tenth if method == "curate-10%" else file
+            work = args.work / method.replace("%", "")
+            work.mkdir(exist_ok=True)
+            if method in ("near", "datasketch"):
+                work = args.work / "curate"
+            os.sync()  # the previous child's written files are not flushed on this child's time
+            runs.setdefault(method, []).append(run_child(method, f, work, args.near_rows))
+            print(method, runs[method][-1], flush=True)
+    results = {}
+    for method, rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["seconds"])
+        results[method] = rs[len(rs) // 2] | {"all_seconds": [round(r["seconds"], 1) for r in runs[method]]}
     load_after = sh("uptime")
     write_results(args, file, results, load_before, load_after)
 
@@ -207,17 +219,21 @@ def write_results(args, file: Path, results: dict[str, dict], load_before: str, 
     lines = [
         "# Ingest benchmark",
         "",
-        f"Command: `.venv/bin/python benchmarks/ingest/run.py --rows {rows} --near-rows {args.near_rows}`  ",
+        f"Command: `.venv/bin/python benchmarks/ingest/run.py --rows {rows} --near-rows {args.near_rows} "
+        f"--repeat {args.repeat}`  ",
         f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
         f"Input: synthetic HH-RLHF-shaped preference JSONL, {rows:,} rows, {file.stat().st_size / 1e6:.0f} MB "
         "(turn counts and lengths drawn from hh-rlhf/harmless-base-test; see synth.py)  ",
         f"Python {platform.python_version()}; each method in its own child process with one thread "
         "(OMP_NUM_THREADS=POLARS_MAX_THREADS=1; set BENCH_THREADS to change); "
         "seconds = wall time of the work inside the child (imports excluded), process = whole child process, "
-        "CPU s = user + system CPU time of that work (less disturbed by other load than wall time).",
+        "CPU s = user + system CPU time of that work (less disturbed by other load than wall time). "
+        f"Each method ran {args.repeat} times, round-robin; the table shows its median run (by seconds) and "
+        "every run's seconds.",
         "",
-        "| method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) | vs polars (CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) | vs polars (CPU) "
+        "| all runs (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     base = results.get("polars", {}).get("seconds")
     base_cpu = results.get("polars", {}).get("cpu_seconds")
@@ -229,7 +245,8 @@ def write_results(args, file: Path, results: dict[str, dict], load_before: str, 
         cratio = f"{r['cpu_seconds'] / base_cpu:.2f}x" if base_cpu and m != "curate-10%" else ""
         lines.append(
             f"| {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
-            f"{n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {cratio} |"
+            f"{n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {cratio} | "
+            f"{' / '.join(str(x) for x in r['all_seconds'])} |"
         )
     near = {m: results[m] for m in ("near", "datasketch") if m in results}
     if near:
