@@ -104,19 +104,15 @@ def test_train_sft_lora_packing_merged(real_shards, tiny_lm, tmp_path):  # noqa:
 
     from training.sft import train
 
-    out = tmp_path / "lora"
-    result = train(
-        sft_config(
-            real_shards,
-            tiny_lm,
-            out,
-            max_train_samples=24,
-            max_steps=3,
-            packing=True,
-            use_lora=True,
-            max_length=256,
-        )
-    )
+    def run(out):
+        opts = dict(max_train_samples=24, max_steps=3, packing=True, use_lora=True, max_length=256)
+        return train(sft_config(real_shards, tiny_lm, out, **opts))
+
+    result = run(tmp_path / "lora")
     assert result["global_step"] == 3 and result["samples_trained"] > 12  # rows hold several samples
-    merged = AutoModelForCausalLM.from_pretrained(out)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
     assert not any("lora" in k for k in merged.state_dict())
+    # the same seed gives the same LoRA init and the same model, whatever ran before in the process
+    run(tmp_path / "again")
+    twin = AutoModelForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    assert all(torch.equal(v, twin[k]) for k, v in merged.state_dict().items())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from curation.models import ModelSpec, load_causal_lm, load_tokenizer
 from training.common import (
@@ -273,6 +273,7 @@ def train(config: RescueConfig) -> dict[str, Any]:
         eval_ds, eval_report, _ = load_groups(
             config.shards, config.eval_split, tok, config, config.max_eval_samples
         )
+    set_seed(config.seed)  # before the model: any new weights are drawn from the seeded generator
     trainer = RescueTrainer(
         model=load_causal_lm(spec),
         args=config,

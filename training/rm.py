@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from curation.models import ModelSpec, bf16_supported, load_sequence_classifier, load_tokenizer, pick_device
 from training.common import (
@@ -508,6 +508,7 @@ def train(config: RMConfig) -> dict[str, Any]:
                 config.max_eval_samples,
                 config.verify_shards,
             )
+    set_seed(config.seed)  # before the model: a new score head is drawn from the seeded generator
     model = load_sequence_classifier(spec, num_labels=1)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id

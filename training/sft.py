@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from curation.models import ModelSpec, load_causal_lm, load_tokenizer
 from training.common import (
@@ -279,6 +279,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
         eval_ds, eval_report = load_sft(
             config.shards, config.eval_split, tok, config, config.max_eval_samples
         )
+    set_seed(config.seed)  # before the model and LoRA: new weights are drawn from the seeded generator
     model = load_causal_lm(spec)
     if config.use_lora:
         from peft import LoraConfig, get_peft_model
