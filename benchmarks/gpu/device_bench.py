@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks" / "scoring"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def environment() -> dict:
@@ -46,15 +47,9 @@ def environment() -> dict:
 
 def unpack(pack: Path) -> None:
     """fp32 weights in ``minilm/`` from the fp16 copy that travelled (transformers 5 would keep fp16)."""
-    import shutil
+    from prepare import copy_model  # benchmarks/gpu/prepare.py
 
-    from safetensors.torch import load_file, save_file
-
-    src, dst = pack / "minilm-fp16", pack / "minilm"
-    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
-    sd = load_file(str(src / "model.safetensors"))
-    full = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    save_file(full, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    copy_model(pack / "minilm-fp16", pack / "minilm", "float32")
 
 
 def load_pairs(pack: Path, limit: int = 0) -> list[dict]:

@@ -33,17 +33,22 @@ sys.path.insert(0, str(REPO))
 WHEELS = ["orjson==3.13.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "trl==1.16.0"]
 
 
-def pack_model(out: Path) -> None:
+def copy_model(src: Path, dst: Path, dtype: str) -> None:
+    """A model folder copied with its floating-point weights cast to ``dtype`` ("float16", "float32")."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
+    to = getattr(torch, dtype)
+    sd = load_file(str(src / "model.safetensors"))
+    cast = {k: v.to(to).contiguous() if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(cast, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+
+def pack_model(out: Path) -> None:
     from curation.models import bundled_minilm_path
 
-    src = bundled_minilm_path()
-    shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
-    sd = load_file(str(src / "model.safetensors"))
-    half = {k: v.to(torch.float16).contiguous() if v.is_floating_point() else v for k, v in sd.items()}
-    save_file(half, str(out / "model.safetensors"), metadata={"format": "pt"})
+    copy_model(bundled_minilm_path(), out, "float16")
 
 
 def pack_noisy_pairs(data: Path, out: Path, flip: float, seed: int) -> int:

@@ -46,25 +46,32 @@ def build_shard(shared: Path, work: Path, limit: int) -> Path:
     return write_shards(work / "build", {"rm": items}, eval_every=10**12)
 
 
+def shared_trainer_args(args, out: Path) -> dict:
+    """The settings both trainers get, so the comparison stays like for like."""
+    return {
+        "output_dir": str(out),
+        "max_length": args.max_length,
+        "per_device_train_batch_size": args.batch,
+        "learning_rate": args.lr,
+        "num_train_epochs": 1,
+        "logging_steps": 50,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "use_cpu": args.device == "cpu",
+    }
+
+
 def run_curate(shards: Path, model: str, args, out: Path, overlong: str = "truncate") -> dict:
     from training.rm import RMConfig, train
 
     cfg = RMConfig(
         shards=str(shards),
         model=model,
-        output_dir=str(out),
-        max_length=args.max_length,
-        per_device_train_batch_size=args.batch,
-        learning_rate=args.lr,
-        num_train_epochs=1,
-        logging_steps=50,
-        save_strategy="no",
         eval_split="",
-        disable_tqdm=True,
-        seed=0,
         bf16_autocast="true" if args.bf16 else "false",
-        use_cpu=args.device == "cpu",
         overlong=overlong,
+        **shared_trainer_args(args, out),
     )
     r = train(cfg)
     return {
@@ -101,18 +108,9 @@ def run_trl(shards: Path, model_path: str, args, out: Path, group_by_length: boo
         }
     )
     cfg = RewardConfig(
-        output_dir=str(out),
-        max_length=args.max_length,
-        per_device_train_batch_size=args.batch,
-        learning_rate=args.lr,
-        num_train_epochs=1,
-        logging_steps=50,
-        save_strategy="no",
         report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=args.device == "cpu",
         bf16=args.bf16,
+        **shared_trainer_args(args, out),
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         # keep the precomputed `length` column for the sampler (TRL's collator ignores it)
         remove_unused_columns=not group_by_length,
