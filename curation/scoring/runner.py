@@ -42,17 +42,23 @@ def token_batches(lengths: Sequence[int], budget: int, max_batch: int = 256) -> 
     return batches
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int):
-    """input_ids and attention_mask tensors, right-padded to the longest sequence of the batch."""
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 1, limit: int | None = None):
+    """input_ids and attention_mask tensors, right-padded to the longest sequence of the batch.
+
+    The width is rounded up to ``multiple_of`` (8 on a GPU: tensor-core shapes, and fewer distinct
+    shapes to warm up) unless that would pass ``limit`` (the model's window).
+    """
     import torch
 
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids, mask
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max())
+    rounded = -(-width // multiple_of) * multiple_of
+    if limit is None or rounded <= limit:
+        width = rounded
+    mask = np.arange(width) < lengths[:, None]
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 class _Base:
@@ -91,10 +97,22 @@ class _Base:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
 
     def batches(self, encoded: Sequence[Sequence[int]]) -> Iterator[tuple[np.ndarray, Any, Any]]:
-        """(indexes, input_ids, attention_mask) per token-budget batch, on the device."""
+        """(indexes, input_ids, attention_mask) per token-budget batch, on the device.
+
+        On CUDA the host tensors are pinned and copied asynchronously, so the host pads batch k+1
+        while the GPU runs batch k (callers must not synchronise per batch either).
+        """
+        cuda = self.device.startswith("cuda")
         for idx in token_batches([len(s) for s in encoded], self.config.token_budget, self.config.max_batch):
-            ids, mask = pad_batch([encoded[i] for i in idx], self.tokenizer.pad_token_id)
-            yield idx, ids.to(self.device), mask.to(self.device)
+            ids, mask = pad_batch(
+                [encoded[i] for i in idx],
+                self.tokenizer.pad_token_id,
+                multiple_of=8 if cuda else 1,
+                limit=self.config.max_length,
+            )
+            if cuda:
+                ids, mask = ids.pin_memory(), mask.pin_memory()
+            yield idx, ids.to(self.device, non_blocking=cuda), mask.to(self.device, non_blocking=cuda)
 
 
 class RewardModel(_Base):
@@ -126,10 +144,12 @@ class RewardModel(_Base):
         import torch
 
         out = np.empty(len(encoded), dtype=np.float64)
+        pending = []  # (indexes, rewards on the device): one copy back at the end, no sync per batch
         with torch.inference_mode(), self._autocast():
             for idx, ids, mask in self.batches(encoded):
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-                out[idx] = logits[:, 0].float().cpu().numpy()
+                pending.append((idx, self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()))
+        for idx, rewards in pending:
+            out[idx] = rewards.cpu().numpy()
         return out
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -153,17 +173,24 @@ class CausalLMEntropy(_Base):
         untrunc = self.tokenizer(list(fulls), add_special_tokens=True)["input_ids"]
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         n_resp = [max(1, len(u) - len(p)) for u, p in zip(untrunc, prompt_ids, strict=True)]
+        lengths = np.array([len(f) for f in full_ids], dtype=np.int64)
+        k = np.minimum(np.array(n_resp, dtype=np.int64), lengths - 1)  # predictions of response tokens
         out = np.empty(len(fulls), dtype=np.float64)
+        pending = []
         with torch.inference_mode(), self._autocast():
             for idx, ids, mask in self.batches(full_ids):
                 logp = torch.log_softmax(
                     self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
                 )
                 ent = -(logp.exp() * logp).sum(-1)  # [B, T]: entropy of the prediction of token t+1
-                for row, i in enumerate(idx):
-                    length = len(full_ids[i])
-                    k = min(n_resp[i], length - 1)
-                    out[i] = float(ent[row, length - 1 - k : length - 1].mean()) if k > 0 else float("nan")
+                # positions length-1-k .. length-2 predict the k response tokens
+                end = torch.as_tensor(lengths[idx] - 1, device=ent.device)[:, None]
+                start = end - torch.as_tensor(k[idx], device=ent.device)[:, None]
+                pos = torch.arange(ent.shape[1], device=ent.device)[None, :]
+                sel = ((pos >= start) & (pos < end)).float()
+                pending.append((idx, (ent * sel).sum(1) / sel.sum(1)))  # 0/0 = nan where k == 0
+        for idx, means in pending:
+            out[idx] = means.cpu().numpy()
         return out
 
 

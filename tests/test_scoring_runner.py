@@ -1,0 +1,73 @@
+"""The model runner's batching: padding, token-budget batches and per-text results that do not depend on them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from curation.models import ModelSpec
+from curation.scoring.runner import CausalLMEntropy, RewardModel, RunnerConfig, pad_batch, token_batches
+
+
+def test_pad_batch_rounds_up_within_the_window():
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=9, multiple_of=8)
+    assert ids.shape == (2, 8) and ids[1].tolist() == [8] + [9] * 7 and int(mask.sum()) == 4
+    ids, _ = pad_batch([[1] * 10], pad_id=0, multiple_of=8, limit=12)  # 16 would pass the window
+    assert ids.shape == (1, 10)
+
+
+def test_token_batches_cover_every_index_once_within_budget():
+    lengths = [3, 50, 7, 50, 1, 20, 20, 9] * 5
+    batches = token_batches(lengths, budget=100, max_batch=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100)
+
+
+def _hh_texts(shared_data, n: int) -> list[str]:
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
+        rows = [json.loads(line) for _, line in zip(range(n), fh, strict=False)]
+    return [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+
+
+def test_rewards_do_not_depend_on_the_batch(minilm, tmp_path, shared_data):
+    """Scores from token-budget batches equal each text scored alone (padding and order change nothing)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(str(minilm), num_labels=1).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(tmp_path)
+    texts = _hh_texts(shared_data, 12)
+    rm = RewardModel(ModelSpec(str(tmp_path)), RunnerConfig(device="cpu", max_length=96, token_budget=600))
+    batched = rm.score(texts)
+    alone = np.array([rm.score([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert np.std(batched) > 1e-4  # different texts, different rewards
+
+
+def test_entropy_is_the_mean_over_response_tokens(tiny_lm, shared_data):
+    """The batched, masked entropy equals a direct per-text computation over the response positions."""
+    lm = CausalLMEntropy(ModelSpec(str(tiny_lm)), RunnerConfig(device="cpu", max_length=48, token_budget=200))
+    with torch.no_grad():  # random weights predict ~uniformly everywhere; sharpen them so positions differ
+        lm.model.get_output_embeddings().weight.mul_(40)
+    with open(shared_data / "gsm8k" / "test.jsonl") as fh:
+        rows = [json.loads(line) for _, line in zip(range(10), fh, strict=False)]
+    prompts = [r["question"] for r in rows] + ["Hi"]
+    fulls = [r["question"] + " " + r["answer"] for r in rows] + ["Hi"]  # a text too short to score: nan
+    got = lm.entropy(prompts, fulls)
+    tok = lm.tokenizer
+    for i, (p, f) in enumerate(zip(prompts, fulls, strict=True)):
+        ids = lm.tokenize([f])[0]
+        k = min(max(1, len(tok(f)["input_ids"]) - len(tok(p)["input_ids"])), len(ids) - 1)
+        with torch.inference_mode():
+            logp = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        ent = -(logp.exp() * logp).sum(-1)
+        want = float(ent[len(ids) - 1 - k : len(ids) - 1].mean()) if k > 0 else float("nan")
+        assert got[i] == pytest.approx(want, rel=1e-4, abs=1e-5, nan_ok=True), i
+    assert np.isfinite(got[:-1]).all() and np.std(got[:-1]) > 0.05
