@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one go (scoring throughput, noise detection with a fine-tuned cross-fit, RM
-# training vs TRL), on a CUDA machine with torch/transformers/accelerate/sklearn but no duckdb/polars.
+# The GPU benchmarks in one go (scoring throughput with the bundled MiniLM and a 1.1B reward model,
+# noise detection with a fine-tuned cross-fit; RM training vs TRL with TRAIN=1), on a CUDA machine
+# with torch/transformers/sklearn but no duckdb/polars.
 # Needs ./.devpack from benchmarks/gpu/prepare.py. Results: JSON and logs under $OUT (default ./gpu-out).
 set -u
 OUT=${OUT:-gpu-out}
@@ -10,14 +11,18 @@ PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, transformers, pyarrow, sklearn; print('torch', torch.__version__, 'transformers', transformers.__version__, 'pyarrow', pyarrow.__version__)"
 $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_core .devpack/whl/orjson-*.whl
-$PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_trl .devpack/whl/*.whl || echo "wheel install failed"
 export PYTHONPATH=/tmp/site_core
 
 $PY benchmarks/gpu/device_bench.py unpack || exit 1
-timeout 150 $PY benchmarks/gpu/device_bench.py scoring --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/scoring.log"
-timeout 300 $PY benchmarks/gpu/device_bench.py noise --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/noise.log"
-train=(benchmarks/train_rm/bench.py --shards .devpack/shards --model .devpack/minilm --device cuda --bf16 --threads 4 --warmup 1)
-timeout 90 $PY "${train[@]}" --only curate,curate_drop --out "$OUT/train_curate.json" 2>&1 | tail -n 20 | tee "$OUT/train_curate.log"
-PYTHONPATH=/tmp/site_core:/tmp/site_trl timeout 120 $PY "${train[@]}" --only trl_group_by_length,trl_default \
-  --out "$OUT/train_trl.json" 2>&1 | tail -n 20 | tee "$OUT/train_trl.log"
+bench=(benchmarks/gpu/device_bench.py --out "$OUT")
+timeout 100 $PY "${bench[@]}" scoring 2>&1 | grep -v Warning | tee "$OUT/scoring.log"
+timeout 150 $PY "${bench[@]}" scoring_large --budgets 65536 2>&1 | grep -v Warning | tee "$OUT/scoring_large.log"
+timeout 240 $PY "${bench[@]}" noise 2>&1 | grep -v Warning | tee "$OUT/noise.log"
+if [ "${TRAIN:-0}" = 1 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_trl .devpack/whl/*.whl || echo "wheel install failed"
+  train=(benchmarks/train_rm/bench.py --shards .devpack/shards --model .devpack/minilm --device cuda --bf16 --threads 4 --warmup 1)
+  timeout 90 $PY "${train[@]}" --only curate,curate_drop --out "$OUT/train_curate.json" 2>&1 | tail -n 20 | tee "$OUT/train_curate.log"
+  PYTHONPATH=/tmp/site_core:/tmp/site_trl timeout 120 $PY "${train[@]}" --only trl_group_by_length,trl_default \
+    --out "$OUT/train_trl.json" 2>&1 | tail -n 20 | tee "$OUT/train_trl.log"
+fi
 echo "done"

@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def bare_forward(model, encoded, pad_id: int, budget: int, bf16: bool) -> tuple[float, np.ndarray]:
+def bare_forward(
+    model, encoded, pad_id: int, budget: int, bf16: bool, limit: int | None = None
+) -> tuple[float, np.ndarray]:
     """Seconds and scores of the model's forward alone over pre-padded token-budget batches on its device."""
     import torch
 
@@ -44,15 +46,20 @@ def bare_forward(model, encoded, pad_id: int, budget: int, bf16: bool) -> tuple[
     device = next(model.parameters()).device
     batches = []
     for idx in token_batches([len(e) for e in encoded], budget):
-        ids, mask = pad_batch([encoded[i] for i in idx], pad_id)
+        # the runner's padding: widths rounded up to a multiple of 8 on CUDA
+        multiple = 8 if device.type == "cuda" else 1
+        ids, mask = pad_batch([encoded[i] for i in idx], pad_id, multiple, limit)
         batches.append((idx, ids.to(device), mask.to(device)))
     out = np.empty(len(encoded))
+    pending = []  # one copy back at the end, as the runner does
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     sync()
     t0 = time.perf_counter()
     with torch.inference_mode(), ctx:
         for idx, ids, mask in batches:
-            out[idx] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy()
+            pending.append((idx, model(input_ids=ids, attention_mask=mask).logits[:, 0].float()))
+        for idx, rewards in pending:
+            out[idx] = rewards.cpu().numpy()
     return time.perf_counter() - t0, out
 
 

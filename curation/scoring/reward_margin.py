@@ -298,9 +298,13 @@ def finetune_rewards(
     lr: float = 5e-5,
     batch_size: int = 16,
     seed: int = 0,
+    soft_label: float = 0.0,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold rewards from an encoder fine-tuned per fold (Bradley-Terry loss); meant for GPUs."""
+    """Out-of-fold rewards from an encoder fine-tuned per fold (Bradley-Terry loss); meant for GPUs.
+
+    ``soft_label`` a > 0 trains on P(chosen wins) = 1 - a instead of 1 (robust to flipped labels).
+    """
     import warnings
 
     import torch
@@ -309,6 +313,7 @@ def finetune_rewards(
 
     n = len(records)
     rc, rr = np.full((n, repeats), np.nan), np.full((n, repeats), np.nan)
+    enc_c = enc_r = None
     for rep in range(repeats):
         fold = fold_of(keys, folds, rep)
         for k in range(folds):
@@ -320,8 +325,9 @@ def finetune_rewards(
                 warnings.simplefilter("ignore")
                 rm = RewardModel(spec, config)
             tok = rm.tokenizer
-            enc_c = rm.tokenize([render(tok, list(r["prompt"]) + list(r["chosen"])) for r in records])
-            enc_r = rm.tokenize([render(tok, list(r["prompt"]) + list(r["rejected"])) for r in records])
+            if enc_c is None:  # the same tokenizer every fold: tokenise once
+                enc_c = rm.tokenize([render(tok, list(r["prompt"]) + list(r["chosen"])) for r in records])
+                enc_r = rm.tokenize([render(tok, list(r["prompt"]) + list(r["rejected"])) for r in records])
             model = rm.model.train()
             opt = torch.optim.AdamW(model.parameters(), lr=lr)
             order = sorted(train, key=lambda i: max(len(enc_c[i]), len(enc_r[i])))  # length-grouped batches
@@ -338,9 +344,9 @@ def finetune_rewards(
                             out = model(
                                 input_ids=ids.to(rm.device), attention_mask=mask.to(rm.device)
                             ).logits[:, 0]
-                        loss = -torch.nn.functional.logsigmoid(
-                            out[: len(idx)].float() - out[len(idx) :].float()
-                        ).mean()
+                        delta = out[: len(idx)].float() - out[len(idx) :].float()
+                        logsig = torch.nn.functional.logsigmoid
+                        loss = -((1 - soft_label) * logsig(delta) + soft_label * logsig(-delta)).mean()
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
@@ -349,6 +355,37 @@ def finetune_rewards(
             rr[test, rep] = rm.score_encoded([enc_r[i] for i in test])
             del rm, model, opt
     return rc, rr
+
+
+def stack_with_features(
+    margins: np.ndarray, records: list[dict], keys: Sequence[str], folds: int
+) -> np.ndarray:
+    """Out-of-fold margins of a Bradley-Terry logistic head on [model margin, dialogue-feature differences].
+
+    ``margins`` must be out-of-fold already (chosen - rejected, one per record). The head is fitted to
+    the given labels on the other folds (folds by prompt, a repeat the models did not use), so it learns
+    how much the cheap features (length, refusals, lists, overlap) add to the model's margin.
+    """
+    qs = [last_user_turn(r["prompt"]) for r in records]
+    fc = np.array(
+        [dialogue_features(q, response_text(r["chosen"])) for q, r in zip(qs, records, strict=True)]
+    )
+    fr = np.array(
+        [dialogue_features(q, response_text(r["rejected"])) for q, r in zip(qs, records, strict=True)]
+    )
+    dx = np.column_stack([margins, fc - fr])
+    scale = dx.std(0) + 1e-9  # symmetric features: scale, never centre
+    dx = dx / scale
+    fold = fold_of(keys, folds, 1000)
+    out = np.empty(len(records))
+    for k in range(folds):
+        test = fold == k
+        if not test.any():
+            continue
+        if test.all():  # one fold holds every prompt: nothing to fit on
+            return margins.copy()
+        out[test] = _fit_logistic(dx[~test], 1.0, k)(dx[test])
+    return out
 
 
 # ---------------------------------------------------------------------- run
