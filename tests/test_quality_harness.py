@@ -17,7 +17,10 @@ RUN = REPO / "benchmarks" / "quality" / "run.py"
 
 #: experiment -> (arms, metrics) every tiny run must report
 EXPECTED = {
-    "1": ({"(a) raw noisy", "(b) curated", "(c) random subset"}, {"test accuracy"}),
+    "1": (
+        {"(a) raw noisy", "(b) curated", "(c) random subset", "(d) no flips (ceiling, uses the truth)"},
+        {"test accuracy"},
+    ),
     "2": (
         {"(a) plain BT", "(b) product of experts"},
         {"Spearman(reward, length), test", "accuracy, shorter preferred", "accuracy, all test"},
@@ -87,6 +90,7 @@ def test_noisy_preferences_arms_differ_as_designed(tiny_run):
         rnd = rows[("(c) random subset", setting)]["extra"]["train_pairs"]
         assert rnd == cur
         assert all(c < r for c, r in zip(cur, raw, strict=True))
+    assert rows[("(d) no flips (ceiling, uses the truth)", "flip 0 %")]["extra"]["train_pairs"] == raw
 
 
 def test_hh_split_by_prompt_and_seeded_flips(shared_data):

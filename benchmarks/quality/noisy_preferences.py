@@ -5,6 +5,10 @@ level and seed, a seeded share of the train labels is flipped, the noisy pairs g
 path (JSONL in HH format -> ingest into a fresh store -> reward_margin cross-fitted scorer on the
 noisy labels only -> three builds -> three reward-model trainings), and every model is evaluated on
 the same untouched test pairs (their own store and build: the scorer never sees them).
+
+A fourth arm, (d), trains on the same train pairs with no flips at all. It is not a curation method
+(it uses the truth the other arms never see); it is the ceiling that curation could at best recover,
+so that a null result can be read: is the gap between (a) and (d) larger than the seed spread at all?
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ from benchmarks.quality.common import (
 SPLIT_SALT = "curate-quality-hh-split-v1"
 SOURCE = "hh_train"
 ARMS = ("raw", "curated", "random")
+ARM_NAMES = {
+    "raw": "(a) raw noisy",
+    "curated": "(b) curated",
+    "random": "(c) random subset",
+    "clean": "(d) no flips (ceiling, uses the truth)",
+}
 
 
 def load_hh(shared: Path = SHARED) -> list[dict[str, str]]:
@@ -139,6 +149,23 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
     test_build = build(test_store, "hh_raw", name="test")
 
     results: dict[tuple[str, float], dict[str, list]] = {}
+    clean_store = ingest(
+        fresh_dir(work / "store_clean"), write_jsonl(train, work / "hh_train_clean.jsonl"), SOURCE, "hh"
+    )
+    clean_build = build(clean_store, "hh_raw", name="clean")
+    for seed in sizes.seeds:
+        with Clock() as clock:
+            res = train_rm(clean_build, work / f"rm_clean_s{seed}", sizes, seed)
+            metrics = eval_rm(Path(res["output_dir"]), test_build)
+        entry = results.setdefault(("clean", 0.0), {"acc": [], "seconds": [], "pairs": [], "extra": []})
+        entry["acc"].append(metrics["accuracy"])
+        entry["seconds"].append(clock.seconds)
+        entry["pairs"].append(count_rows(clean_build))
+        entry["extra"].append(
+            {"seed": seed, "train_seconds": res["train_seconds"], "pairs_per_second": res["pairs_per_second"]}
+        )
+        log(f"exp1 clean s{seed}: test accuracy {metrics['accuracy']:.4f} ({clock.seconds:.0f}s)")
+        shutil.rmtree(res["output_dir"], ignore_errors=True)
     cache_from: Path | None = None
     for noise in sizes.noise_levels:
         for seed in sizes.seeds:
@@ -181,7 +208,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
         out.append(
             Row(
                 experiment="1 noisy preferences (HH harmless)",
-                arm={"raw": "(a) raw noisy", "curated": "(b) curated", "random": "(c) random subset"}[arm],
+                arm=ARM_NAMES[arm],
                 setting=f"flip {int(noise * 100)} %",
                 metric="test accuracy",
                 values=e["acc"],

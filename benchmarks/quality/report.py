@@ -60,6 +60,7 @@ def plot(res: dict, path: Path) -> Path | None:
     width = 0.8 / max(1, len(arms))
     for ax, metric in zip(axes[0], metrics, strict=True):
         for j, arm in enumerate(arms):
+            labelled = False
             for i, setting in enumerate(settings):
                 hit = [
                     r for r in rows if r["metric"] == metric and r["arm"] == arm and r["setting"] == setting
@@ -75,8 +76,9 @@ def plot(res: dict, path: Path) -> Path | None:
                     yerr=r["std"],
                     capsize=3,
                     color=f"C{j}",
-                    label=arm if i == 0 else None,
+                    label=None if labelled else arm,
                 )
+                labelled = True
                 ax.scatter([x] * len(r["values"]), r["values"], s=8, color="black", zorder=3)
         ax.set_xticks(range(len(settings)), settings, fontsize=8)
         ax.set_title(metric, fontsize=9)
