@@ -151,10 +151,11 @@ def test_crossfit_finetune_tiny(tmp_path, shared_data, minilm):
         backend="crossfit",
         finetune=True,
         folds=2,
+        repeats=2,
         epochs=1,
         max_length=48,
         progress=False,
         device="cpu",
     )
     t = scored(st, "margin, n_models").to_pylist()
-    assert s.computed == len(t) and all(r["n_models"] == 1 and np.isfinite(r["margin"]) for r in t)
+    assert s.computed == len(t) and all(r["n_models"] == 2 and np.isfinite(r["margin"]) for r in t)

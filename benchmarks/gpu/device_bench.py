@@ -229,13 +229,45 @@ def scoring_large(
     return res
 
 
+def stack_with_features(margins: np.ndarray, records: list[dict], keys: list[str], folds: int) -> np.ndarray:
+    """Out-of-fold margins of a Bradley-Terry logistic head on [model margin, dialogue-feature differences].
+
+    ``margins`` must be out-of-fold already (chosen - rejected, one per record). The head is fitted to
+    the given labels on the other folds (folds by prompt, a repeat the models did not use), so it learns
+    how much the cheap features (length, refusals, lists, overlap) add to the model's margin.
+    """
+    from curation.scoring.reward_margin import _fit_logistic, dialogue_features, fold_of
+    from curation.scoring.texts import last_user_turn, response_text
+
+    qs = [last_user_turn(r["prompt"]) for r in records]
+    fc = np.array(
+        [dialogue_features(q, response_text(r["chosen"])) for q, r in zip(qs, records, strict=True)]
+    )
+    fr = np.array(
+        [dialogue_features(q, response_text(r["rejected"])) for q, r in zip(qs, records, strict=True)]
+    )
+    dx = np.column_stack([margins, fc - fr])
+    scale = dx.std(0) + 1e-9  # symmetric features: scale, never centre
+    dx = dx / scale
+    fold = fold_of(keys, folds, 1000)
+    out = np.empty(len(records))
+    for k in range(folds):
+        test = fold == k
+        if not test.any():
+            continue
+        if test.all():  # one fold holds every prompt: nothing to fit on
+            return margins.copy()
+        out[test] = _fit_logistic(dx[~test], 1.0, k)(dx[test])
+    return out
+
+
 def noise(
     pack: Path, configs: list[dict], max_length: int, folds: int, device: str, limit: int, out: Path
 ) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from curation.models import ModelSpec, load_tokenizer
-    from curation.scoring.reward_margin import finetune_rewards, stack_with_features
+    from curation.scoring.reward_margin import finetune_rewards
     from curation.scoring.runner import RunnerConfig
     from curation.scoring.texts import plain_render, response_text
     from schemas.ids import text_id
