@@ -129,3 +129,22 @@ def test_alpaca_eval_pairs_are_real_judgments(shared_data):
     assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
     # the judge mostly prefers the longer answer: the bias the experiment is about
     assert sum(map(chosen_longer, train)) / len(train) > 0.7
+
+
+def test_sizes_override_parses_each_field_type():
+    from benchmarks.quality.common import Sizes
+
+    s = Sizes()
+    for item in ("hh_train_limit=none", "rm_max_length=128", "rm_lr=5e-5", "seeds=3,4", "hh_test_limit=50"):
+        s.override(item)
+    assert (s.hh_train_limit, s.rm_max_length, s.rm_lr, s.seeds, s.hh_test_limit) == (
+        None,
+        128,
+        5e-5,
+        (3, 4),
+        50,
+    )
+    s.override('scorer_params={"folds": 3}')
+    assert s.scorer_params == {"folds": 3}
+    with pytest.raises(ValueError, match="FIELD one of"):
+        s.override("no_such_field=1")

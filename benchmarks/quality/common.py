@@ -15,7 +15,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,27 @@ class Sizes:
     ual_params: dict[str, Any] = field(default_factory=dict)  # uncertainty scorer options
     sft_lr: float = 1e-3  # the tiny LM starts from random weights
     dro_eta: float = 0.1  # group DRO step size (methods.md default 0.01 barely moves in ~50 steps)
+
+    def override(self, item: str) -> None:
+        """Set one field from "name=value" (value parsed as the field's type; "none" for None)."""
+        name, sep, raw = item.partition("=")
+        if not sep or name not in {f.name for f in fields(self)}:
+            raise ValueError(f"expected FIELD=VALUE with FIELD one of {sorted(f.name for f in fields(self))}")
+        current = getattr(self, name)
+        if raw.lower() == "none":
+            value: Any = None
+        elif isinstance(current, bool):
+            value = raw.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
+            value = tuple(type(current[0])(x) for x in raw.split(",")) if current else tuple(raw.split(","))
+        elif isinstance(current, dict):
+            value = json.loads(raw)
+        elif current is None or isinstance(current, int | float | str):
+            kind = type(current) if current is not None else (int if raw.lstrip("-").isdigit() else float)
+            value = kind(raw)
+        else:
+            raise ValueError(f"cannot set {name} from the command line")
+        setattr(self, name, value)
 
     @classmethod
     def tiny(cls) -> Sizes:

@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         "--noise", default=None, help="experiment 1: comma-separated flip rates instead of 0.2,0.4"
     )
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of Sizes (benchmarks/quality/common.py), e.g. --set hh_train_limit=none "
+        "--set rm_max_length=128; repeatable",
+    )
+    ap.add_argument(
         "--report-only", action="store_true", help="only rewrite RESULTS.md and plots from results-*.json"
     )
     args = ap.parse_args(argv)
@@ -76,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         sizes.seeds = tuple(int(x) for x in args.seeds.split(","))
     if args.noise:
         sizes.noise_levels = tuple(float(x) for x in args.noise.split(","))
+    for item in args.set:
+        try:
+            sizes.override(item)
+        except ValueError as exc:
+            ap.error(f"--set {item}: {exc}")
+    extra = "".join(
+        f" {flag} {value}"
+        for flag, value in (("--seeds", args.seeds), ("--noise", args.noise), ("--out", args.out))
+        if value
+    ) + "".join(f" --set {item}" for item in args.set)
     out = args.out or HERE
     out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="curate-quality-"))
@@ -87,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     failures = {}
     for n in only:
         command = (
-            ".venv/bin/python benchmarks/quality/run.py " + ("--tiny " if args.tiny else "") + f"--only {n}"
+            ".venv/bin/python benchmarks/quality/run.py "
+            + ("--tiny " if args.tiny else "")
+            + f"--only {n}"
+            + extra
         )
         started = time.time()
         print(
