@@ -72,7 +72,8 @@ def test_tiny_experiment_writes_every_row(tiny_run, experiment):
     for r in rows:
         assert r["values"] and len(r["values"]) == len(r["seeds"]), r
         assert all(math.isfinite(v) for v in r["values"]), r
-        assert r["wall_seconds"] > 0 and r["command"].endswith(f"--only {experiment}")
+        assert r["wall_seconds"] > 0 and f"--only {experiment} " in r["command"] + " "
+        assert f"--out {out}" in r["command"]  # the recorded command reproduces this run
     md = (out / "RESULTS.md").read_text()
     assert md.count("| " + rows[0]["experiment"] + " |") == len(rows)
     assert f"### Experiment {experiment}" in md and "machine:" in md
