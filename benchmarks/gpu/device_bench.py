@@ -236,16 +236,9 @@ def stack_with_features(margins: np.ndarray, records: list[dict], keys: list[str
     the given labels on the other folds (folds by prompt, a repeat the models did not use), so it learns
     how much the cheap features (length, refusals, lists, overlap) add to the model's margin.
     """
-    from curation.scoring.reward_margin import _fit_logistic, dialogue_features, fold_of
-    from curation.scoring.texts import last_user_turn, response_text
+    from curation.scoring.reward_margin import _fit_logistic, dialogue_feature_pairs, fold_of
 
-    qs = [last_user_turn(r["prompt"]) for r in records]
-    fc = np.array(
-        [dialogue_features(q, response_text(r["chosen"])) for q, r in zip(qs, records, strict=True)]
-    )
-    fr = np.array(
-        [dialogue_features(q, response_text(r["rejected"])) for q, r in zip(qs, records, strict=True)]
-    )
+    fc, fr = dialogue_feature_pairs(records)
     dx = np.column_stack([margins, fc - fr])
     scale = dx.std(0) + 1e-9  # symmetric features: scale, never centre
     dx = dx / scale

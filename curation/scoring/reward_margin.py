@@ -183,6 +183,15 @@ def dialogue_features(question: str, response: str) -> list[float]:
     ]
 
 
+def dialogue_feature_pairs(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``dialogue_features`` of each pair's chosen and of its rejected response to its last user turn."""
+    qs = [last_user_turn(r["prompt"]) for r in records]
+    pairs = [(q, r) for q, r in zip(qs, records, strict=True)]
+    dc = np.array([dialogue_features(q, response_text(r["chosen"])) for q, r in pairs])
+    dr = np.array([dialogue_features(q, response_text(r["rejected"])) for q, r in pairs])
+    return dc, dr
+
+
 def fold_of(keys: Sequence[str], folds: int, repeat: int) -> np.ndarray:
     """Fold index per record from a hash of its key (the prompt) and the repeat number."""
     return np.array([int(text_id(k, str(repeat))[:8], 16) % folds for k in keys], dtype=np.int64)
@@ -278,13 +287,7 @@ def crossfit_features(store: Store, records: list[dict], embedder) -> tuple[np.n
     tc, tr = pair_response_texts(records)
     emb = embedder.embed(tc + tr, "pair responses")
     n = len(records)
-    qs = [last_user_turn(r["prompt"]) for r in records]
-    dc = np.array(
-        [dialogue_features(q, response_text(r["chosen"])) for q, r in zip(qs, records, strict=True)]
-    )
-    dr = np.array(
-        [dialogue_features(q, response_text(r["rejected"])) for q, r in zip(qs, records, strict=True)]
-    )
+    dc, dr = dialogue_feature_pairs(records)
     return np.hstack([emb[:n], dc]), np.hstack([emb[n:], dr])
 
 
@@ -312,7 +315,9 @@ def finetune_rewards(
     import torch
 
     from curation.scoring.runner import RewardModel, pad_batch
+    from training.losses import bradley_terry_loss
 
+    zero, soft = torch.tensor(0.0), torch.tensor(float(soft_label))  # no margin; P(chosen wins) = 1 - a
     n = len(records)
     rc, rr = np.full((n, repeats), np.nan), np.full((n, repeats), np.nan)
     enc_c = enc_r = None
@@ -346,9 +351,7 @@ def finetune_rewards(
                             out = model(
                                 input_ids=ids.to(rm.device), attention_mask=mask.to(rm.device)
                             ).logits[:, 0]
-                        delta = out[: len(idx)].float() - out[len(idx) :].float()
-                        logsig = torch.nn.functional.logsigmoid
-                        loss = -((1 - soft_label) * logsig(delta) + soft_label * logsig(-delta)).mean()
+                        loss = bradley_terry_loss(out[: len(idx)], out[len(idx) :], zero, soft).mean()
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
