@@ -1,4 +1,5 @@
-"""The Arrow block path of JSONL ingest gives exactly what the line-by-line path gives.
+"""The Arrow block path of JSONL ingest gives exactly what the line-by-line path gives, and
+overlapping batches on threads gives exactly what the serial loop gives.
 
 Checked at two levels: the batches themselves (same boundaries, row numbers, parsed
 values and error rows; hypothesis over real HH lines mixed with hostile ones), and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pyarrow.parquet as pq
@@ -18,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from curation.ingest import blocks
 from curation.ingest.blocks import ArrowBlock, read_batches
 from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
 from curation.ingest.readers.hh import HHReader
@@ -114,10 +117,12 @@ def test_hostile_lines_each_fall_back_or_match(hh_lines, tmp_path):
     bom=st.booleans(),
     gz=st.booleans(),
     final_newline=st.booleans(),
+    chunk=st.sampled_from([1, 2, 7, 300, blocks.CHUNK_BYTES]),
 )
-def test_batches_match_the_line_path(hh_lines, picks, batch_rows, bom, gz, final_newline):
+def test_batches_match_the_line_path(hh_lines, picks, batch_rows, bom, gz, final_newline, chunk):
+    """Whatever the read size: lines and the BOM split across reads, batches cut mid-chunk."""
     lines = [hh_lines[p[1]] if isinstance(p, tuple) else p for p in picks]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(blocks, "CHUNK_BYTES", chunk):
         path = _write(Path(tmp) / ("in.jsonl.gz" if gz else "in.jsonl"), lines, bom, gz, final_newline)
         assert_same_batches(path, batch_rows)
 
@@ -144,14 +149,16 @@ def test_ingest_units_identical(hh_lines, tmp_path, gz):
     batches = list(read_batches(path, 60, HHReader.arrow_fields))
     assert any(isinstance(b, ArrowBlock) for b in batches) and any(isinstance(b, list) for b in batches)
     units, results = [], []
-    for block_path in (True, False):
-        root = tmp_path / f"store_{block_path}"
-        (res,) = ingest_paths(Store(root), [str(path)], IngestOptions(batch_rows=60, block_path=block_path))
+    # block or line path, batches overlapped on threads or one after another: the same unit
+    for block_path, overlap in ((True, True), (False, False), (True, False)):
+        root = tmp_path / f"store_{block_path}_{overlap}"
+        opts = IngestOptions(batch_rows=60, block_path=block_path, overlap=overlap)
+        (res,) = ingest_paths(Store(root), [str(path)], opts)
         units.append(_unit(root))
         results.append(res)
-    assert results[0] == results[1] and results[0].reconciles
+    assert results[0] == results[1] == results[2] and results[0].reconciles
     assert results[0].quarantined > len(HOSTILE) // 2 and results[0].duplicates >= 50
-    assert units[0] == units[1]
+    assert units[0] == units[1] == units[2]
     q = units[0]["quarantine.parquet"]
     assert any(r["reason"].startswith("malformed JSON: invalid UTF-8") for r in q)
     assert orjson.loads(units[0]["run.parquet"][0]["options"]) == {}

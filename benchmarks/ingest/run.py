@@ -129,16 +129,16 @@ def near(method: str, work: Path, n: int) -> dict:
     }
 
 
-def run_child(method: str, file: Path, work: Path, near_rows: int) -> dict:
+def run_child(method: str, file: Path, work: Path, near_rows: int, threads: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--file", str(file), "--work", str(work)]
     cmd += ["--near-rows", str(near_rows)]
-    # one thread each (OMP_NUM_THREADS also caps Arrow's pool): the comparison is per core, as in stack-notes
-    threads = os.environ.get("BENCH_THREADS", "1")
+    # the same thread count for every method (OMP_NUM_THREADS also caps Arrow's pool); curate overlaps its
+    # stages on threads only when polars may use more than one (curation/ingest/overlap.py)
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": threads,
-        "POLARS_MAX_THREADS": threads,
-        "RAYON_NUM_THREADS": threads,
+        "OMP_NUM_THREADS": str(threads),
+        "POLARS_MAX_THREADS": str(threads),
+        "RAYON_NUM_THREADS": str(threads),
     }
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -177,6 +177,11 @@ def main() -> None:
         default=3,
         help="rounds over the methods (round-robin, sync before each child); each method reports its median run",
     )
+    ap.add_argument(
+        "--threads",
+        default=f"1,{os.cpu_count()}",
+        help="thread counts to compare at (every method gets the same count); near-dup runs at the first",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -195,60 +200,69 @@ def main() -> None:
         print(f"wrote {file} ({file.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
     tenth = head_file(file, args.work / f"hh_synth_{args.rows}_head10.jsonl", args.rows // 10)
     load_before = sh("uptime")
-    runs: dict[str, list[dict]] = {}
+    counts = sorted({int(t) for t in args.threads.split(",")})
+    runs: dict[tuple[int, str], list[dict]] = {}
     for _ in range(max(1, args.repeat)):  # round-robin, so drifting machine state hits every method alike
-        for method in args.methods.split(","):
-            f = tenth if method == "curate-10%" else file
-            work = args.work / method.replace("%", "")
-            work.mkdir(exist_ok=True)
-            if method in ("near", "datasketch"):
-                work = args.work / "curate"
-            os.sync()  # the previous child's written files are not flushed on this child's time
-            runs.setdefault(method, []).append(run_child(method, f, work, args.near_rows))
-            print(method, runs[method][-1], flush=True)
+        for threads in counts:
+            for method in args.methods.split(","):
+                if method in ("near", "datasketch") and threads != counts[0]:
+                    continue
+                f = tenth if method == "curate-10%" else file
+                work = args.work / method.replace("%", "")
+                work.mkdir(exist_ok=True)
+                if method in ("near", "datasketch"):
+                    work = args.work / "curate"
+                os.sync()  # the previous child's written files are not flushed on this child's time
+                runs.setdefault((threads, method), []).append(
+                    run_child(method, f, work, args.near_rows, threads)
+                )
+                print(threads, method, runs[threads, method][-1], flush=True)
     results = {}
-    for method, rs in runs.items():
+    for key, rs in runs.items():
         rs = sorted(rs, key=lambda r: r["seconds"])
-        results[method] = rs[len(rs) // 2] | {"all_seconds": [round(r["seconds"], 1) for r in runs[method]]}
+        results[key] = rs[len(rs) // 2] | {"all_seconds": [round(r["seconds"], 1) for r in runs[key]]}
     load_after = sh("uptime")
     write_results(args, file, results, load_before, load_after)
 
 
-def write_results(args, file: Path, results: dict[str, dict], load_before: str, load_after: str) -> None:
+def write_results(
+    args, file: Path, results: dict[tuple[int, str], dict], load_before: str, load_after: str
+) -> None:
     rows = args.rows
     lines = [
         "# Ingest benchmark",
         "",
         f"Command: `.venv/bin/python benchmarks/ingest/run.py --rows {rows} --near-rows {args.near_rows} "
-        f"--repeat {args.repeat}`  ",
+        f"--repeat {args.repeat} --threads {args.threads}`  ",
         f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
         f"Input: synthetic HH-RLHF-shaped preference JSONL, {rows:,} rows, {file.stat().st_size / 1e6:.0f} MB "
         "(turn counts and lengths drawn from hh-rlhf/harmless-base-test; see synth.py)  ",
-        f"Python {platform.python_version()}; each method in its own child process with one thread "
-        "(OMP_NUM_THREADS=POLARS_MAX_THREADS=1; set BENCH_THREADS to change); "
+        f"Python {platform.python_version()}; each method in its own child process, every method with the "
+        "same thread count (OMP_NUM_THREADS=POLARS_MAX_THREADS=RAYON_NUM_THREADS=threads); ratios are "
+        "against polars at the same thread count; "
         "seconds = wall time of the work inside the child (imports excluded), process = whole child process, "
         "CPU s = user + system CPU time of that work (less disturbed by other load than wall time). "
         f"Each method ran {args.repeat} times, round-robin; the table shows its median run (by seconds) and "
         "every run's seconds.",
         "",
-        "| method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) | vs polars (CPU) "
-        "| all runs (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| threads | method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) "
+        "| vs polars (CPU) | all runs (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    base = results.get("polars", {}).get("seconds")
-    base_cpu = results.get("polars", {}).get("cpu_seconds")
-    for m, r in results.items():
+    for (threads, m), r in results.items():
         if m in ("near", "datasketch"):
             continue
+        base = results.get((threads, "polars"), {}).get("seconds")
+        base_cpu = results.get((threads, "polars"), {}).get("cpu_seconds")
         n = rows // 10 if m == "curate-10%" else rows
         ratio = f"{r['seconds'] / base:.2f}x" if base and m != "curate-10%" else ""
         cratio = f"{r['cpu_seconds'] / base_cpu:.2f}x" if base_cpu and m != "curate-10%" else ""
         lines.append(
-            f"| {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+            f"| {threads} | {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
             f"{n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {cratio} | "
             f"{' / '.join(str(x) for x in r['all_seconds'])} |"
         )
-    near = {m: results[m] for m in ("near", "datasketch") if m in results}
+    near = {m: r for (_, m), r in results.items() if m in ("near", "datasketch")}
     if near:
         lines += [
             "",

@@ -68,36 +68,23 @@ def read_batches(path: Path, batch_rows: int, fields: Sequence[str]) -> Iterator
     """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring."""
     schema = pa.schema([(f, pa.string()) for f in fields])
     with open_bytes(path) as fh:
-        data = bytearray()  # whole lines of the current batch and what was read after them
-        nl = np.empty(0, dtype=np.int64)  # offsets of the newlines in data
-        row = 0  # line number of data[0]
+        lines = _Lines()
+        head = fh.read(len(BOM))
+        lines.extend(b"" if head == BOM else head)  # as the line path: a BOM is not content
         eof = False
         while True:
-            while True:
-                starts, ends = _lines(data, nl, eof)
-                nonblank = _nonblank(data, starts, ends)
-                if eof or int(nonblank.sum()) >= batch_rows:
-                    break
+            while not eof and lines.rows < batch_rows:
                 more = fh.read(CHUNK_BYTES)
                 if not more:
                     eof = True
-                    continue
-                if row == 0 and not data and more.startswith(BOM):  # as the line path: not content
-                    more = more[len(BOM) :]
-                found = np.flatnonzero(np.frombuffer(more, dtype=np.uint8) == _NL)
-                nl = np.concatenate([nl, found.astype(np.int64) + len(data)])
-                data += more
-            if not len(starts):
+                    lines.finish()
+                    break
+                lines.extend(more)
+            batch = lines.take(batch_rows)
+            if batch is None:
                 return
-            cum = np.cumsum(nonblank)
-            n_lines = len(starts) if cum[-1] < batch_rows else int(np.searchsorted(cum, batch_rows)) + 1
-            if cum[n_lines - 1] == 0:  # only blank lines left
-                return
-            s, e = starts[:n_lines], ends[:n_lines]
-            cut = int(e[-1]) + 1
-            rest = data[cut:]
-            del data[cut:]  # the batch keeps this buffer; the next one starts a new one
-            block = _arrow_block(data, s, e, row, nonblank[:n_lines], schema)
+            data, s, e, row, nonblank = batch
+            block = _arrow_block(data, s, e, row, nonblank, schema)
             if block is not None:
                 yield block
             else:
@@ -106,21 +93,58 @@ def read_batches(path: Path, batch_rows: int, fields: Sequence[str]) -> Iterator
                     for i, (a, b) in enumerate(zip(s.tolist(), e.tolist(), strict=True))
                     if nonblank[i]
                 ]
-            data = rest
-            nl = nl[n_lines:] - cut
-            row += n_lines
 
 
-def _lines(data: bytes, nl: np.ndarray, eof: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) byte offsets of the complete lines of ``data`` (and of the unterminated last one at EOF)."""
-    ends = nl
-    if eof and (not len(nl) or nl[-1] + 1 < len(data)):
-        ends = np.append(nl, len(data))
-    starts = np.empty(len(ends), dtype=np.int64)
-    if len(ends):
-        starts[0] = 0
-        starts[1:] = nl[: len(ends) - 1] + 1
-    return starts, ends
+class _Lines:
+    """The bytes read so far and the lines found in them, scanned once as each chunk arrives."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.row = 0  # line number of data[0]
+        self.open = 0  # offset where the first unterminated line starts
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (starts, ends, nonblank)
+        self.rows = 0  # nonblank lines in parts
+
+    def _add(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        nonblank = _nonblank(self.data, starts, ends)
+        self.parts.append((starts, ends, nonblank))
+        self.rows += int(nonblank.sum())
+
+    def extend(self, more: bytes) -> None:
+        base = len(self.data)
+        self.data += more
+        nl = np.flatnonzero(np.frombuffer(more, dtype=np.uint8) == _NL).astype(np.int64) + base
+        if len(nl):
+            starts = np.empty(len(nl), dtype=np.int64)
+            starts[0] = self.open
+            starts[1:] = nl[:-1] + 1
+            self._add(starts, nl)
+            self.open = int(nl[-1]) + 1
+
+    def finish(self) -> None:
+        """At EOF: the last line, if it has no newline, is a line too."""
+        if self.open < len(self.data):
+            self._add(np.array([self.open], dtype=np.int64), np.array([len(self.data)], dtype=np.int64))
+            self.open = len(self.data)
+
+    def take(self, batch_rows: int) -> tuple[bytearray, np.ndarray, np.ndarray, int, np.ndarray] | None:
+        """The first lines holding ``batch_rows`` nonblank ones (or all), as (data, starts, ends, row, nonblank)."""
+        if not self.parts:
+            return None
+        starts, ends, nonblank = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+        cum = np.cumsum(nonblank)
+        n = len(starts) if cum[-1] < batch_rows else int(np.searchsorted(cum, batch_rows)) + 1
+        if cum[n - 1] == 0:  # only blank lines left
+            return None
+        cut = int(ends[n - 1]) + 1
+        data, row = self.data, self.row
+        self.data = data[cut:]
+        del data[cut:]  # the batch keeps this buffer; the next one starts a new one
+        self.row += n
+        self.open = max(self.open - cut, 0)
+        self.parts = [(starts[n:] - cut, ends[n:] - cut, nonblank[n:])] if n < len(starts) else []
+        self.rows = int(nonblank[n:].sum())
+        return data, starts[:n], ends[:n], row, nonblank[:n]
 
 
 def _plain(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

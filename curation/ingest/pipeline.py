@@ -51,6 +51,7 @@ from curation.ingest.columnar import (
     key_columns,
     xxh3_digests,
 )
+from curation.ingest.overlap import Behind, ahead, default_enabled, ordered_map
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
@@ -74,6 +75,9 @@ class IngestOptions:
     batch_rows: int = BATCH_ROWS
     #: Parse JSONL in Arrow blocks where the reader has a columnar path (same output; see ingest/blocks.py).
     block_path: bool = True
+    #: Parse the next batch and write the last one while this one is validated (ingest/overlap.py);
+    #: None: when polars may use more than one thread. Same output either way.
+    overlap: bool | None = None
 
 
 @dataclass
@@ -208,7 +212,8 @@ def _ingest_file(
     ctx = _Ctx(source, str(path), run_id, reader, kind, validator)
     started = dt.datetime.now(dt.UTC)
     staged = store.new_staging_dir()
-    writers = _Writers(staged, kind)
+    overlap = default_enabled() if opts.overlap is None else opts.overlap
+    writers = _Writers(staged, kind, background=overlap)
     fmt = detect_format(path) if opts.format == "auto" else opts.format
     batches: Iterator[Batch]
     if opts.block_path and fmt == "jsonl" and hasattr(reader, "convert_arrow"):
@@ -217,11 +222,15 @@ def _ingest_file(
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     try:
-        for batch in batches:
-            frame, quarantine, converted = _convert(batch, ctx)
+        # one thread reads and parses, two prepare batches (ids, derived columns), this one dedups and
+        # validates, and the writer thread writes: the same batches in the same order as the serial loop
+        prepared = ordered_map(
+            lambda b: _prepare(b, ctx), ahead(batches, enabled=overlap), workers=2 if overlap else 1
+        )
+        for batch, frame, keys, quarantine, converted in prepared:
             res.rows_read += len(batch)
             res.rows_converted += converted
-            good, bad, dups, accepted_ids = _finish_batch(frame, batch, ctx, ids)
+            good, bad, dups, accepted_ids = _finish_batch(frame, keys, batch, ctx, ids)
             quarantine += bad
             ids.add(accepted_ids)  # later batches see this batch's records as existing
             res.records_out += 0 if frame is None else frame.height
@@ -345,18 +354,39 @@ def _row_numbers(batch: Batch) -> np.ndarray:
     return np.fromiter((r.row for r in batch), dtype=np.int64, count=len(batch))
 
 
-def _finish_batch(
-    frame: pl.DataFrame | None, batch: Batch, ctx: _Ctx, ids: IdSet
-) -> tuple[pa.Table | None, list[dict[str, Any]], list[dict[str, Any]], np.ndarray]:
-    """Hash, validate and dedup a batch of records: (accepted table, quarantine rows, duplicate rows, accepted ids)."""
-    empty = np.array([], dtype="S16")
+@dataclass
+class _Keys:
+    """Content ids of a batch's records, in frame order."""
+
+    digests: np.ndarray  # 16-byte xxh3-128 digests
+    hexes: pa.Array  # the same as 32-character hex ids
+
+
+def _prepare(
+    batch: Batch, ctx: _Ctx
+) -> tuple[Batch, pl.DataFrame | None, _Keys | None, list[dict[str, Any]], int]:
+    """What a batch needs before dedup, from the batch alone (so it can run ahead on another thread):
+    (batch, records with key, stat and id columns, their ids, quarantine rows, rows converted)."""
+    frame, quarantine, converted = _convert(batch, ctx)
     if frame is None or frame.height == 0:
-        return None, [], [], empty
+        return batch, None, None, quarantine, converted
     kind = ctx.kind
     frame = frame.with_columns(key_columns(kind) + derive_columns(kind))  # type: ignore[arg-type]
     digests = xxh3_digests(frame.select(content_key_expr(kind)).to_series())
     hexes = hex_ids(digests)
     frame = frame.with_columns(pl.Series("id", hexes))
+    return batch, frame, _Keys(digests, hexes), quarantine, converted
+
+
+def _finish_batch(
+    frame: pl.DataFrame | None, keys: _Keys | None, batch: Batch, ctx: _Ctx, ids: IdSet
+) -> tuple[pa.Table | None, list[dict[str, Any]], list[dict[str, Any]], np.ndarray]:
+    """Validate and dedup a prepared batch: (accepted table, quarantine rows, duplicate rows, accepted ids)."""
+    empty = np.array([], dtype="S16")
+    if frame is None or keys is None or frame.height == 0:
+        return None, [], [], empty
+    kind = ctx.kind
+    digests, hexes = keys.digests, keys.hexes
     # exact duplicates: already in the store (or an earlier batch), or earlier in this batch
     dup = ids.contains(digests) | ~first_occurrence(digests)
     derived = derive_frame(kind, frame.filter(pl.Series(~dup)))  # type: ignore[arg-type]
@@ -439,44 +469,52 @@ def _q(
 
 
 class _Writers:
-    """Streaming Parquet writers of one unit (records, quarantine, duplicates) in its staging folder."""
+    """Streaming Parquet writers of one unit (records, quarantine, duplicates) in its staging folder.
 
-    def __init__(self, folder: Path, kind: str) -> None:
+    With ``background``, each batch is written on a writer thread while the next one is prepared
+    (at most one batch pending); ``close`` waits for it and raises its error, if any.
+    """
+
+    def __init__(self, folder: Path, kind: str, background: bool = False) -> None:
         self.folder = folder
         self.specs = {kind: SCHEMAS[kind], "quarantine": QUARANTINE_SCHEMA, "duplicates": DUPLICATE_SCHEMA}  # type: ignore[index]
         self.kind = kind
         self.open: dict[str, pq.ParquetWriter] = {}
+        self.behind = Behind(enabled=background)
 
-    def _put(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        schema = self.specs[name]
-        if name not in self.open:
-            self.open[name] = pq.ParquetWriter(self.folder / f"{name}.parquet", schema, compression="zstd")
-        self.open[name].write_table(pa.Table.from_pylist(rows, schema=schema))
-
-    def _put_table(self, name: str, table: pa.Table | None) -> None:
+    def _put(self, name: str, table: pa.Table | None) -> None:
         if table is None or table.num_rows == 0:
             return
         if name not in self.open:
             self.open[name] = pq.ParquetWriter(
-                self.folder / f"{name}.parquet", table.schema, compression="zstd"
+                self.folder / f"{name}.parquet", self.specs[name], compression="zstd"
             )
         self.open[name].write_table(table)
+
+    def _write(self, records: pa.Table | None, quarantine: pa.Table | None, dups: pa.Table | None) -> None:
+        self._put(self.kind, records)
+        self._put("quarantine", quarantine)
+        self._put("duplicates", dups)
 
     def write(
         self, records: pa.Table | None, quarantine: list[dict[str, Any]], dups: list[dict[str, Any]]
     ) -> None:
-        self._put_table(self.kind, records)
-        self._put("quarantine", quarantine)
-        self._put("duplicates", dups)
+        rows = [
+            pa.Table.from_pylist(r, schema=self.specs[name]) if r else None
+            for name, r in (("quarantine", quarantine), ("duplicates", dups))
+        ]
+        self.behind.submit(self._write, records, *rows)
 
     def close(self) -> None:
+        self.behind.wait()
+        self.behind.shutdown()
         for w in self.open.values():
             w.close()
         self.open.clear()
 
     def abort(self) -> None:
+        self.behind.drain()
+        self.behind.shutdown()
         for w in self.open.values():
             with contextlib.suppress(Exception):  # best effort while failing anyway
                 w.close()

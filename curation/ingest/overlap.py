@@ -1,0 +1,132 @@
+"""Overlap the stages of ingest on several cores: a producer thread ahead of the consumer, and one
+writer thread behind it.
+
+Polars, Arrow's JSON parser and the Parquet writer release the GIL for their
+heavy work, so plain threads let parsing the next batch, validating this one
+and writing the previous one run at the same time. Order is kept and every
+exception reaches the caller, in order, exactly as in the serial loop.
+Both helpers take ``enabled=False`` to run inline (one core: no thread switches).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import polars as pl
+
+T = TypeVar("T")
+U = TypeVar("U")
+_DONE = object()
+
+
+def default_enabled() -> bool:
+    """Overlap when polars may use more than one thread (``POLARS_MAX_THREADS=1`` keeps ingest on one core)."""
+    return pl.thread_pool_size() > 1
+
+
+def ahead(items: Iterator[T], depth: int = 1, enabled: bool = True) -> Iterator[T]:
+    """``items`` computed in a background thread, at most ``depth`` ahead of the consumer.
+
+    An exception in the producer is raised in the consumer where the item would have been.
+    If the consumer stops early (break, exception, close), the producer stops after its current item.
+    """
+    if not enabled:
+        yield from items
+        return
+    q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((_DONE, exc))
+
+    worker = threading.Thread(target=produce, name="ingest-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def ordered_map(fn: Callable[[T], U], items: Iterator[T], workers: int) -> Iterator[U]:
+    """``map(fn, items)`` on ``workers`` threads, results in input order, ``workers`` calls in flight.
+
+    Items are pulled in the consumer's thread (wrap them in ``ahead`` to pull them elsewhere).
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pending: deque[Future[U]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-map") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+class Behind:
+    """Runs calls in order on one background thread, one at a time, at most one pending.
+
+    ``submit`` first waits for the previous call (raising its exception, if any), so memory holds
+    at most one batch in flight. ``wait`` raises a pending error; ``drain`` waits and swallows it.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") if enabled else None
+        self.pending: Future[None] | None = None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.pool is None:
+            fn(*args)
+            return
+        self.wait()
+        self.pending = self.pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def drain(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.exception()  # wait; the caller is already failing with its own error
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)

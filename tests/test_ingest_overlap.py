@@ -1,0 +1,116 @@
+"""The threaded stages of ingest keep order, pass every error on, stop cleanly, and lose nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curation.ingest import pipeline
+from curation.ingest.overlap import Behind, ahead, ordered_map
+from curation.ingest.pipeline import IngestOptions, ingest_paths
+from curation.store import Store
+
+HH = Path("hh-rlhf/harmless-base-test.jsonl.gz")
+
+
+def _slow(items, delay=0.002):
+    for x in items:
+        time.sleep(delay * (x % 3))  # uneven work, so threads finish out of order
+        yield x
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_ahead_and_ordered_map_keep_order(enabled):
+    out = list(
+        ordered_map(lambda x: x * x, ahead(_slow(range(50)), enabled=enabled), workers=3 if enabled else 1)
+    )
+    assert out == [x * x for x in range(50)]
+
+
+def test_ahead_raises_the_producers_error_after_the_items_before_it():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("bad row 3")
+
+    got = []
+    with pytest.raises(ValueError, match="bad row 3"):
+        for x in ahead(items()):
+            got.append(x)
+    assert got == [1, 2]
+
+
+def test_ordered_map_raises_in_input_order():
+    def fn(x):
+        if x == 4:
+            raise KeyError(x)
+        time.sleep(0.01 if x < 4 else 0)
+        return x
+
+    got = []
+    with pytest.raises(KeyError):
+        for x in ordered_map(fn, iter(range(10)), workers=3):
+            got.append(x)
+    assert got == [0, 1, 2, 3]
+
+
+def test_a_consumer_that_stops_early_stops_the_producer():
+    produced = []
+    closed = threading.Event()
+
+    def items():
+        try:
+            for i in range(1000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    gen = ahead(items(), depth=1)
+    assert next(gen) == 0
+    gen.close()
+    assert closed.is_set() and len(produced) <= 3  # at most the queue's depth and the one in hand
+
+
+def test_behind_runs_in_order_and_raises_a_failed_call():
+    done: list[int] = []
+    behind = Behind()
+    for i in range(5):
+        behind.submit(lambda i=i: (time.sleep(0.005), done.append(i)))
+    behind.wait()
+    assert done == [0, 1, 2, 3, 4]
+    behind.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        behind.submit(lambda: done.append(99))  # the previous call's error surfaces before the next runs
+    assert 99 not in done
+    behind.shutdown()
+
+
+def test_a_write_that_fails_commits_nothing_and_a_rerun_completes(shared_data, tmp_path, monkeypatch):
+    """An error on the writer thread aborts the unit like one on the main thread: no unit folder, and
+    the next run ingests the file in full."""
+    src = shared_data / HH
+    opts = IngestOptions(batch_rows=500, overlap=True)
+    real = pipeline._Writers._write
+    calls = {"n": 0}
+
+    def failing(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real(self, *args)
+
+    monkeypatch.setattr(pipeline._Writers, "_write", failing)
+    store = Store(tmp_path / "store")
+    with pytest.raises(Exception, match="disk full while ingesting .*nothing was committed"):
+        ingest_paths(store, [str(src)], opts)
+    assert not list((tmp_path / "store").glob("ingest/*/run.parquet"))
+    monkeypatch.setattr(pipeline._Writers, "_write", real)
+    (res,) = ingest_paths(store, [str(src)], opts)
+    assert res.reconciles and not res.skipped and res.accepted > 2000
+    (unit,) = (tmp_path / "store" / "ingest").iterdir()
+    assert pq.read_metadata(unit / "pair.parquet").num_rows == res.accepted
