@@ -16,6 +16,9 @@ grow with the file): a reader converts what it can column-at-a-time
 (``Reader.convert_columns``, e.g. HH transcripts with polars string ops) and
 the rest row by row; then ids, the derived columns that Great Expectations
 checks, and exact dedup are computed over the whole batch (curation.ingest.columnar).
+With more than one core the stages overlap on threads (curation.ingest.overlap: parse ahead,
+prepare ids and derived columns on two threads, dedup and validate here, write behind), with
+the same output as the serial loop.
 A copy of a record that fails validation is quarantined with the same reason,
 never counted as a duplicate of something that is not stored. Known ids are
 kept as sorted 16-byte digests (16 bytes per record, not a Python set).
