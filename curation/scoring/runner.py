@@ -96,6 +96,14 @@ class _Base:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
 
+    @staticmethod
+    def collect(pending: list[tuple[np.ndarray, Any]], n: int) -> np.ndarray:
+        """Per-batch results left on the device, copied back once (no sync per batch), at their indexes."""
+        out = np.empty(n, dtype=np.float64)
+        for idx, values in pending:
+            out[idx] = values.cpu().numpy()
+        return out
+
     def batches(self, encoded: Sequence[Sequence[int]]) -> Iterator[tuple[np.ndarray, Any, Any]]:
         """(indexes, input_ids, attention_mask) per token-budget batch, on the device.
 
@@ -143,14 +151,11 @@ class RewardModel(_Base):
     def score_encoded(self, encoded: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
-        out = np.empty(len(encoded), dtype=np.float64)
-        pending = []  # (indexes, rewards on the device): one copy back at the end, no sync per batch
+        pending = []  # (indexes, rewards on the device)
         with torch.inference_mode(), self._autocast():
             for idx, ids, mask in self.batches(encoded):
                 pending.append((idx, self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()))
-        for idx, rewards in pending:
-            out[idx] = rewards.cpu().numpy()
-        return out
+        return self.collect(pending, len(encoded))
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         return self.score_encoded(self.tokenize(texts))
@@ -175,7 +180,6 @@ class CausalLMEntropy(_Base):
         n_resp = [max(1, len(u) - len(p)) for u, p in zip(untrunc, prompt_ids, strict=True)]
         lengths = np.array([len(f) for f in full_ids], dtype=np.int64)
         k = np.minimum(np.array(n_resp, dtype=np.int64), lengths - 1)  # predictions of response tokens
-        out = np.empty(len(fulls), dtype=np.float64)
         pending = []
         with torch.inference_mode(), self._autocast():
             for idx, ids, mask in self.batches(full_ids):
@@ -189,9 +193,7 @@ class CausalLMEntropy(_Base):
                 pos = torch.arange(ent.shape[1], device=ent.device)[None, :]
                 sel = ((pos >= start) & (pos < end)).float()
                 pending.append((idx, (ent * sel).sum(1) / sel.sum(1)))  # 0/0 = nan where k == 0
-        for idx, means in pending:
-            out[idx] = means.cpu().numpy()
-        return out
+        return self.collect(pending, len(fulls))
 
 
 class TokenCounter:
