@@ -76,6 +76,24 @@ def test_a_consumer_that_stops_early_stops_the_producer():
     assert closed.is_set() and len(produced) <= 3  # at most the queue's depth and the one in hand
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_closing_the_map_stops_the_threads_and_closes_the_source(workers):
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    before = threading.active_count()
+    source = ahead(items(), enabled=workers > 1)  # still referenced here: closing must not wait for GC
+    gen = ordered_map(lambda x: x, source, workers=workers)
+    assert next(gen) == 0
+    gen.close()
+    assert closed.is_set() and threading.active_count() == before
+
+
 def test_behind_runs_in_order_and_raises_a_failed_call():
     done: list[int] = []
     behind = Behind()

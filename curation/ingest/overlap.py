@@ -72,18 +72,26 @@ def ahead(items: Iterator[T], depth: int = 1, enabled: bool = True) -> Iterator[
     finally:
         stop.set()
         worker.join()
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        _close(items)
+
+
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 def ordered_map(fn: Callable[[T], U], items: Iterator[T], workers: int) -> Iterator[U]:
     """``map(fn, items)`` on ``workers`` threads, results in input order, ``workers`` calls in flight.
 
     Items are pulled in the consumer's thread (wrap them in ``ahead`` to pull them elsewhere).
+    Closing it (or an error) cancels the calls not started, waits for the running ones and closes ``items``.
     """
     if workers <= 1:
-        yield from map(fn, items)
+        try:
+            yield from map(fn, items)
+        finally:
+            _close(items)
         return
     pending: deque[Future[U]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-map") as pool:
@@ -97,6 +105,7 @@ def ordered_map(fn: Callable[[T], U], items: Iterator[T], workers: int) -> Itera
         finally:
             for f in pending:
                 f.cancel()
+            _close(items)
 
 
 class Behind:

@@ -230,17 +230,18 @@ def _ingest_file(
         prepared = ordered_map(
             lambda b: _prepare(b, ctx), ahead(batches, enabled=overlap), workers=2 if overlap else 1
         )
-        for batch, frame, keys, quarantine, converted in prepared:
-            res.rows_read += len(batch)
-            res.rows_converted += converted
-            good, bad, dups, accepted_ids = _finish_batch(frame, keys, batch, ctx, ids)
-            quarantine += bad
-            ids.add(accepted_ids)  # later batches see this batch's records as existing
-            res.records_out += 0 if frame is None else frame.height
-            writers.write(good, quarantine, dups)
-            res.accepted += 0 if good is None else good.num_rows
-            res.quarantined += len(quarantine)
-            res.duplicates += len(dups)
+        with contextlib.closing(prepared):  # on an error, the threads stop now, not when it is collected
+            for batch, frame, keys, quarantine, converted in prepared:
+                res.rows_read += len(batch)
+                res.rows_converted += converted
+                good, bad, dups, accepted_ids = _finish_batch(frame, keys, batch, ctx, ids)
+                quarantine += bad
+                ids.add(accepted_ids)  # later batches see this batch's records as existing
+                res.records_out += 0 if frame is None else frame.height
+                writers.write(good, quarantine, dups)
+                res.accepted += 0 if good is None else good.num_rows
+                res.quarantined += len(quarantine)
+                res.duplicates += len(dups)
         writers.close()
         run_row = {
             "ingest_run": run_id,
