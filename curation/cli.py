@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -127,7 +128,8 @@ def ingest(
     )
     st = open_store(store, create=True)
     try:
-        results = ingest_paths(st, paths, opts, progress=_report_unit)
+        with _RowsProgress() as bar:
+            results = ingest_paths(st, paths, opts, progress=bar.done, on_batch=bar.update)
         near = {}
         if near_dedup and any(not r.skipped for r in results):
             with st.writer_lock("near-dedup"):
@@ -183,6 +185,42 @@ def ingest(
     failed = [r for r in results if r.error]
     if failed:
         fail(f"{len(failed)} file(s) not ingested; see the messages above")
+
+
+class _RowsProgress:
+    """Rows read so far per file, on stderr while a large file is ingested (nothing when not a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed:,} rows read"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _RowsProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, r) -> None:
+        if r.source_file not in self.tasks:
+            self.tasks[r.source_file] = self.bar.add_task(Path(r.source_file).name, total=None)
+        self.bar.update(self.tasks[r.source_file], completed=r.rows_read)
+
+    def done(self, r) -> None:
+        task = self.tasks.pop(r.source_file, None)
+        if task is not None:
+            self.bar.remove_task(task)
+        _report_unit(r)
 
 
 def _report_unit(r) -> None:

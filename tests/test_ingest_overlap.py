@@ -132,3 +132,15 @@ def test_a_write_that_fails_commits_nothing_and_a_rerun_completes(shared_data, t
     assert res.reconciles and not res.skipped and res.accepted > 2000
     (unit,) = (tmp_path / "store" / "ingest").iterdir()
     assert pq.read_metadata(unit / "pair.parquet").num_rows == res.accepted
+
+
+def test_on_batch_reports_the_running_accounting(shared_data, tmp_path):
+    seen: list[tuple[int, int]] = []
+    (res,) = ingest_paths(
+        Store(tmp_path / "store"),
+        [str(shared_data / HH)],
+        IngestOptions(batch_rows=500),
+        on_batch=lambda r: seen.append((r.rows_read, r.accepted)),
+    )
+    assert [n for n, _ in seen] == [500, 1000, 1500, 2000, 2312] == sorted({n for n, _ in seen})
+    assert seen[-1] == (res.rows_read, res.accepted)

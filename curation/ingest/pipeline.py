@@ -134,8 +134,12 @@ def ingest_paths(
     paths: list[str],
     opts: IngestOptions | None = None,
     progress: Callable[[UnitResult], None] | None = None,
+    on_batch: Callable[[UnitResult], None] | None = None,
 ) -> list[UnitResult]:
-    """Ingest files, globs or folders into ``store``; returns one accounting row per file."""
+    """Ingest files, globs or folders into ``store``; returns one accounting row per file.
+
+    ``progress`` is called with each file's accounting when it is done, ``on_batch`` with the running
+    accounting after each batch (for a progress bar on large files)."""
     opts = opts or IngestOptions()
     files = expand_paths(paths)
     if files and "great_expectations" not in sys.modules:
@@ -147,7 +151,7 @@ def ingest_paths(
         validators: dict[str, Validator] = {}
         for path in files:
             try:
-                res = _ingest_file(store, path, opts, run_id, seen, validators)
+                res = _ingest_file(store, path, opts, run_id, seen, validators, on_batch)
             except (SourceError, DetectError) as exc:
                 res = UnitResult(
                     source=_source_name(path, opts),
@@ -174,6 +178,7 @@ def _ingest_file(
     run_id: str,
     seen: dict[str, IdSet],
     validators: dict[str, Validator],
+    on_batch: Callable[[UnitResult], None] | None = None,
 ) -> UnitResult:
     rows = read_rows(path, opts.format, opts.batch_rows)
     head: list[RawRow] = []
@@ -242,6 +247,8 @@ def _ingest_file(
                 res.accepted += 0 if good is None else good.num_rows
                 res.quarantined += len(quarantine)
                 res.duplicates += len(dups)
+                if on_batch:
+                    on_batch(res)
         writers.close()
         run_row = {
             "ingest_run": run_id,
