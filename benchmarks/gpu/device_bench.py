@@ -4,6 +4,7 @@
     python3 benchmarks/gpu/device_bench.py scoring --pack .devpack --out OUT_DIR
     python3 benchmarks/gpu/device_bench.py scoring_large --pack .devpack --out OUT_DIR --budgets 65536
     python3 benchmarks/gpu/device_bench.py noise   --pack .devpack --out OUT_DIR
+    python3 benchmarks/gpu/device_bench.py train_large --pack .devpack --out OUT_DIR
 
 scoring: the reward-model runner the scorers use (tokenise, length-sort, token-budget batches,
 forward) against the bare forward over the same pre-padded batches and a naive
@@ -21,6 +22,10 @@ i.e. ``finetune_rewards``) on the 20 %-flipped HH harmless pairs, for a few (epo
 AUROC of -mu for the flipped pairs and precision at 20 %, with the random and length baselines;
 per config also the soft-label loss (``soft_label``), each repeat alone, and ``stack_with_features``
 (the out-of-fold margins stacked with the dialogue-feature differences by a cross-fitted logistic head).
+
+train_large: the bundled SFT trainer (UAL label smoothing and weights, then plain cross-entropy) and
+the RESCUE trainer on a 1.1B Llama-shaped causal LM built there (fp32 weights, bf16 autocast), one
+epoch over the demo build's sft and ranking shards: tokens/s, model TFLOP/s and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -229,6 +234,101 @@ def scoring_large(
     return res
 
 
+def train_large(
+    pack: Path, device: str, layers: int, hidden: int, max_length: int, batch: int, sft_rows: int, groups: int
+) -> dict:
+    """The bundled SFT (UAL label smoothing, and plain cross-entropy for comparison) and RESCUE trainers
+    on a causal LM of realistic size: a 1.1B Llama-shaped model (random weights; speed does not depend on
+    their values) with fp32 master weights under bf16 autocast, one epoch over the demo build's sft and
+    ranking shards. Tokens per second count every token of the sequences trained on (no padding)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from curation.models import ModelSpec, load_tokenizer
+    from training import rescue, sft
+
+    tok = AutoTokenizer.from_pretrained(str(pack / "minilm"))
+    tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token  # a BERT vocabulary has no eos of its own
+    heads = max(1, hidden // 64)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 8),
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)
+    lm_dir = Path("/tmp/curate_gpu_lm")
+    model.save_pretrained(lm_dir)
+    tok.save_pretrained(lm_dir)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    res: dict = {"params": params, "build_and_save_s": round(time.perf_counter() - t0, 1), "batch": batch}
+    res |= {"max_length": max_length, "layers": layers, "hidden": hidden, "runs": {}}
+    shards = str(pack / "build")
+    common = {
+        "shards": shards,
+        "model": str(lm_dir),
+        "bf16": True,
+        "use_cpu": device == "cpu",
+        "max_length": max_length,
+        "per_device_train_batch_size": batch,
+        "num_train_epochs": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "eval_split": None,
+        "logging_steps": 5,
+    }
+    ptok = load_tokenizer(ModelSpec(str(lm_dir)))
+    ptok.pad_token = ptok.pad_token or ptok.eos_token
+    runs = [
+        ("warmup", sft, sft.SFTConfig, {}, 2 * batch),
+        ("sft_ual", sft, sft.SFTConfig, {}, sft_rows),
+        ("sft_plain", sft, sft.SFTConfig, {"use_label_smoothing": False, "use_weights": False}, sft_rows),
+        ("rescue", rescue, rescue.RescueConfig, {}, groups),
+    ]
+    peak_tflops = 989.0  # H100/H200 dense bf16
+    for name, mod, config_cls, extra, limit in runs:
+        config = config_cls(
+            output_dir=f"/tmp/curate_gpu_train/{name}", max_train_samples=limit, **common, **extra
+        )
+        if mod is sft:
+            data, _ = sft.load_sft(shards, "train", ptok, config, limit)
+        else:
+            data, _, _ = rescue.load_groups(shards, "train", ptok, config, limit)
+        tokens = int(sum(data.lengths))
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        out = mod.train(config)
+        secs = out["train_seconds"]
+        run = {
+            "items": len(data),
+            "tokens": tokens,
+            "train_seconds": round(secs, 2),
+            "steps": out["global_step"],
+        }
+        run["tokens_per_s"] = round(tokens / secs)
+        run["train_loss"] = round(out["train_loss"], 4)
+        # forward + backward of a decoder: about 6 FLOPs per parameter per token (attention not counted)
+        run["model_tflops_per_s"] = round(6 * params * tokens / secs / 1e12, 1)
+        run["mfu_vs_989_tflops"] = round(run["model_tflops_per_s"] / peak_tflops, 3)
+        if device.startswith("cuda"):
+            run["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        res["runs"][name] = run
+        print(name, run, flush=True)
+    return res
+
+
 def stack_with_features(margins: np.ndarray, records: list[dict], keys: list[str], folds: int) -> np.ndarray:
     """Out-of-fold margins of a Bradley-Terry logistic head on [model margin, dialogue-feature differences].
 
@@ -319,7 +419,7 @@ def noise(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["unpack", "scoring", "scoring_large", "noise"])
+    ap.add_argument("section", choices=["unpack", "scoring", "scoring_large", "noise", "train_large"])
     ap.add_argument("--pack", default=str(REPO / ".devpack"))
     ap.add_argument("--out", default="gpu-out")
     ap.add_argument("--max-length", type=int, default=512)
@@ -329,7 +429,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--limit", type=int, default=0, help="first N pairs only (a smoke test)")
     ap.add_argument("--repeats", type=int, default=2, help="scoring: timed runs per contender (best is kept)")
-    ap.add_argument("--layers", type=int, default=22, help="scoring_large: decoder layers (22: 1.1B)")
+    ap.add_argument(
+        "--layers", type=int, default=22, help="scoring_large, train_large: decoder layers (22: 1.1B)"
+    )
+    ap.add_argument("--hidden", type=int, default=2048, help="train_large: hidden size (2048: 1.1B)")
+    ap.add_argument(
+        "--batch", type=int, default=8, help="train_large: rows (sft) or groups (rescue) per step"
+    )
+    ap.add_argument("--sft-rows", type=int, default=1024, help="train_large: sft rows in the timed epoch")
+    ap.add_argument("--groups", type=int, default=256, help="train_large: ranking groups in the timed epoch")
     ap.add_argument(
         "--configs",
         default="2:5e-5:1,2:5e-5:1:0.1,2:5e-5:3",
@@ -357,6 +465,17 @@ def main() -> None:
             args.limit,
             args.repeats,
             args.layers,
+        )
+    elif args.section == "train_large":
+        res = train_large(
+            pack,
+            args.device,
+            args.layers,
+            args.hidden,
+            args.max_length,
+            args.batch,
+            args.sft_rows,
+            args.groups,
         )
     else:
         configs = []

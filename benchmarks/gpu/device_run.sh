@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go (scoring throughput with the bundled MiniLM and a 1.1B reward model,
-# noise detection with a fine-tuned cross-fit; RM training vs TRL with TRAIN=1), on a CUDA machine
+# noise detection with a fine-tuned cross-fit; SECTIONS picks them, train_large = the SFT and RESCUE
+# trainers on a 1.1B causal LM; RM training vs TRL with TRAIN=1), on a CUDA machine
 # with torch/transformers/sklearn but no duckdb/polars.
 # Needs ./.devpack from benchmarks/gpu/prepare.py. Results: JSON and logs under $OUT (default ./gpu-out).
 set -u
@@ -15,9 +16,17 @@ export PYTHONPATH=/tmp/site_core
 
 $PY benchmarks/gpu/device_bench.py unpack || exit 1
 bench=(benchmarks/gpu/device_bench.py --out "$OUT")
-timeout 100 $PY "${bench[@]}" scoring 2>&1 | grep -v Warning | tee "$OUT/scoring.log"
-timeout 150 $PY "${bench[@]}" scoring_large --budgets 65536 2>&1 | grep -v Warning | tee "$OUT/scoring_large.log"
-timeout 240 $PY "${bench[@]}" noise 2>&1 | grep -v Warning | tee "$OUT/noise.log"
+SECTIONS=${SECTIONS:-scoring scoring_large noise}  # and train_large: SFT (UAL) and RESCUE on a 1.1B LM
+for s in $SECTIONS; do
+  case $s in
+    scoring) t=100; extra=() ;;
+    scoring_large) t=150; extra=(--budgets 65536) ;;
+    noise) t=240; extra=() ;;
+    train_large) t=300; extra=() ;;
+    *) echo "unknown section $s"; continue ;;
+  esac
+  timeout $t $PY "${bench[@]}" "$s" ${extra[@]+"${extra[@]}"} 2>&1 | grep -v Warning | tee "$OUT/$s.log"
+done
 if [ "${TRAIN:-0}" = 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_trl .devpack/whl/*.whl || echo "wheel install failed"
   train=(benchmarks/train_rm/bench.py --shards .devpack/shards --model .devpack/minilm --device cuda --bf16 --threads 4 --warmup 1)

@@ -9,6 +9,7 @@ everything that needs the store is done here:
 - ``hh_noisy.jsonl``: the HH-RLHF harmless pairs with 20 % of labels flipped exactly as
   benchmarks/noise/bench.py flips them (same seed), as canonical records with a ``flipped`` flag;
 - ``shards/``: an rm shard of all HH pairs (weight 1, no margin), as benchmarks/train_rm builds it;
+- ``build/``: the sft and ranking shards of a curated build (``make demo``'s), for train_large;
 - ``whl/``: wheels of orjson (the score cache needs it), and of datasets, dill, multiprocess and trl
   for the TRL comparison only.
 
@@ -75,12 +76,32 @@ def pack_noisy_pairs(data: Path, out: Path, flip: float, seed: int) -> int:
     return len(records)
 
 
+def pack_build(build: Path, out: Path) -> None:
+    """The build's manifest and its sft and ranking shards (what train_large trains on)."""
+    if not (build / "manifest.json").exists():
+        raise SystemExit(f"{build}: no curated build there; run `make demo` first or pass --build")
+    manifest = json.loads((build / "manifest.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for shard in manifest["shards"]:
+        if shard["consumer"] in ("sft", "ranking"):
+            (out / shard["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(build / shard["path"], out / shard["path"])
+    manifest["shards"] = [s for s in manifest["shards"] if s["consumer"] in ("sft", "ranking")]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"))
     ap.add_argument("--out", default=str(REPO / ".devpack"))
     ap.add_argument("--flip", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--build",
+        default=str(REPO / "store" / "curated" / "demo"),
+        help="a curated build (e.g. from `make demo`) whose sft and ranking shards train_large trains on",
+    )
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -95,6 +116,7 @@ def main() -> None:
         shards = build_shard(Path(args.data).parents[1], Path(tmp), 0)
         shutil.rmtree(out / "shards", ignore_errors=True)
         shutil.copytree(shards, out / "shards")
+    pack_build(Path(args.build), out / "build")
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
         + ["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64"]
