@@ -31,6 +31,7 @@ epoch over the demo build's sft and ranking shards: tokens/s, model TFLOP/s and 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -235,12 +236,21 @@ def scoring_large(
 
 
 def train_large(
-    pack: Path, device: str, layers: int, hidden: int, max_length: int, batch: int, sft_rows: int, groups: int
+    pack: Path,
+    device: str,
+    layers: int,
+    hidden: int,
+    max_length: int,
+    batch: int,
+    sft_rows: int,
+    groups: int,
+    order: list[str],
 ) -> dict:
     """The bundled SFT (UAL label smoothing, and plain cross-entropy for comparison) and RESCUE trainers
     on a causal LM of realistic size: a 1.1B Llama-shaped model (random weights; speed does not depend on
     their values) with fp32 master weights under bf16 autocast, one epoch over the demo build's sft and
-    ranking shards. Tokens per second count every token of the sequences trained on (no padding)."""
+    ranking shards. Tokens per second count every token of the sequences trained on (no padding).
+    ``order`` names the runs in order (a name may repeat: each run is kept, and the best per name reported)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -291,17 +301,18 @@ def train_large(
     }
     ptok = load_tokenizer(ModelSpec(str(lm_dir)))
     ptok.pad_token = ptok.pad_token or ptok.eos_token
-    runs = [
-        ("warmup", sft, sft.SFTConfig, {}, 2 * batch),
-        ("sft_ual", sft, sft.SFTConfig, {}, sft_rows),
-        ("sft_plain", sft, sft.SFTConfig, {"use_label_smoothing": False, "use_weights": False}, sft_rows),
-        ("rescue", rescue, rescue.RescueConfig, {}, groups),
-    ]
+    kinds = {
+        "warmup": (sft, sft.SFTConfig, {}, 2 * batch),
+        "sft_ual": (sft, sft.SFTConfig, {}, sft_rows),
+        "sft_plain": (sft, sft.SFTConfig, {"use_label_smoothing": False, "use_weights": False}, sft_rows),
+        "rescue": (rescue, rescue.RescueConfig, {}, groups),
+    }
     peak_tflops = 989.0  # H100/H200 dense bf16
-    for name, mod, config_cls, extra, limit in runs:
-        config = config_cls(
-            output_dir=f"/tmp/curate_gpu_train/{name}", max_train_samples=limit, **common, **extra
-        )
+    res["order"] = order
+    for k, name in enumerate(order):
+        mod, config_cls, extra, limit = kinds[name]
+        out_dir = f"/tmp/curate_gpu_train/{k}_{name}"
+        config = config_cls(output_dir=out_dir, max_train_samples=limit, **common, **extra)
         if mod is sft:
             data, _ = sft.load_sft(shards, "train", ptok, config, limit)
         else:
@@ -324,8 +335,13 @@ def train_large(
         run["mfu_vs_989_tflops"] = round(run["model_tflops_per_s"] / peak_tflops, 3)
         if device.startswith("cuda"):
             run["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-        res["runs"][name] = run
+        res["runs"].setdefault(name, []).append(run)
         print(name, run, flush=True)
+        del out
+        gc.collect()  # the finished trainer (model, optimizer) is in reference cycles: free it before the next
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    res["best"] = {name: min(rs, key=lambda r: r["train_seconds"]) for name, rs in res["runs"].items()}
     return res
 
 
@@ -439,6 +455,11 @@ def main() -> None:
     ap.add_argument("--sft-rows", type=int, default=1024, help="train_large: sft rows in the timed epoch")
     ap.add_argument("--groups", type=int, default=256, help="train_large: ranking groups in the timed epoch")
     ap.add_argument(
+        "--order",
+        default="warmup,sft_plain,sft_ual,sft_ual,sft_plain,rescue,rescue",
+        help="train_large: runs in order (warmup, sft_ual, sft_plain, rescue; repeats allowed)",
+    )
+    ap.add_argument(
         "--configs",
         default="2:5e-5:1,2:5e-5:1:0.1,2:5e-5:3",
         help="noise: comma-separated epochs:lr:repeats[:soft_label]",
@@ -476,6 +497,7 @@ def main() -> None:
             args.batch,
             args.sft_rows,
             args.groups,
+            args.order.split(","),
         )
     else:
         configs = []
