@@ -3,8 +3,9 @@ writer thread behind it.
 
 Polars, Arrow's JSON parser and the Parquet writer release the GIL for their
 heavy work, so plain threads let parsing the next batch, validating this one
-and writing the previous one run at the same time. Order is kept and every
-exception reaches the caller, in order, exactly as in the serial loop.
+and writing the previous one run at the same time. Results keep their order and
+every exception reaches the caller (an error while reading may surface before
+the batches still in flight, which is the same for ingest: the unit is aborted).
 Both helpers take ``enabled=False`` to run inline (one core: no thread switches).
 """
 
