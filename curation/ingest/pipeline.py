@@ -394,7 +394,7 @@ def _finish_batch(
 ) -> tuple[pa.Table | None, list[dict[str, Any]], list[dict[str, Any]], np.ndarray]:
     """Validate and dedup a prepared batch: (accepted table, quarantine rows, duplicate rows, accepted ids)."""
     empty = np.array([], dtype="S16")
-    if frame is None or keys is None or frame.height == 0:
+    if frame is None or keys is None:  # _prepare found no records
         return None, [], [], empty
     kind = ctx.kind
     digests, hexes = keys.digests, keys.hexes

@@ -186,9 +186,12 @@ def dialogue_features(question: str, response: str) -> list[float]:
 def dialogue_feature_pairs(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``dialogue_features`` of each pair's chosen and of its rejected response to its last user turn."""
     qs = [last_user_turn(r["prompt"]) for r in records]
-    pairs = [(q, r) for q, r in zip(qs, records, strict=True)]
-    dc = np.array([dialogue_features(q, response_text(r["chosen"])) for q, r in pairs])
-    dr = np.array([dialogue_features(q, response_text(r["rejected"])) for q, r in pairs])
+    dc = np.array(
+        [dialogue_features(q, response_text(r["chosen"])) for q, r in zip(qs, records, strict=True)]
+    )
+    dr = np.array(
+        [dialogue_features(q, response_text(r["rejected"])) for q, r in zip(qs, records, strict=True)]
+    )
     return dc, dr
 
 
