@@ -142,20 +142,32 @@ def serve(
     from prefect import serve as prefect_serve
 
     deployments = runner_deployments(load_specs(path, only), overrides)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM (systemd, docker stop) = Ctrl-C
+    stop = _Stop()
+    previous = signal.signal(signal.SIGTERM, stop.interrupt)  # SIGTERM (systemd, docker stop) = Ctrl-C
     try:
         prefect_serve(*deployments, limit=limit)
     except KeyboardInterrupt:
         # Prefect catches the first interrupt itself; one that lands outside its handler (during start-up
         # or shutdown of its event loop) is the same request to stop, not an error.
         pass
+    except Exception:
+        # The interrupt can also land inside a library that wraps it in its own error (pydantic turns it
+        # into a SchemaError when it arrives while Prefect imports its web server): still a stop.
+        if not stop.requested:
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         pause([f"{d.flow_name}/{d.name}" for d in deployments])
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class _Stop:
+    """SIGTERM raises KeyboardInterrupt, like Ctrl-C, and remembers that a stop was asked for."""
+
+    requested = False
+
+    def interrupt(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
 
 
 def pause(names: list[str]) -> None:

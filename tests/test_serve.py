@@ -93,3 +93,34 @@ def test_curate_serve_registers_schedules_and_stops_cleanly(prefect_api, tmp_pat
     assert proc.returncode == 0, out[-3000:]
     # the schedules are paused on the way out, so runs do not pile up as "late" while nothing serves them
     assert all(d.paused for d in anyio.run(deployments)), out[-3000:]
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_a_stop_wrapped_by_a_library_is_still_a_stop(monkeypatch, signalled):
+    """SIGTERM that lands inside a library which wraps the interrupt in its own error (pydantic's
+    SchemaError while Prefect imports its web server) stops cleanly; the same error without a
+    SIGTERM is a real error and propagates. The deployments are paused either way."""
+    import prefect
+
+    from flows import deploy
+
+    paused = []
+    monkeypatch.setattr(deploy, "runner_deployments", lambda specs, overrides: [])
+    monkeypatch.setattr(deploy, "pause", paused.append)
+
+    def fake_serve(*deployments, limit=None):
+        try:
+            if signalled:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("wrapped") from exc
+        raise RuntimeError("a real failure")
+
+    monkeypatch.setattr(prefect, "serve", fake_serve)
+    if signalled:
+        deploy.serve()
+    else:
+        with pytest.raises(RuntimeError, match="a real failure"):
+            deploy.serve()
+    assert paused == [[]]
