@@ -97,14 +97,17 @@ def xxh3_digests(keys: pl.Series) -> np.ndarray:
 
 
 def hex_ids(digests: np.ndarray) -> pa.Array:
-    """32-character lowercase hex strings of 16-byte digests."""
+    """32-character lowercase hex strings of 16-byte digests.
+
+    The Arrow array is built from its buffers (fixed 32-byte offsets over the hex characters):
+    ``pa.array`` on a numpy ``S32`` array goes through one Python bytes object per id, 50x slower.
+    """
     raw = digests.view(np.uint8).reshape(-1, 16)
     chars = np.empty((len(raw), 32), dtype=np.uint8)
     chars[:, 0::2] = _HEX[raw >> 4]
     chars[:, 1::2] = _HEX[raw & 15]
-    return pa.array(chars.reshape(-1).view("S32") if len(raw) else np.array([], dtype="S32")).cast(
-        pa.string()
-    )
+    offsets = np.arange(0, 32 * (len(raw) + 1), 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(chars.reshape(-1)))
 
 
 def digests_from_hex(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
