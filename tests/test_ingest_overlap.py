@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.ingest import pipeline
-from curation.ingest.overlap import Behind, ahead, ordered_map
+from curation.ingest.overlap import Alongside, Behind, ahead, ordered_map
 from curation.ingest.pipeline import IngestOptions, ingest_paths
 from curation.store import Store
 
@@ -108,6 +110,60 @@ def test_behind_runs_in_order_and_raises_a_failed_call():
     behind.shutdown()
 
 
+def test_alongside_runs_on_a_thread_raises_its_error_and_stops_when_cancelled():
+    assert Alongside(lambda stop: threading.current_thread().name).result().startswith("ingest-alongside")
+    assert Alongside(lambda stop: threading.current_thread().name, enabled=False).result() == "MainThread"
+    with pytest.raises(KeyError):
+        Alongside(lambda stop: {}["missing"]).result()
+    steps: list[int] = []
+
+    def long(stop: threading.Event) -> None:
+        while not stop.is_set():
+            steps.append(1)
+            time.sleep(0.01)
+
+    job = Alongside(long)
+    time.sleep(0.05)
+    job.cancel()
+    job.future.exception(timeout=5)  # it returned
+    assert steps and job.future.done()
+
+
+def test_hashing_alongside_gives_the_same_unit_and_sha256_and_a_rerun_skips(shared_data, tmp_path):
+    """On several cores the file is hashed while it is ingested; the unit key and the recorded SHA-256
+    are those of the serial path, a rerun of the same file skips it, and a changed file with the
+    same name (hashed first, as a unit of its source exists) is a new unit."""
+    src = shared_data / HH
+    units = {}
+    for overlap in (True, False):
+        store = Store(tmp_path / f"store-{overlap}")
+        (res,) = ingest_paths(store, [str(src)], IngestOptions(batch_rows=500, overlap=overlap))
+        assert not res.skipped and res.unit
+        run = pq.read_table(tmp_path / f"store-{overlap}" / "ingest" / res.unit / "run.parquet").to_pylist()[
+            0
+        ]
+        assert run["file_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+        units[overlap] = res.unit
+    assert units[True] == units[False]
+
+    store = Store(tmp_path / "store-True")
+    (again,) = ingest_paths(store, [str(src)], IngestOptions(batch_rows=500, overlap=True))
+    assert again.skipped and again.unit == units[True] and again.accepted == res.accepted
+    changed = tmp_path / "other" / src.name
+    changed.parent.mkdir()
+    with gzip.open(src, "rb") as fh:  # the same file with its last 300 rows cut off
+        changed.write_bytes(gzip.compress(b"".join(fh.readlines()[:-300])))
+    (new,) = ingest_paths(store, [str(changed)], IngestOptions(batch_rows=500, overlap=True))
+    assert (
+        new.source == again.source
+        and new.unit != again.unit
+        and not new.skipped
+        and new.rows_read == again.rows_read - 300
+        and new.duplicates > 2000  # its records are those of the first version: marked, not added
+    )
+    assert len(list((tmp_path / "store-True" / "ingest").iterdir())) == 2
+
+
 def test_a_write_that_fails_commits_nothing_and_a_rerun_completes(shared_data, tmp_path, monkeypatch):
     """An error on the writer thread aborts the unit like one on the main thread: no unit folder, and
     the next run ingests the file in full."""
@@ -127,6 +183,13 @@ def test_a_write_that_fails_commits_nothing_and_a_rerun_completes(shared_data, t
     with pytest.raises(Exception, match="disk full while ingesting .*nothing was committed"):
         ingest_paths(store, [str(src)], opts)
     assert not list((tmp_path / "store").glob("ingest/*/run.parquet"))
+    deadline = time.monotonic() + 10  # the file hashing alongside was told to stop, and does
+    while (
+        any(t.name.startswith("ingest-alongside") for t in threading.enumerate())
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    assert not any(t.name.startswith("ingest-alongside") for t in threading.enumerate())
     monkeypatch.setattr(pipeline._Writers, "_write", real)
     (res,) = ingest_paths(store, [str(src)], opts)
     assert res.reconciles and not res.skipped and res.accepted > 2000

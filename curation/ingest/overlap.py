@@ -6,7 +6,7 @@ heavy work, so plain threads let parsing the next batch, validating this one
 and writing the previous one run at the same time. Results keep their order and
 every exception reaches the caller (an error while reading may surface before
 the batches still in flight, which is the same for ingest: the unit is aborted).
-Both helpers take ``enabled=False`` to run inline (one core: no thread switches).
+The helpers take ``enabled=False`` to run inline (one core: no thread switches).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import polars as pl
 
@@ -107,6 +107,34 @@ def ordered_map(fn: Callable[[T], U], items: Iterator[T], workers: int) -> Itera
             for f in pending:
                 f.cancel()
             _close(items)
+
+
+class Alongside(Generic[T]):
+    """``fn(stop)`` on a background thread while the caller goes on; ``result()`` waits for it.
+
+    ``cancel()`` sets ``stop`` (``fn`` should check it now and then) and does not wait. With
+    ``enabled=False`` nothing runs until ``result()``, which then calls ``fn`` inline.
+    """
+
+    def __init__(self, fn: Callable[[threading.Event], T], enabled: bool = True) -> None:
+        self.fn, self.stop = fn, threading.Event()
+        self.pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-alongside") if enabled else None
+        )
+        self.future = self.pool.submit(fn, self.stop) if self.pool is not None else None
+
+    def result(self) -> T:
+        if self.future is None:
+            return self.fn(self.stop)
+        try:
+            return self.future.result()
+        finally:
+            self.pool.shutdown(wait=False)  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        self.stop.set()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Behind:

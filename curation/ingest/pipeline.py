@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import json
 import sys
 import uuid
@@ -54,7 +55,7 @@ from curation.ingest.columnar import (
     key_columns,
     xxh3_digests,
 )
-from curation.ingest.overlap import Behind, ahead, default_enabled, ordered_map
+from curation.ingest.overlap import Alongside, Behind, ahead, default_enabled, ordered_map
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
@@ -188,28 +189,34 @@ def _ingest_file(
             break
     reader = make_reader(opts, [r.value for r in head if r.value is not None], str(path))
     source = _source_name(path, opts)
-    sha = file_sha256(path)
-    key_material = json.dumps(
-        {
-            "sha": sha,
-            "reader": reader.name,
-            "options": reader.options(),
-            "source": source,
-            "format": opts.format,
-            "max_chars": opts.max_chars,
-            "schema": SCHEMA_VERSION,
-        },
-        sort_keys=True,
-    )
-    unit = f"{source}-{xxhash.xxh3_64_hexdigest(key_material.encode())}"
-    res = UnitResult(source=source, source_file=str(path), reader=reader.name, kind=reader.kind, unit=unit)
-    target = store.path("ingest", unit)
-    if target.exists():
-        prior = pq.read_table(target / "run.parquet").to_pylist()[0]
-        for k in ("rows_read", "records_out", "accepted", "quarantined", "duplicates"):
-            setattr(res, k, prior[k])
-        res.skipped = True
-        return res
+    overlap = default_enabled() if opts.overlap is None else opts.overlap
+
+    def unit_of(sha: str) -> str:
+        key_material = json.dumps(
+            {
+                "sha": sha,
+                "reader": reader.name,
+                "options": reader.options(),
+                "source": source,
+                "format": opts.format,
+                "max_chars": opts.max_chars,
+                "schema": SCHEMA_VERSION,
+            },
+            sort_keys=True,
+        )
+        return f"{source}-{xxhash.xxh3_64_hexdigest(key_material.encode())}"
+
+    # The unit key needs the file's SHA-256 (about 1 s per GB). If a unit of this source is committed, it
+    # may be this very file: hash first and skip it if so. Else the file is hashed on a thread while it
+    # is ingested (below), as the key is only needed to commit.
+    res = UnitResult(source=source, source_file=str(path), reader=reader.name, kind=reader.kind, unit="")
+    sha: str | None = None
+    if any(store.path("ingest").glob(f"{glob.escape(source)}-*")):
+        sha = file_sha256(path)
+        res.unit = unit_of(sha)  # type: ignore[arg-type]
+        if store.path("ingest", res.unit).exists():
+            rows.close()  # type: ignore[attr-defined]
+            return _skipped(store, res)
 
     kind = reader.kind
     if kind not in seen:
@@ -220,7 +227,6 @@ def _ingest_file(
     ctx = _Ctx(source, str(path), run_id, reader, kind, validator)
     started = dt.datetime.now(dt.UTC)
     staged = store.new_staging_dir()
-    overlap = default_enabled() if opts.overlap is None else opts.overlap
     writers = _Writers(staged, kind, background=overlap)
     fmt = detect_format(path) if opts.format == "auto" else opts.format
     batches: Iterator[Batch]
@@ -229,6 +235,7 @@ def _ingest_file(
         batches = read_batches(path, opts.batch_rows, reader.arrow_fields)  # type: ignore[attr-defined]
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
+    hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)
     try:
         # one thread reads and parses, two prepare batches (ids, derived columns), this one dedups and
         # validates, and the writer thread writes: the same batches in the same order as the serial loop
@@ -250,6 +257,8 @@ def _ingest_file(
                 if on_batch:
                     on_batch(res)
         writers.close()
+        sha = hashing.result()
+        res.unit = unit_of(sha)  # type: ignore[arg-type]
         run_row = {
             "ingest_run": run_id,
             "source": source,
@@ -270,11 +279,21 @@ def _ingest_file(
         pq.write_table(pa.Table.from_pylist([run_row], schema=INGEST_RUN_SCHEMA), staged / "run.parquet")
         if not res.reconciles:  # a bug, never expected: refuse to commit numbers that do not add up
             raise StoreError(f"{path}: accounting does not reconcile: {asdict(res)}")
-        store.commit_dir(staged, f"ingest/{unit}")
+        store.commit_dir(staged, f"ingest/{res.unit}")
     except BaseException:
+        hashing.cancel()
         writers.abort()
         seen.pop(kind, None)  # this unit's ids were not committed: reload from the store if needed
         raise
+    return res
+
+
+def _skipped(store: Store, res: UnitResult) -> UnitResult:
+    """``res`` of a file whose unit is already committed: the accounting of the run that committed it."""
+    prior = pq.read_table(store.path("ingest", res.unit, "run.parquet")).to_pylist()[0]
+    for k in ("rows_read", "records_out", "accepted", "quarantined", "duplicates"):
+        setattr(res, k, prior[k])
+    res.skipped = True
     return res
 
 

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,13 @@ def _data_suffix(path: Path) -> str | None:
     return _SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, stop: threading.Event | None = None) -> str | None:
+    """SHA-256 of the file's bytes; None if ``stop`` is set before it is done."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
+            if stop is not None and stop.is_set():
+                return None
             h.update(block)
     return h.hexdigest()
 
