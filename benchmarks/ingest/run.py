@@ -5,7 +5,8 @@ lengths drawn from the real file, see synth.py), then times in separate child
 processes, on that same file:
 
   curate      `curate ingest FILE --store S --no-near-dedup` (read, normalise, hash, validate, dedup, write)
-  curate-10%  the same on the first tenth of the file (does peak memory grow with the input?)
+  curate-30%  the same on the first 30 % of the file (does peak memory grow with the input? 30 % is
+              15 batches of 50k rows, enough to fill the pipeline of threads)
   polars      polars.read_ndjson(FILE).write_parquet(OUT)          (the bare limit: parse + write)
   datasets    datasets.load_dataset("json", data_files=FILE)["train"].to_parquet(OUT)
 
@@ -151,17 +152,32 @@ def run_child(method: str, file: Path, work: Path, near_rows: int, threads: int 
 
 
 def head_file(src: Path, dst: Path, rows: int) -> Path:
+    """The first ``rows`` lines of ``src`` (written once, under a temporary name until complete)."""
     if not dst.exists():
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
+        tmp = dst.with_name(dst.name + ".tmp")
+        with open(src, "rb") as fi, open(tmp, "wb") as fo:
             for i, line in enumerate(fi):
                 if i >= rows:
                     break
                 fo.write(line)
+        os.replace(tmp, dst)
     return dst
 
 
 def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def _percent(method: str) -> int | None:
+    """30 for 'curate-30%' (the method on the first 30 % of the file), else None."""
+    if method.startswith("curate-") and method.endswith("%"):
+        return int(method.removeprefix("curate-").removesuffix("%"))
+    return None
+
+
+def _rows(method: str, rows: int) -> int:
+    pct = _percent(method)
+    return rows if pct is None else rows * pct // 100
 
 
 def main() -> None:
@@ -170,7 +186,7 @@ def main() -> None:
     ap.add_argument("--near-rows", type=int, default=100_000, help="prompts for the near-dup timing")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ingest"))
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
-    ap.add_argument("--methods", default="polars,datasets,curate-10%,curate,near,datasketch")
+    ap.add_argument("--methods", default="polars,datasets,curate-30%,curate,near,datasketch")
     ap.add_argument(
         "--repeat",
         type=int,
@@ -198,7 +214,11 @@ def main() -> None:
         t0 = time.perf_counter()
         write_synthetic(HH, file, args.rows)
         print(f"wrote {file} ({file.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
-    tenth = head_file(file, args.work / f"hh_synth_{args.rows}_head10.jsonl", args.rows // 10)
+    parts = {
+        m: head_file(file, args.work / f"hh_synth_{args.rows}_head{_percent(m)}.jsonl", _rows(m, args.rows))
+        for m in args.methods.split(",")
+        if _percent(m)
+    }
     load_before = sh("uptime")
     counts = sorted({int(t) for t in args.threads.split(",")})
     runs: dict[tuple[int, str], list[dict]] = {}
@@ -207,7 +227,7 @@ def main() -> None:
             for method in args.methods.split(","):
                 if method in ("near", "datasketch") and threads != counts[0]:
                     continue
-                f = tenth if method == "curate-10%" else file
+                f = parts.get(method, file)
                 work = args.work / method.replace("%", "")
                 work.mkdir(exist_ok=True)
                 if method in ("near", "datasketch"):
@@ -254,9 +274,9 @@ def write_results(
             continue
         base = results.get((threads, "polars"), {}).get("seconds")
         base_cpu = results.get((threads, "polars"), {}).get("cpu_seconds")
-        n = rows // 10 if m == "curate-10%" else rows
-        ratio = f"{r['seconds'] / base:.2f}x" if base and m != "curate-10%" else ""
-        cratio = f"{r['cpu_seconds'] / base_cpu:.2f}x" if base_cpu and m != "curate-10%" else ""
+        n = _rows(m, rows)
+        ratio = f"{r['seconds'] / base:.2f}x" if base and n == rows else ""
+        cratio = f"{r['cpu_seconds'] / base_cpu:.2f}x" if base_cpu and n == rows else ""
         lines.append(
             f"| {threads} | {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
             f"{n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {cratio} | "

@@ -10,6 +10,7 @@ the real data while the content is new (no accidental exact duplicates).
 from __future__ import annotations
 
 import gzip
+import os
 import random
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def write_synthetic(hh_file: Path, out: Path, rows: int, seed: int = 0) -> Path:
         return pool[start : start + length].strip() if length else ""
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb", buffering=1 << 22) as fh:
+    tmp = out.with_name(out.name + ".tmp")  # a killed run leaves no file that looks complete
+    with open(tmp, "wb", buffering=1 << 22) as fh:
         for _ in range(rows):
             turns, rej_len = shapes[rng.randrange(len(shapes))]
             prefix = "".join(marker[role] + fill(n) for role, n in turns[:-1])
@@ -57,4 +59,5 @@ def write_synthetic(hh_file: Path, out: Path, rows: int, seed: int = 0) -> Path:
             rejected = prefix + marker[last_role] + fill(rej_len)
             fh.write(orjson.dumps({"chosen": chosen, "rejected": rejected}))
             fh.write(b"\n")
+    os.replace(tmp, out)
     return out
