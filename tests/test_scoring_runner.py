@@ -58,10 +58,12 @@ def test_entropy_is_the_mean_over_response_tokens(tiny_lm, shared_data):
         lm.model.get_output_embeddings().weight.mul_(40)
     with open(shared_data / "gsm8k" / "test.jsonl") as fh:
         rows = [json.loads(line) for _, line in zip(range(10), fh, strict=False)]
-    prompts = [r["question"] for r in rows] + ["Hi"]
-    fulls = [r["question"] + " " + r["answer"] for r in rows] + ["Hi"]  # a text too short to score: nan
+    # GSM8K texts are longer than max_length (left-truncated); one short text fits; "Hi" has no response: nan
+    prompts = [r["question"] for r in rows] + ["What is 2 + 2?", "Hi"]
+    fulls = [r["question"] + " " + r["answer"] for r in rows] + ["What is 2 + 2? It is 4.", "Hi"]
     got = lm.entropy(prompts, fulls)
     tok = lm.tokenizer
+    truncated = 0
     for i, (p, f) in enumerate(zip(prompts, fulls, strict=True)):
         ids = lm.tokenize([f])[0]
         k = min(max(1, len(tok(f)["input_ids"]) - len(tok(p)["input_ids"])), len(ids) - 1)
@@ -70,4 +72,6 @@ def test_entropy_is_the_mean_over_response_tokens(tiny_lm, shared_data):
         ent = -(logp.exp() * logp).sum(-1)
         want = float(ent[len(ids) - 1 - k : len(ids) - 1].mean()) if k > 0 else float("nan")
         assert got[i] == pytest.approx(want, rel=1e-4, abs=1e-5, nan_ok=True), i
+        truncated += len(tok(f)["input_ids"]) > 48
+    assert 0 < truncated < len(fulls) - 1
     assert np.isfinite(got[:-1]).all() and np.std(got[:-1]) > 0.05

@@ -174,8 +174,12 @@ class CausalLMEntropy(_Base):
         """``fulls[i]`` is ``prompts[i]`` followed by the response; entropy is averaged over the response."""
         import torch
 
-        full_ids = self.tokenize(fulls)
         untrunc = self.tokenizer(list(fulls), add_special_tokens=True)["input_ids"]
+        # only the texts over max_length are encoded again, truncated (a shorter one encodes the same)
+        full_ids = list(untrunc)
+        long = [i for i, u in enumerate(untrunc) if len(u) > self.config.max_length]
+        for i, ids in zip(long, self.tokenize([fulls[i] for i in long]) if long else [], strict=True):
+            full_ids[i] = ids
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         n_resp = [max(1, len(u) - len(p)) for u, p in zip(untrunc, prompt_ids, strict=True)]
         lengths = np.array([len(f) for f in full_ids], dtype=np.int64)
