@@ -123,7 +123,9 @@ def test_alongside_runs_on_a_thread_raises_its_error_and_stops_when_cancelled():
             time.sleep(0.01)
 
     job = Alongside(long)
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while not steps and time.monotonic() < deadline:  # it started
+        time.sleep(0.01)
     job.cancel()
     job.future.exception(timeout=5)  # it returned
     assert steps and job.future.done()
