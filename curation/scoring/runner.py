@@ -208,6 +208,8 @@ class TokenCounter:
 
         self.spec = spec
         self.tokenizer = load_tokenizer(spec)
+        # it only counts: a text longer than the model's context is not an error here, so no warning
+        self.tokenizer.model_max_length = int(1e30)
         self.fingerprint = fingerprint(resolve(spec.model, spec.allow_network))
 
     def count(self, texts: Sequence[str]) -> np.ndarray:
