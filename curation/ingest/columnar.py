@@ -106,8 +106,11 @@ def hex_ids(digests: np.ndarray) -> pa.Array:
     chars = np.empty((len(raw), 32), dtype=np.uint8)
     chars[:, 0::2] = _HEX[raw >> 4]
     chars[:, 1::2] = _HEX[raw & 15]
-    offsets = np.arange(0, 32 * (len(raw) + 1), 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(chars.reshape(-1)))
+    # 64-bit offsets, then the cast checks that they fit the 32-bit string type (int32 ones would wrap
+    # silently past 67M ids in one call)
+    offsets = np.arange(0, 32 * (len(raw) + 1), 32, dtype=np.int64)
+    buffers = [pa.py_buffer(offsets), pa.py_buffer(chars.reshape(-1))]
+    return pa.LargeStringArray.from_buffers(len(raw), *buffers).cast(pa.string())
 
 
 def digests_from_hex(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
