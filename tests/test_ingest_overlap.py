@@ -209,3 +209,32 @@ def test_on_batch_reports_the_running_accounting(shared_data, tmp_path):
     )
     assert [n for n, _ in seen] == [500, 1000, 1500, 2000, 2312] == sorted({n for n, _ in seen})
     assert seen[-1] == (res.rows_read, res.accepted)
+
+
+def test_the_reader_starts_before_validation_and_stops_if_the_suite_fails(shared_data, tmp_path, monkeypatch):
+    """Batches are read while the Great Expectations suite is built; if building it fails, the reader
+    thread stops, nothing is committed, and the next run completes."""
+    src = shared_data / HH
+    read_before_suite = threading.Event()
+    real_read = pipeline.read_batches
+
+    def reading(*args, **kwargs):
+        for batch in real_read(*args, **kwargs):
+            read_before_suite.set()
+            yield batch
+
+    def failing_suite(*args, **kwargs):
+        assert read_before_suite.wait(10)  # the first batch was read while the suite was being built
+        raise ImportError("great_expectations is broken")
+
+    monkeypatch.setattr(pipeline, "read_batches", reading)
+    monkeypatch.setattr(pipeline, "Validator", failing_suite)
+    store = Store(tmp_path / "store")
+    with pytest.raises(ImportError, match="great_expectations is broken"):
+        ingest_paths(store, [str(src)], IngestOptions(batch_rows=500, overlap=True))
+    assert not any(t.name == "ingest-ahead" for t in threading.enumerate())
+    assert not list((tmp_path / "store").glob("ingest/*"))
+    monkeypatch.undo()
+    (res,) = ingest_paths(store, [str(src)], IngestOptions(batch_rows=500, overlap=True))
+    assert res.reconciles and not res.skipped and res.accepted > 2000
+    assert not list((tmp_path / "store").glob(".staging/*"))  # the failed run's leftovers are gone

@@ -33,47 +33,65 @@ def default_enabled() -> bool:
 def ahead(items: Iterator[T], depth: int = 1, enabled: bool = True) -> Iterator[T]:
     """``items`` computed in a background thread, at most ``depth`` ahead of the consumer.
 
-    An exception in the producer is raised in the consumer where the item would have been.
-    If the consumer stops early (break, exception, close), the producer stops after its current item.
+    The thread starts at once, so the first items are ready before the consumer asks. An exception in
+    the producer is raised in the consumer where the item would have been. Closing the iterator (or
+    the consumer's error, or the end) stops the producer after its current item and closes ``items``.
     """
-    if not enabled:
-        yield from items
-        return
-    q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    return _Ahead(items, depth) if enabled else items
 
-    def put(item: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
+
+class _Ahead(Generic[T]):
+    def __init__(self, items: Iterator[T], depth: int) -> None:
+        self.items = items
+        self.q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.closed = False
+        self.worker = threading.Thread(target=self._produce, name="ingest-ahead", daemon=True)
+        self.worker.start()
+
+    def _put(self, item: tuple[Any, BaseException | None]) -> bool:
+        while not self.stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self.q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for item in items:
-                if not put((item, None)):
+            for item in self.items:
+                if not self._put((item, None)):
                     return
-            put((_DONE, None))
+            self._put((_DONE, None))
         except BaseException as exc:  # handed to the consumer, which raises it
-            put((_DONE, exc))
+            self._put((_DONE, exc))
 
-    worker = threading.Thread(target=produce, name="ingest-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, exc = q.get()
+    def __iter__(self) -> _Ahead[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self.closed:
+            raise StopIteration
+        try:
+            item, exc = self.q.get()
+        except BaseException:  # interrupted while waiting
+            self.close()
+            raise
+        if exc is not None or item is _DONE:
+            self.close()
             if exc is not None:
                 raise exc
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-        _close(items)
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stop.set()
+        self.worker.join()
+        _close(self.items)
 
 
 def _close(items: Iterator[Any]) -> None:

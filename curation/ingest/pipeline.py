@@ -219,12 +219,6 @@ def _ingest_file(
             return _skipped(store, res)
 
     kind = reader.kind
-    if kind not in seen:
-        seen[kind] = IdSet.from_parquet(store.files(f"ingest/*/{kind}.parquet"))
-    if kind not in validators:
-        validators[kind] = Validator(kind, opts.max_chars)
-    ids, validator = seen[kind], validators[kind]
-    ctx = _Ctx(source, str(path), run_id, reader, kind, validator)
     started = dt.datetime.now(dt.UTC)
     staged = store.new_staging_dir()
     writers = _Writers(staged, kind, background=overlap)
@@ -236,12 +230,19 @@ def _ingest_file(
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)
+    # one thread reads and parses, starting now: the first batches are ready when the known ids and the
+    # Great Expectations suite (about 3 s of Python on first use) are loaded
+    parsed = ahead(batches, enabled=overlap)
     try:
-        # one thread reads and parses, two prepare batches (ids, derived columns), this one dedups and
-        # validates, and the writer thread writes: the same batches in the same order as the serial loop
-        prepared = ordered_map(
-            lambda b: _prepare(b, ctx), ahead(batches, enabled=overlap), workers=2 if overlap else 1
-        )
+        if kind not in seen:
+            seen[kind] = IdSet.from_parquet(store.files(f"ingest/*/{kind}.parquet"))
+        if kind not in validators:
+            validators[kind] = Validator(kind, opts.max_chars)
+        ids = seen[kind]
+        ctx = _Ctx(source, str(path), run_id, reader, kind, validators[kind])
+        # two threads prepare batches (ids, derived columns), this one dedups and validates, and the
+        # writer thread writes: the same batches in the same order as the serial loop
+        prepared = ordered_map(lambda b: _prepare(b, ctx), parsed, workers=2 if overlap else 1)
         with contextlib.closing(prepared):  # on an error, the threads stop now, not when it is collected
             for batch, frame, keys, quarantine, converted in prepared:
                 res.rows_read += len(batch)
@@ -281,6 +282,7 @@ def _ingest_file(
             raise StoreError(f"{path}: accounting does not reconcile: {asdict(res)}")
         store.commit_dir(staged, f"ingest/{res.unit}")
     except BaseException:
+        parsed.close()  # type: ignore[attr-defined]  (stops the reader if the loop never started)
         hashing.cancel()
         writers.abort()
         seen.pop(kind, None)  # this unit's ids were not committed: reload from the store if needed
