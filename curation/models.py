@@ -16,9 +16,11 @@ caches are keyed on what the model is, not where it lies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,25 @@ def load_tokenizer(spec: ModelSpec):
     kw = _kwargs(spec)
     kw.pop("use_safetensors")
     return AutoTokenizer.from_pretrained(str(spec.path()), **kw)
+
+
+@contextlib.contextmanager
+def lifted_length_limit(tokenizer) -> Iterator[None]:
+    """While texts are encoded whole, to be counted or cut by the caller: nothing is fed to a model, so a
+    text longer than the model's context is no error. transformers would warn that it "will result in
+    indexing errors"; the tokenizer's ``model_max_length`` is lifted inside the block only."""
+    limit = tokenizer.model_max_length
+    tokenizer.model_max_length = int(1e30)
+    try:
+        yield
+    finally:
+        tokenizer.model_max_length = limit
+
+
+def encode_untruncated(tokenizer, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of whole texts (see ``lifted_length_limit``)."""
+    with lifted_length_limit(tokenizer):
+        return tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def load_sequence_classifier(spec: ModelSpec, num_labels: int = 1, **extra: Any):

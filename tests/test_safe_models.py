@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
 
-from curation.models import ModelError, ModelSpec, describe, fingerprint, load_sequence_classifier, resolve
+from curation.models import (
+    ModelError,
+    ModelSpec,
+    describe,
+    encode_untruncated,
+    fingerprint,
+    lifted_length_limit,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve,
+)
 
 
 def test_bundled_minilm_loads_as_a_reward_model_offline(minilm):
@@ -69,3 +80,27 @@ def test_fingerprint_follows_content_not_location(tmp_path, minilm):
     assert fingerprint(copy) == fingerprint(minilm)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("384", "385", 1))
     assert fingerprint(copy) != fingerprint(minilm)
+
+
+def test_whole_texts_are_encoded_without_the_overlong_warning(minilm):
+    """Texts encoded only to be counted or cut are no 'indexing errors': no warning, and the tokenizer's
+    limit is back afterwards (also after an error)."""
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.addHandler(handler)
+    try:
+        tok = load_tokenizer(ModelSpec(str(minilm)))
+        limit = tok.model_max_length
+        long = " ".join(["word"] * (limit + 50))
+        (ids,) = encode_untruncated(tok, [long], add_special_tokens=False)
+        assert len(ids) == limit + 50 and tok.model_max_length == limit
+        with pytest.raises(ValueError), lifted_length_limit(tok):
+            tok(12345)  # not a text
+        assert tok.model_max_length == limit
+        assert not any("indexing errors" in m for m in warned)
+        tok([long])  # the plain call does warn: the check above can fail
+        assert any("indexing errors" in m for m in warned)
+    finally:
+        logger.removeHandler(handler)

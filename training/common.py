@@ -85,6 +85,8 @@ class CurateTrainingConfig(TrainingArguments):
         # our collators read shard columns the model does not take as arguments
         self.remove_unused_columns = False
         super().__post_init__()
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for (torch warns on every data loader)
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length}: needs at least 8 tokens")
         if self.overlong not in ("truncate", "drop"):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from curation.models import ModelSpec, load_causal_lm, load_tokenizer
+from curation.models import ModelSpec, encode_untruncated, load_causal_lm, load_tokenizer
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -91,7 +91,7 @@ def tokenize_groups(
         prompt_text = tokenizer.apply_chat_template(
             list(r["prompt"]), tokenize=False, add_generation_prompt=True
         )
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        prompt_ids = encode_untruncated(tokenizer, [prompt_text], add_special_tokens=False)[0]
         seqs, truncated = [], False
         for i in keep:
             full = tokenizer.apply_chat_template(
@@ -99,7 +99,7 @@ def tokenize_groups(
             )
             if not full.startswith(prompt_text):
                 raise ValueError(f"{r['id']}: the chat template does not extend the prompt with the answer")
-            cand_ids = tokenizer(full[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+            cand_ids = encode_untruncated(tokenizer, [full[len(prompt_text) :]], add_special_tokens=False)[0]
             p_ids = prompt_ids
             if len(p_ids) + len(cand_ids) > cfg.max_length:
                 truncated = True

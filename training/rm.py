@@ -28,7 +28,14 @@ import torch
 import torch.nn as nn
 from transformers import Trainer, set_seed
 
-from curation.models import ModelSpec, bf16_supported, load_sequence_classifier, load_tokenizer, pick_device
+from curation.models import (
+    ModelSpec,
+    bf16_supported,
+    encode_untruncated,
+    load_sequence_classifier,
+    load_tokenizer,
+    pick_device,
+)
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -148,15 +155,15 @@ def tokenize_pairs(
     for r in rows:
         texts.append(tokenizer.apply_chat_template(list(r["prompt"]) + list(r["chosen"]), tokenize=False))
         texts.append(tokenizer.apply_chat_template(list(r["prompt"]) + list(r["rejected"]), tokenize=False))
-    side, limit = tokenizer.truncation_side, tokenizer.model_max_length
-    tokenizer.model_max_length = 1 << 30  # measuring full lengths: no "longer than the model" warning
-    full_lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    tokenizer.truncation_side = "left"
+    full_lengths = [len(x) for x in encode_untruncated(tokenizer, texts, add_special_tokens=False)]
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
     enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    tokenizer.truncation_side, tokenizer.model_max_length = side, limit
-    resp = tokenizer(
-        [_last_content(r[k]) for r in rows for k in ("chosen", "rejected")], add_special_tokens=False
-    )["input_ids"]
+    tokenizer.truncation_side = side
+    resp = encode_untruncated(
+        tokenizer,
+        [_last_content(r[k]) for r in rows for k in ("chosen", "rejected")],
+        add_special_tokens=False,
+    )
     report = LengthReport(what, max_length)
     out = []
     for i, r in enumerate(rows):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from curation.models import ModelSpec, load_causal_lm, load_tokenizer
+from curation.models import ModelSpec, lifted_length_limit, load_causal_lm, load_tokenizer
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -93,7 +93,8 @@ def tokenize_conversations(
     out = []
     for r in rows:
         text, spans = render_with_spans(tokenizer, list(r["messages"]))
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        with lifted_length_limit(tokenizer):  # encoded whole, cut below (and reported)
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         labels = [
             tok if any(s <= a < e for s, e in spans) else IGNORE_INDEX

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from curation.models import ModelSpec, bf16_supported, describe, load_tokenizer, pick_device
+from curation.models import (
+    ModelSpec,
+    bf16_supported,
+    describe,
+    encode_untruncated,
+    load_tokenizer,
+    pick_device,
+)
 
 
 @dataclass
@@ -174,13 +181,13 @@ class CausalLMEntropy(_Base):
         """``fulls[i]`` is ``prompts[i]`` followed by the response; entropy is averaged over the response."""
         import torch
 
-        untrunc = self.tokenizer(list(fulls), add_special_tokens=True)["input_ids"]
+        untrunc = encode_untruncated(self.tokenizer, fulls)
         # only the texts over max_length are encoded again, truncated (a shorter one encodes the same)
         full_ids = list(untrunc)
         long = [i for i, u in enumerate(untrunc) if len(u) > self.config.max_length]
         for i, ids in zip(long, self.tokenize([fulls[i] for i in long]) if long else [], strict=True):
             full_ids[i] = ids
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        prompt_ids = encode_untruncated(self.tokenizer, prompts)
         n_resp = [max(1, len(u) - len(p)) for u, p in zip(untrunc, prompt_ids, strict=True)]
         lengths = np.array([len(f) for f in full_ids], dtype=np.int64)
         k = np.minimum(np.array(n_resp, dtype=np.int64), lengths - 1)  # predictions of response tokens
@@ -208,12 +215,10 @@ class TokenCounter:
 
         self.spec = spec
         self.tokenizer = load_tokenizer(spec)
-        # it only counts: a text longer than the model's context is not an error here, so no warning
-        self.tokenizer.model_max_length = int(1e30)
         self.fingerprint = fingerprint(resolve(spec.model, spec.allow_network))
 
     def count(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros(0, dtype=np.int64)
-        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        enc = encode_untruncated(self.tokenizer, texts, add_special_tokens=False)
         return np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
