@@ -34,8 +34,10 @@ def ahead(items: Iterator[T], depth: int = 1, enabled: bool = True) -> Iterator[
     """``items`` computed in a background thread, at most ``depth`` ahead of the consumer.
 
     The thread starts at once, so the first items are ready before the consumer asks. An exception in
-    the producer is raised in the consumer where the item would have been. Closing the iterator (or
-    the consumer's error, or the end) stops the producer after its current item and closes ``items``.
+    the producer is raised in the consumer where the item would have been. At the end, at that error,
+    or when the consumer calls ``close()`` (``ordered_map`` does when it is closed), the producer stops
+    after its current item and ``items`` is closed. A consumer that stops early must close it: the thread
+    holds a reference to it, so it is not collected.
     """
     return _Ahead(items, depth) if enabled else items
 
