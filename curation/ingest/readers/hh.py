@@ -125,7 +125,9 @@ def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     # the chosen transcript up to its last turn, in marked form: the turns joined back with the sentinel
     prefix = pl.col("c").list.slice(0, n_c - 1).list.join("\x00")
     t = t.with_columns(prefix.alias("pre"))
-    rest_r = pl.col("mr").str.slice(pl.col("pre").str.len_chars())
+    # what the rejected transcript has after that prefix (sliced once: a slice by characters scans the text)
+    t = t.with_columns(pl.col("mr").str.slice(pl.col("pre").str.len_chars()).alias("rest_r"))
+    rest_r = pl.col("rest_r")
     ok = (
         ~pl.col("nul")
         & (n_c >= 3)
