@@ -26,6 +26,19 @@ def prefect_api(tmp_path_factory):
         yield home
 
 
+@pytest.fixture(autouse=True, scope="module")
+def prefect_quiet_after_module():
+    """Drain Prefect's event and log workers when the module ends. Left running, the events worker keeps a
+    websocket whose keepalive pings draw from the global ``random`` module, which Hypothesis, in later
+    test files, reports as "Do not use the random module inside strategies"."""
+    yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=30)
+    APILogWorker.drain_all(timeout=30)
+
+
 def _subset_json(src: Path, dst: Path, start: int, stop: int) -> None:
     dst.write_text(json.dumps(json.loads(src.read_text())[start:stop]))
 

@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from tests.test_flows import _subset_json, prefect_api  # noqa: F401  (session fixture)
+from tests.test_flows import _subset_json, prefect_api, prefect_quiet_after_module  # noqa: F401  (fixtures)
 
 pytest.importorskip("prefect_ray")
 
