@@ -101,7 +101,7 @@ def test_id_set_and_hex_roundtrip():
     assert [x.hex() for x in d[:5]] == hex_ids(d[:5]).to_pylist()
     assert (digests_from_hex(hex_ids(d)) == d).all()
     s = IdSet()
-    for chunk in np.array_split(d[:600], 30):  # more chunks than the compaction limit
+    for chunk in np.array_split(d[:600], 30):  # runs of equal size: merged as they come
         s.add(chunk)
     hit = s.contains(d)
     assert hit[:600].all() and not hit[600:].any() and len(s) == 600
@@ -114,6 +114,30 @@ def test_id_set_and_hex_roundtrip():
     hit = s.contains(np.concatenate([twins, d[:50]]))
     assert hit[:25].all() and not hit[25:50].any() and hit[50:].all()
     assert first_occurrence(np.concatenate([d[:3], d[:2]])).tolist() == [True, True, True, False, False]
+
+
+# digests from a tiny alphabet, so that many share their first 8 bytes (the binary-search key) and repeat
+digest = st.tuples(
+    st.sampled_from([b"\x00" * 8, b"\x01" * 8, b"\xff" * 8]),
+    st.integers(0, 3),
+    st.binary(min_size=7, max_size=7),
+).map(lambda t: t[0] + bytes([t[1]]) + t[2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(digest, max_size=12), max_size=8), queries=st.lists(digest, max_size=20))
+def test_id_set_and_first_occurrence_agree_with_python_sets(batches, queries):
+    s, ref = IdSet(), set()
+    for b in batches:
+        arr = np.array(b, dtype="S16")
+        known = s.contains(arr)
+        assert known.tolist() == [x in ref for x in b]
+        first = first_occurrence(arr)
+        assert first.tolist() == [x not in b[:i] for i, x in enumerate(b)]
+        s.add(arr[first & ~known])  # as ingest adds what it accepts
+        ref.update(b)
+    assert s.contains(np.array(queries, dtype="S16")).tolist() == [q in ref for q in queries]
+    assert len(s) == len(ref)
 
 
 marker = st.sampled_from(

@@ -129,65 +129,69 @@ def _halves(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IdSet:
-    """Ids already in the store or accepted earlier: sorted 16-byte digests in chunks (16 bytes per id).
+    """Ids already in the store or accepted earlier: 16-byte digests in a few runs sorted by their
+    first 8 bytes (16 bytes per id, plus 8 for the key).
 
-    Lookups binary-search the first 8 bytes as uint64 (several times faster than comparing 16-byte
-    strings) and confirm on the full digest; the rare prefix collision falls back to the full search.
+    Runs are merged as in a binary counter (a run is merged into the one before it once it is at least
+    half its size), so there are O(log n) runs and an id is moved O(log n) times. A lookup sorts its
+    queries once and binary-searches each run on the 8-byte prefix as uint64 (several times faster than
+    comparing 16-byte strings, and few numpy calls, each of which gives up the GIL); the full digest
+    confirms, and the rare ids that share a prefix are compared one by one.
     """
 
     def __init__(self) -> None:
-        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted digests, their uint64 prefixes)
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (uint64 prefixes sorted, digests in that order)
 
     @classmethod
     def from_parquet(cls, files: list) -> IdSet:
         s = cls()
         for f in files:
             s.add(digests_from_hex(pq.read_table(f, columns=["id"]).column("id")))
-        s.compact()
         return s
 
-    @staticmethod
-    def _sorted(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hi, lo = _halves(digests)
-        order = np.lexsort((lo, hi))
-        return digests[order], hi[order]
-
     def add(self, digests: np.ndarray) -> None:
-        if len(digests):
-            self.chunks.append(self._sorted(digests))
-        if len(self.chunks) > 16:
-            self.compact()
-
-    def compact(self) -> None:
-        if len(self.chunks) > 1:
-            self.chunks = [self._sorted(np.concatenate([c for c, _ in self.chunks]))]
+        if not len(digests):
+            return
+        prefix = _halves(digests)[0]
+        order = np.argsort(prefix, kind="stable")
+        self.runs.append((prefix[order], digests[order]))
+        while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
+            (p1, d1), (p2, d2) = self.runs.pop(-2), self.runs.pop()
+            prefix = np.concatenate([p1, p2])
+            order = np.argsort(prefix, kind="stable")  # two sorted runs: a merge
+            self.runs.append((prefix[order], np.concatenate([d1, d2])[order]))
 
     def contains(self, digests: np.ndarray) -> np.ndarray:
         hit = np.zeros(len(digests), dtype=bool)
-        if not len(digests):
+        if not len(digests) or not self.runs:
             return hit
         prefix = _halves(digests)[0]
-        for chunk, chunk_prefix in self.chunks:
-            pos = np.minimum(np.searchsorted(chunk_prefix, prefix), len(chunk) - 1)
-            same_prefix = chunk_prefix[pos] == prefix
-            found = same_prefix & (chunk[pos] == digests)
-            collide = np.nonzero(same_prefix & ~found)[0]  # another id with the same first 8 bytes
-            if len(collide):
-                full = np.minimum(np.searchsorted(chunk, digests[collide]), len(chunk) - 1)
-                found[collide] = chunk[full] == digests[collide]
-            hit |= found
+        order = np.argsort(prefix)
+        prefix, queries = prefix[order], digests[order]
+        found = np.zeros(len(digests), dtype=bool)
+        for run_prefix, run in self.runs:
+            pos = np.minimum(np.searchsorted(run_prefix, prefix), len(run) - 1)
+            same = run_prefix[pos] == prefix
+            exact = same & (run[pos] == queries)
+            for i in np.flatnonzero(same & ~exact):  # another id has the same first 8 bytes
+                end = np.searchsorted(run_prefix, prefix[i], side="right")
+                exact[i] = bool((run[pos[i] : end] == queries[i]).any())
+            found |= exact
+        hit[order] = found
         return hit
 
     def __len__(self) -> int:
-        return sum(len(c) for c, _ in self.chunks)
+        return sum(len(p) for p, _ in self.runs)
 
 
 def first_occurrence(digests: np.ndarray) -> np.ndarray:
     """True at the first position of each distinct digest."""
-    first = np.zeros(len(digests), dtype=bool)
-    if len(digests):
-        _, idx = np.unique(digests, return_index=True)
-        first[idx] = True
+    first = np.ones(len(digests), dtype=bool)
+    if len(digests) > 1:
+        hi, lo = _halves(digests)
+        order = np.lexsort((lo, hi))  # stable: equal digests keep their order
+        ordered = digests[order]
+        first[order[1:]] = ordered[1:] != ordered[:-1]
     return first
 
 
