@@ -263,11 +263,12 @@ def write_results(
         "seconds = wall time of the work inside the child (imports excluded), process = whole child process, "
         "CPU s = user + system CPU time of that work (less disturbed by other load than wall time). "
         f"Each method ran {args.repeat} times, round-robin; the table shows its median run (by seconds) and "
-        "every run's seconds.",
+        "every run's seconds; the last column divides each round's run by polars' run of the same round (the "
+        "machine's speed drifts between rounds).",
         "",
         "| threads | method | rows | seconds | process s | CPU s | rows/s | peak RSS MB | vs polars (wall) "
-        "| vs polars (CPU) | all runs (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| vs polars (CPU) | all runs (s) | vs polars in each round (wall) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for (threads, m), r in results.items():
         if m in ("near", "datasketch"):
@@ -277,10 +278,16 @@ def write_results(
         n = _rows(m, rows)
         ratio = f"{r['seconds'] / base:.2f}x" if base and n == rows else ""
         cratio = f"{r['cpu_seconds'] / base_cpu:.2f}x" if base_cpu and n == rows else ""
+        base_runs = results.get((threads, "polars"), {}).get("all_seconds", [])
+        rounds = (
+            " / ".join(f"{a / b:.2f}x" for a, b in zip(r["all_seconds"], base_runs, strict=False))
+            if n == rows and m != "polars"
+            else ""
+        )
         lines.append(
             f"| {threads} | {m} | {n:,} | {r['seconds']:.1f} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
             f"{n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} | {ratio} | {cratio} | "
-            f"{' / '.join(str(x) for x in r['all_seconds'])} |"
+            f"{' / '.join(str(x) for x in r['all_seconds'])} | {rounds} |"
         )
     near = {m: r for (_, m), r in results.items() if m in ("near", "datasketch")}
     if near:
