@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ from curation.ingest.columnar import (
     xxh3_digests,
 )
 from curation.ingest.readers.base import RowError
+from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.validate import derive
 from schemas import SCHEMAS
@@ -166,6 +168,56 @@ def test_hh_columnar_equals_convert(rows):
     for i in rest:  # the row path still handles them (records or a RowError)
         with contextlib.suppress(RowError):
             reader.convert(values[i])
+
+
+blank = st.text(alphabet=st.sampled_from(list(WS)), min_size=1, max_size=3)  # empty after str.strip()
+trl_value = st.one_of(
+    text, text, text, blank, st.none(), st.integers(0, 9), st.lists(st.just({"role": "user", "content": "x"}))
+)
+rarely = st.sampled_from([False, False, False, True])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(trl_value, trl_value, trl_value, rarely, rarely), min_size=1, max_size=8))
+def test_trl_columnar_equals_convert(rows):
+    """TRL rows of three strings (blank ones included): the vectorised rows are exactly what convert gives;
+    rows with another type, a missing field or an extra field go row by row, as do blank texts."""
+    values = []
+    for p, c, r, drop_prompt, extra in rows:
+        v = (
+            {"chosen": c, "rejected": r}
+            | ({} if drop_prompt else {"prompt": p})
+            | ({"x": 1} if extra else {})
+        )
+        values.append(v)
+    reader = TRLPreferenceReader()
+    fast, rest = reader.convert_columns(values)
+    done = set() if fast is None else set(fast.get_column("_i").to_list())
+    assert done | set(rest) == set(range(len(values))) and not done & set(rest)
+    for row in [] if fast is None else fast.iter_rows(named=True):
+        (want,) = reader.convert(values[row["_i"]])
+        assert {k: row[k] for k in ("prompt", "chosen", "rejected", "strength")} == {
+            k: want[k] for k in ("prompt", "chosen", "rejected", "strength")
+        }
+        assert orjson.loads(row["meta"]) == want["meta"]
+    for i in rest:  # blank or non-string texts: the row path raises; others it converts
+        v = values[i]
+        plain = len(v) == 3 and all(isinstance(v.get(f), str) for f in ("prompt", "chosen", "rejected"))
+        if plain:
+            with pytest.raises(RowError, match="empty text"):
+                reader.convert(v)
+        else:
+            with contextlib.suppress(RowError):
+                reader.convert(v)
+    # the Arrow form gives the same rows as the list form
+    plain_rows = [v for v in values if set(v) == {"prompt", "chosen", "rejected"}]
+    if plain_rows and all(isinstance(x, str) for v in plain_rows for x in v.values()):
+        table = pa.Table.from_pylist(
+            plain_rows, schema=pa.schema([(f, pa.string()) for f in reader.arrow_fields])
+        )
+        a_fast, a_rest = reader.convert_arrow(table)
+        l_fast, l_rest = reader.convert_columns(plain_rows)
+        assert a_rest == l_rest and a_fast.to_dicts() == (l_fast.to_dicts() if l_fast is not None else [])
 
 
 def test_hh_columnar_on_real_file(shared_data):

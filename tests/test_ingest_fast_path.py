@@ -9,6 +9,7 @@ with injected bad lines.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from hypothesis import strategies as st
 from curation.ingest import blocks
 from curation.ingest.blocks import ArrowBlock, read_batches
 from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
+from curation.ingest.readers.base import Reader, RowError
+from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.sources import read_rows
 from curation.store import Store
@@ -162,3 +165,61 @@ def test_ingest_units_identical(hh_lines, tmp_path, gz):
     q = units[0]["quarantine.parquet"]
     assert any(r["reason"].startswith("malformed JSON: invalid UTF-8") for r in q)
     assert orjson.loads(units[0]["run.parquet"][0]["options"]) == {}
+
+
+#: TRL lines the block path must refuse or hand to the row path without changing the outcome.
+TRL_HOSTILE = [
+    b'{"prompt": "q", "chosen": "a", "rejected": " \\u3000 "}',  # blank after str.strip(): RowError
+    b'{"prompt": "\\u001c", "chosen": "a", "rejected": "b"}',  # Python strips \x1c, Rust does not
+    b'{"chosen": "a", "rejected": "b"}',  # no prompt: the implicit-prompt path
+    b'{"prompt": null, "chosen": "a", "rejected": "b"}',
+    b'{"prompt": "q", "chosen": 7, "rejected": "b"}',  # a number: the row path makes it text
+    b'{"prompt": "q", "chosen": "a", "rejected": "b", "source": "x"}',  # extra field: kept in meta
+    b'{"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}',  # messages
+    b'{"prompt": "q", "chosen": "same", "rejected": "same"}',  # fails validation
+    b'{"prompt": "q", "chosen": "a", "rejected": "b"',  # malformed
+]
+
+
+def _trl_lines(hh_lines: list[bytes]) -> list[bytes]:
+    """Real HH text as TRL rows of three strings: the last user turn, then the two responses."""
+    reader, out = HHReader(), []
+    for line in hh_lines:
+        with contextlib.suppress(RowError):
+            (rec,) = reader.convert(orjson.loads(line))
+            prompt = rec["prompt"][-1]["content"]
+            out.append(
+                orjson.dumps(
+                    {
+                        "prompt": prompt,
+                        "chosen": rec["chosen"][0]["content"],
+                        "rejected": rec["rejected"][0]["content"],
+                    }
+                )
+            )
+    return out
+
+
+def test_trl_ingest_units_identical(hh_lines, tmp_path):
+    lines = _trl_lines(hh_lines[:400])
+    for k, bad in enumerate(TRL_HOSTILE):
+        lines.insert(41 * k + 7, bad)
+    lines += lines[:30]  # exact duplicates of earlier batches
+    path = _write(tmp_path / "trl.jsonl", lines, bom=False, gz=False)
+    batches = list(read_batches(path, 50, TRLPreferenceReader.arrow_fields))
+    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    units, results = [], []
+    # Arrow blocks on threads, columns from the line path, and row by row (``convert`` alone)
+    for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
+        root = tmp_path / f"store_{block_path}_{overlap}_{columns}"
+        opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="trl")
+        by_row = mock.patch.object(TRLPreferenceReader, "convert_columns", Reader.convert_columns)
+        with contextlib.nullcontext() if columns else by_row:
+            (res,) = ingest_paths(Store(root), [str(path)], opts)
+        units.append(_unit(root))
+        results.append(res)
+    assert results[0] == results[1] == results[2] and results[0].reconciles and results[0].duplicates >= 30
+    assert units[0] == units[1] == units[2]
+    reasons = {r["reason"] for r in units[0]["quarantine.parquet"]}
+    assert "empty text" in reasons and "chosen == rejected" in reasons
+    assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in units[0]["pair.parquet"])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import polars as pl
+import pyarrow as pa
+
+from curation.ingest.columnar import PY_WHITESPACE
 from curation.ingest.readers.base import (
     Message,
     Reader,
@@ -214,6 +218,29 @@ class TRLPreferenceReader(Reader):
             return "prompt" in row or "instruction" not in row
         return isinstance(c, list) and isinstance(r, list)
 
+    #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
+    arrow_fields = ("prompt", "chosen", "rejected")
+
+    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
+        """Vectorised ``convert`` for rows of exactly three strings (see ``trl_string_pairs_columnar``)."""
+        fields = self.arrow_fields
+        idx = [i for i, v in enumerate(values) if len(v) == 3 and all(type(v.get(f)) is str for f in fields)]
+        if not idx:
+            return None, list(range(len(values)))
+        frame = pl.DataFrame(
+            {"_i": idx, **{f: [values[i][f] for i in idx] for f in fields}},
+            schema={"_i": pl.Int64, **dict.fromkeys(fields, pl.String)},
+        )
+        fast, slow = trl_string_pairs_columnar(frame)
+        return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
+        """``convert_columns`` for rows parsed by Arrow as exactly {prompt, chosen, rejected: string}
+        (a missing or null field is null; such rows, and rows in the message-list form, which Arrow
+        refuses for the whole batch, go to ``convert``)."""
+        frame = pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]
+        return trl_string_pairs_columnar(frame)
+
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         meta = extra_meta(row, {"prompt", "chosen", "rejected", "messages"})
         prompt_raw = row.get("prompt")
@@ -244,3 +271,26 @@ class TRLPreferenceReader(Reader):
                 "meta": meta,
             }
         ]
+
+
+def trl_string_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """``TRLPreferenceReader.convert`` over a frame of (_i, prompt, chosen, rejected) strings, for the rows
+    where it is exact: no null and no text that is empty after ``str.strip()`` (those raise a RowError
+    there, whose reason the row path keeps). Returns (canonical pair frame with _i, the _i of the others)."""
+    fields = ("prompt", "chosen", "rejected")
+    blank = [pl.col(f).str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0 for f in fields]
+    ok = ~pl.any_horizontal(*blank).fill_null(True)  # a null field makes its test null
+    slow = frame.filter(~ok).get_column("_i").to_list()
+
+    def turn(role: str, field: str) -> pl.Expr:
+        return pl.concat_list(pl.struct(role=pl.lit(role), content=pl.col(field))).alias(field)
+
+    fast = frame.filter(ok).select(
+        "_i",
+        turn("user", "prompt"),
+        turn("assistant", "chosen"),
+        turn("assistant", "rejected"),
+        pl.lit(None, dtype=pl.Float64).alias("strength"),
+        pl.lit("{}").alias("meta"),
+    )
+    return fast, slow
