@@ -148,14 +148,9 @@ marker = st.sampled_from(
 hh_text = st.lists(st.one_of(marker, st.text(alphabet="ab \n", max_size=6)), max_size=10).map("".join)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(hh_text, hh_text, st.booleans()), min_size=1, max_size=8))
-def test_hh_columnar_equals_convert(rows):
-    """Fuzzed transcripts: the vectorised rows are exactly what convert gives; the others go row by row."""
-    values = []
-    for c, r, share in rows:
-        values.append({"chosen": "\n\nHuman: q" + c, "rejected": ("\n\nHuman: q" + c if share else "") + r})
-    reader = HHReader()
+def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
+    """Every row is taken by ``convert_columns`` or left to the row path (the returned positions), and
+    each row it takes is exactly the record ``convert`` gives."""
     fast, rest = reader.convert_columns(values)
     done = set() if fast is None else set(fast.get_column("_i").to_list())
     assert done | set(rest) == set(range(len(values))) and not done & set(rest)
@@ -165,6 +160,18 @@ def test_hh_columnar_equals_convert(rows):
             k: want[k] for k in ("prompt", "chosen", "rejected", "strength")
         }
         assert orjson.loads(row["meta"]) == want["meta"]
+    return rest
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(hh_text, hh_text, st.booleans()), min_size=1, max_size=8))
+def test_hh_columnar_equals_convert(rows):
+    """Fuzzed transcripts: the vectorised rows are exactly what convert gives; the others go row by row."""
+    values = []
+    for c, r, share in rows:
+        values.append({"chosen": "\n\nHuman: q" + c, "rejected": ("\n\nHuman: q" + c if share else "") + r})
+    reader = HHReader()
+    rest = _columnar_rows_equal_convert(reader, values)
     for i in rest:  # the row path still handles them (records or a RowError)
         with contextlib.suppress(RowError):
             reader.convert(values[i])
@@ -191,15 +198,7 @@ def test_trl_columnar_equals_convert(rows):
         )
         values.append(v)
     reader = TRLPreferenceReader()
-    fast, rest = reader.convert_columns(values)
-    done = set() if fast is None else set(fast.get_column("_i").to_list())
-    assert done | set(rest) == set(range(len(values))) and not done & set(rest)
-    for row in [] if fast is None else fast.iter_rows(named=True):
-        (want,) = reader.convert(values[row["_i"]])
-        assert {k: row[k] for k in ("prompt", "chosen", "rejected", "strength")} == {
-            k: want[k] for k in ("prompt", "chosen", "rejected", "strength")
-        }
-        assert orjson.loads(row["meta"]) == want["meta"]
+    rest = _columnar_rows_equal_convert(reader, values)
     for i in rest:  # blank or non-string texts: the row path raises; others it converts
         v = values[i]
         plain = len(v) == 3 and all(isinstance(v.get(f), str) for f in ("prompt", "chosen", "rejected"))

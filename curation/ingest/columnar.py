@@ -9,6 +9,9 @@ of their error message.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -79,6 +82,35 @@ def content_key_expr(kind: Kind) -> pl.Expr:
     if kind == "ranking":
         parts.append(pl.col("_k_cands"))
     return pl.concat_str(parts)
+
+
+Columnar = Callable[[pl.DataFrame], tuple[pl.DataFrame, list[int]]]
+
+
+def string_rows_columnar(
+    values: Sequence[Mapping[str, Any]], fields: tuple[str, ...], columnar: Columnar
+) -> tuple[pl.DataFrame | None, list[int]]:
+    """A reader's ``convert_columns`` from its ``columnar`` function (a frame of ``_i`` and ``fields``
+    as strings -> (canonical records with ``_i``, the ``_i`` it leaves)): it takes the rows that hold
+    exactly ``fields``, all strings; those rows and the ones it leaves go row by row."""
+    idx = [
+        i
+        for i, v in enumerate(values)
+        if len(v) == len(fields) and all(type(v.get(f)) is str for f in fields)
+    ]
+    if not idx:
+        return None, list(range(len(values)))
+    frame = pl.DataFrame(
+        {"_i": idx, **{f: [values[i][f] for i in idx] for f in fields}},
+        schema={"_i": pl.Int64, **dict.fromkeys(fields, pl.String)},
+    )
+    fast, slow = columnar(frame)
+    return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+
+def indexed(table: pa.Table) -> pl.DataFrame:
+    """An Arrow batch as a polars frame with ``_i`` (Int64), the row's position in the batch."""
+    return pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]
 
 
 def xxh3_digests(keys: pl.Series) -> np.ndarray:

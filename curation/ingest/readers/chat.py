@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import PY_WHITESPACE
+from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar
 from curation.ingest.readers.base import (
     Message,
     Reader,
@@ -223,23 +223,13 @@ class TRLPreferenceReader(Reader):
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows of exactly three strings (see ``trl_string_pairs_columnar``)."""
-        fields = self.arrow_fields
-        idx = [i for i, v in enumerate(values) if len(v) == 3 and all(type(v.get(f)) is str for f in fields)]
-        if not idx:
-            return None, list(range(len(values)))
-        frame = pl.DataFrame(
-            {"_i": idx, **{f: [values[i][f] for i in idx] for f in fields}},
-            schema={"_i": pl.Int64, **dict.fromkeys(fields, pl.String)},
-        )
-        fast, slow = trl_string_pairs_columnar(frame)
-        return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+        return string_rows_columnar(values, self.arrow_fields, trl_string_pairs_columnar)
 
     def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
         """``convert_columns`` for rows parsed by Arrow as exactly {prompt, chosen, rejected: string}
         (a missing or null field is null; such rows, and rows in the message-list form, which Arrow
         refuses for the whole batch, go to ``convert``)."""
-        frame = pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]
-        return trl_string_pairs_columnar(frame)
+        return trl_string_pairs_columnar(indexed(table))
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         meta = extra_meta(row, {"prompt", "chosen", "rejected", "messages"})

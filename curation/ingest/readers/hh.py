@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from curation.ingest.columnar import indexed, string_rows_columnar
 from curation.ingest.readers.base import (
     Message,
     Reader,
@@ -51,24 +52,7 @@ class HHReader(Reader):
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for the common rows (see ``hh_pairs_columnar``); the rest go row by row."""
-        idx = [
-            i
-            for i, v in enumerate(values)
-            if len(v) == 2 and type(v.get("chosen")) is str and type(v.get("rejected")) is str
-        ]
-        if not idx:
-            return None, list(range(len(values)))
-        frame = pl.DataFrame(
-            {
-                "_i": idx,
-                "chosen": [values[i]["chosen"] for i in idx],
-                "rejected": [values[i]["rejected"] for i in idx],
-            },
-            schema={"_i": pl.Int64, "chosen": pl.String, "rejected": pl.String},
-        )
-        fast, slow = hh_pairs_columnar(frame)
-        rest = sorted(set(range(len(values))) - set(idx) | set(slow))
-        return fast, rest
+        return string_rows_columnar(values, self.arrow_fields, hh_pairs_columnar)
 
     #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
     arrow_fields = ("chosen", "rejected")
@@ -77,7 +61,7 @@ class HHReader(Reader):
         """``convert_columns`` for rows parsed by Arrow as exactly {chosen: string, rejected: string}
         (a missing or null field is null): rows with a null go to ``convert``, as do the rows
         ``hh_pairs_columnar`` leaves."""
-        frame = pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]
+        frame = indexed(table)
         null = pl.col("chosen").is_null() | pl.col("rejected").is_null()
         nulls = frame.filter(null).get_column("_i").to_list()
         fast, slow = hh_pairs_columnar(frame.filter(~null).select("_i", "chosen", "rejected"))
