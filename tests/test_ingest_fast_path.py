@@ -15,14 +15,16 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curation.ingest import blocks
-from curation.ingest.blocks import ArrowBlock, read_batches
+from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_parquet_batches
 from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
 from curation.ingest.readers.base import Reader, RowError
 from curation.ingest.readers.chat import TRLPreferenceReader
@@ -223,3 +225,132 @@ def test_trl_ingest_units_identical(hh_lines, tmp_path):
     reasons = {r["reason"] for r in units[0]["quarantine.parquet"]}
     assert "empty text" in reasons and "chosen == rejected" in reasons
     assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in units[0]["pair.parquet"])
+
+
+# ------------------------------------------------------------------ Parquet
+#: Parquet rows of HH text the block path must hand to the row path (or match) without changing the outcome.
+PARQUET_HOSTILE = [
+    {"chosen": None, "rejected": "\n\nHuman: q\n\nAssistant: a"},
+    {"chosen": None, "rejected": None},
+    {"chosen": "", "rejected": "\n\nHuman: q\n\nAssistant: a"},
+    {"chosen": "no markers at all", "rejected": "\n\nHuman: q\n\nAssistant: a"},
+    {"chosen": "lead\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"},
+    {"chosen": "\n\nHuman: q\x00\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"},
+    {"chosen": "\n\nHuman: q\n\nAssistant: ", "rejected": "\n\nHuman: q\n\nAssistant: b"},  # fails validation
+    {"chosen": "\n\nHuman: q\n\nAssistant: same", "rejected": "\n\nHuman: q\n\nAssistant: same"},
+    {"chosen": "\n\nHuman: p\n\nAssistant: a", "rejected": "\n\nHuman: p\n\nAssistant: b"},
+    {"chosen": "\n\nHuman: p\n\nAssistant: a", "rejected": "\n\nHuman: p\n\nAssistant: b"},  # duplicate
+]
+_NOT_UTF8 = b"\n\nHuman: q\n\nAssistant: caf\xe9"  # Latin-1 bytes in a string column
+
+
+def _hh_parquet(
+    path: Path, rows: list[dict], string_type: pa.DataType, not_utf8_at: int | None, **extra
+) -> Path:
+    """Rows as a Parquet file with small row groups (batches span them); optionally one rejected text
+    that is not UTF-8 (Parquet writers do not check) and extra columns."""
+    columns = {}
+    for name in ("chosen", "rejected"):
+        values = [None if r[name] is None else r[name].encode() for r in rows]
+        if name == "rejected" and not_utf8_at is not None:
+            values[not_utf8_at] = _NOT_UTF8
+        # built from buffers: pa.array would refuse the bad bytes
+        lengths = [0 if v is None else len(v) for v in values]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        validity = pa.array([v is not None for v in values]).buffers()[1]
+        data = pa.py_buffer(b"".join(v or b"" for v in values))
+        array = pa.Array.from_buffers(
+            pa.large_string(), len(values), [validity, pa.py_buffer(offsets.tobytes()), data]
+        )
+        columns[name] = array.cast(string_type) if not_utf8_at is None else array
+    pq.write_table(pa.table({**columns, **extra}), path, row_group_size=37)
+    return path
+
+
+def assert_same_parquet_batches(path: Path, batch_rows: int) -> list:
+    exact = list(_batches(read_rows(path, "parquet"), batch_rows))
+    fast = list(read_parquet_batches(path, batch_rows, HHReader.arrow_fields))
+    assert [len(b) for b in fast] == [len(b) for b in exact]
+    for got, want in zip(fast, exact, strict=True):
+        if not isinstance(got, ParquetBlock):
+            assert got == want
+            continue
+        assert got.row_numbers().tolist() == [r.row for r in want]
+        assert [got.raw(i) for i in range(len(got))] == want
+        assert got.table.to_pylist() == [r.value for r in want]
+    return fast
+
+
+@pytest.fixture(scope="module")
+def hh_rows(hh_lines) -> list[dict]:
+    return [orjson.loads(line) for line in hh_lines[:500]]
+
+
+@pytest.mark.parametrize("string_type", [pa.string(), pa.large_string(), pa.string_view()])
+def test_parquet_batches_match_the_row_path(hh_rows, tmp_path, string_type):
+    rows = list(hh_rows[:200])
+    for k, bad in enumerate(PARQUET_HOSTILE):
+        rows.insert(19 * k + 3, bad)
+    path = _hh_parquet(tmp_path / "hh.parquet", rows, string_type, not_utf8_at=None)
+    fast = assert_same_parquet_batches(path, 50)
+    assert all(isinstance(b, ParquetBlock) for b in fast)
+
+    # one string that is not UTF-8: that batch goes row by row, and the row is an error naming the column
+    path = _hh_parquet(tmp_path / "bad.parquet", rows, string_type, not_utf8_at=120)
+    fast = assert_same_parquet_batches(path, 50)
+    assert [isinstance(b, ParquetBlock) for b in fast] == [True, True, False, True, True]
+    (bad,) = [r for r in fast[2] if r.error]
+    assert (bad.row, bad.error) == (120, "invalid UTF-8 in column 'rejected'") and "caf\ufffd" in bad.raw
+
+
+def test_parquet_ingest_units_identical(hh_rows, tmp_path):
+    rows = list(hh_rows[:400]) + list(hh_rows[:30])  # exact duplicates of earlier batches
+    for k, bad in enumerate(PARQUET_HOSTILE):
+        rows.insert(37 * k + 11, bad)
+    path = _hh_parquet(tmp_path / "hh.parquet", rows, pa.large_string(), not_utf8_at=200)
+    units, results = [], []
+    for block_path, overlap in ((True, True), (False, False), (True, False)):
+        root = tmp_path / f"store_{block_path}_{overlap}"
+        (res,) = ingest_paths(
+            Store(root), [str(path)], IngestOptions(batch_rows=60, block_path=block_path, overlap=overlap)
+        )
+        units.append(_unit(root))
+        results.append(res)
+    assert results[0] == results[1] == results[2] and results[0].reconciles and results[0].duplicates >= 30
+    assert units[0] == units[1] == units[2]
+    reasons = {r["reason"] for r in units[0]["quarantine.parquet"]}
+    assert {"invalid UTF-8 in column 'rejected'", "chosen == rejected", "empty turn"} <= reasons
+
+    # a column the reader does not know: every batch row by row, the column kept in meta
+    path = _hh_parquet(
+        tmp_path / "extra.parquet", rows[:100], pa.string(), None, split=pa.array(["test"] * 100)
+    )
+    assert not any(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.arrow_fields))
+    (res,) = ingest_paths(Store(tmp_path / "extra"), [str(path)], IngestOptions(batch_rows=60))
+    assert res.reconciles and res.accepted > 80
+    assert {orjson.loads(r["meta"])["split"] for r in _unit(tmp_path / "extra")["pair.parquet"]} == {"test"}
+
+
+def test_trl_parquet_units_identical(hh_lines, tmp_path):
+    """TRL rows of three strings as Parquet (columns in another order than the reader's fields)."""
+    rows = [orjson.loads(line) for line in _trl_lines(hh_lines[:150])]
+    rows[5]["chosen"] = rows[5]["rejected"]  # fails validation
+    rows[9]["prompt"] = None  # the row path's implicit-prompt rules decide
+    table = pa.table({name: [r[name] for r in rows] for name in ("rejected", "prompt", "chosen")})
+    path = tmp_path / "trl.parquet"
+    pq.write_table(table, path, row_group_size=29)
+    assert (
+        sum(
+            isinstance(b, ParquetBlock)
+            for b in read_parquet_batches(path, 50, TRLPreferenceReader.arrow_fields)
+        )
+        == 3
+    )
+    units = []
+    for block_path in (True, False):
+        root = tmp_path / f"store_{block_path}"
+        opts = IngestOptions(batch_rows=50, block_path=block_path, reader="trl")
+        (res,) = ingest_paths(Store(root), [str(path)], opts)
+        assert res.reconciles and res.quarantined >= 2
+        units.append(_unit(root))
+    assert units[0] == units[1]

@@ -20,6 +20,11 @@ are quarantined with their row number and raw text as before:
 
 A row whose field is missing or null is left to the row path: ``ArrowBlock.raw``
 decodes that one line exactly as the line path does, so its quarantine reason is unchanged.
+
+``read_parquet_batches`` does the same for Parquet: the batches of the row path
+(``pipeline._batches(sources.read_rows(path, "parquet"), batch_rows)``), each
+a ``ParquetBlock`` (its Arrow columns, no Python object per row) when the file's
+columns are exactly ``fields``, all strings, and the batch is valid UTF-8.
 """
 
 from __future__ import annotations
@@ -32,8 +37,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as paj
+import pyarrow.parquet as pq
 
-from curation.ingest.sources import BOM, MAX_ROW_BYTES, RawRow, decode_line, open_bytes
+from curation.ingest.sources import (
+    BOM,
+    MAX_ROW_BYTES,
+    RawRow,
+    decode_line,
+    open_bytes,
+    parquet_record_batches,
+    parquet_rows,
+)
 
 #: Bytes read from the file at a time (a batch is cut at whole lines, whatever the chunk).
 CHUNK_BYTES = 4 << 20
@@ -41,13 +55,10 @@ _LBRACE, _RBRACE, _NL = ord("{"), ord("}"), ord("\n")
 
 
 @dataclass
-class ArrowBlock:
-    """A batch of rows ``first_row .. first_row + len - 1``, one per line, with the parsed columns."""
+class ArrowBatch:
+    """A batch of rows ``first_row .. first_row + len - 1`` whose reader fields Arrow has in ``table``."""
 
     first_row: int
-    data: memoryview  # the batch's lines (not changed after the batch is made)
-    starts: np.ndarray
-    ends: np.ndarray
     table: pa.Table
 
     def __len__(self) -> int:
@@ -57,11 +68,31 @@ class ArrowBlock:
         return np.arange(self.first_row, self.first_row + len(self), dtype=np.int64)
 
     def raw(self, i: int) -> RawRow:
-        """Row ``i`` decoded from its line exactly as the line path decodes it."""
+        """Row ``i`` exactly as the row path reads it."""
+        raise NotImplementedError
+
+
+@dataclass
+class ArrowBlock(ArrowBatch):
+    """JSONL rows, one per line, with the lines they were parsed from."""
+
+    data: memoryview  # the batch's lines (not changed after the batch is made)
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def raw(self, i: int) -> RawRow:
         return decode_line(bytes(self.data[int(self.starts[i]) : int(self.ends[i])]), self.first_row + i)
 
 
-Batch = list[RawRow] | ArrowBlock
+@dataclass
+class ParquetBlock(ArrowBatch):
+    """Parquet rows; ``table`` holds all of the file's columns, as strings."""
+
+    def raw(self, i: int) -> RawRow:
+        return RawRow(self.first_row + i, self.table.slice(i, 1).to_pylist()[0])
+
+
+Batch = list[RawRow] | ArrowBatch
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
@@ -216,4 +247,45 @@ def _arrow_block(
         return None
     if table.num_rows != len(starts) or table.schema != schema:
         return None
-    return ArrowBlock(row, data, starts, ends, table)
+    return ArrowBlock(row, table, data, starts, ends)
+
+
+# ------------------------------------------------------------------ Parquet
+def read_parquet_batches(path: Path, batch_rows: int, fields: Sequence[str]) -> Iterator[Batch]:
+    """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring."""
+    file_schema = pq.read_schema(path)
+    strings = sorted(file_schema.names) == sorted(fields) and all(
+        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+        for t in file_schema.types
+    )
+    schema = pa.schema([(name, pa.string()) for name in file_schema.names])  # in the file's order
+    row = 0
+    for table in _exactly(parquet_record_batches(path, batch_rows), batch_rows):
+        block = _parquet_block(table, row, schema) if strings else None
+        yield block if block is not None else list(parquet_rows(table, row))
+        row += table.num_rows
+
+
+def _exactly(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``n`` rows (the last one may be shorter), whatever the record batches' sizes."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        while count >= n:
+            table = pa.Table.from_batches(held)
+            yield table.slice(0, n)
+            rest = table.slice(n)
+            held, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(held)
+
+
+def _parquet_block(table: pa.Table, row: int, schema: pa.Schema) -> ParquetBlock | None:
+    try:
+        table = table.cast(schema)
+        table.validate(full=True)  # Parquet readers do not check UTF-8 inside strings
+    except (pa.ArrowException, ValueError):
+        return None
+    return ParquetBlock(row, table.combine_chunks())

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from curation.ingest.blocks import ArrowBlock, Batch, read_batches
+from curation.ingest.blocks import ArrowBatch, Batch, read_batches, read_parquet_batches
 from curation.ingest.columnar import (
     IdSet,
     content_key_expr,
@@ -77,7 +77,8 @@ class IngestOptions:
     label_values: dict[str, str] | None = None
     max_chars: int = DEFAULT_MAX_CHARS
     batch_rows: int = BATCH_ROWS
-    #: Parse JSONL in Arrow blocks where the reader has a columnar path (same output; see ingest/blocks.py).
+    #: Take JSONL and Parquet batches as Arrow columns where the reader has a columnar path (same output;
+    #: see ingest/blocks.py).
     block_path: bool = True
     #: Parse the next batch and write the last one while this one is validated (ingest/overlap.py);
     #: None: when polars may use more than one thread. Same output either way.
@@ -224,9 +225,10 @@ def _ingest_file(
     writers = _Writers(staged, kind, background=overlap)
     fmt = detect_format(path) if opts.format == "auto" else opts.format
     batches: Iterator[Batch]
-    if opts.block_path and fmt == "jsonl" and hasattr(reader, "convert_arrow"):
+    if opts.block_path and fmt in ("jsonl", "parquet") and hasattr(reader, "convert_arrow"):
         rows.close()  # type: ignore[attr-defined]
-        batches = read_batches(path, opts.batch_rows, reader.arrow_fields)  # type: ignore[attr-defined]
+        read = read_batches if fmt == "jsonl" else read_parquet_batches
+        batches = read(path, opts.batch_rows, reader.arrow_fields)  # type: ignore[attr-defined]
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)
@@ -332,7 +334,7 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
     Rows the reader converts column-at-a-time go straight into the frame; the others (in
     batch order) go through ``Reader.convert``: first the rows that are not valid JSON objects
     are quarantined, then each remaining row is converted or quarantined with its RowError."""
-    if isinstance(batch, ArrowBlock):
+    if isinstance(batch, ArrowBatch):
         fast, rest = ctx.reader.convert_arrow(batch.table)  # type: ignore[attr-defined]
         pending = [(i, batch.raw(i)) for i in rest]
     else:
@@ -377,11 +379,11 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
 
 
 def _raw(batch: Batch, i: int) -> RawRow:
-    return batch.raw(i) if isinstance(batch, ArrowBlock) else batch[i]
+    return batch.raw(i) if isinstance(batch, ArrowBatch) else batch[i]
 
 
 def _row_numbers(batch: Batch) -> np.ndarray:
-    if isinstance(batch, ArrowBlock):
+    if isinstance(batch, ArrowBatch):
         return batch.row_numbers()
     return np.fromiter((r.row for r in batch), dtype=np.int64, count=len(batch))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 #: Formats a file can be read as (``auto`` looks at the extension, then the first byte).
 FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
@@ -200,14 +201,55 @@ def _json(path: Path) -> Iterator[RawRow]:
 
 
 def _parquet(path: Path, batch_size: int) -> Iterator[RawRow]:
+    row = 0
+    for batch in parquet_record_batches(path, batch_size):
+        yield from parquet_rows(batch, row)
+        row += batch.num_rows
+
+
+def parquet_record_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows in record batches, with memory that does not grow with the file.
+
+    Arrow's default ``pre_buffer`` reads ahead the column chunks of every row group still to come and keeps
+    them until the reader is closed: iterating a 536 MB file ended with 576 MB allocated (65 MB without).
+    """
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    row = 0
-    for batch in pf.iter_batches(batch_size=batch_size):
-        for item in batch.to_pylist():
-            yield RawRow(row, item)
-            row += 1
+    with pq.ParquetFile(path, pre_buffer=False) as pf:
+        yield from pf.iter_batches(batch_size=batch_size)
+
+
+def parquet_rows(batch: pa.RecordBatch | pa.Table, first_row: int) -> Iterator[RawRow]:
+    """The rows of a Parquet batch as RawRows. A string that is not UTF-8 (Parquet writers do not
+    check) makes its row an error row that names the column, instead of stopping the file."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        for i in range(batch.num_rows):
+            yield _parquet_row(batch.slice(i, 1), first_row + i)
+        return
+    for i, item in enumerate(rows):
+        yield RawRow(first_row + i, item)
+
+
+def _parquet_row(one: pa.RecordBatch | pa.Table, row: int) -> RawRow:
+    try:
+        return RawRow(row, one.to_pylist()[0])
+    except UnicodeDecodeError:
+        pass
+    value: dict[str, Any] = {}
+    bad = []
+    for name, column in zip(one.column_names, one.columns, strict=True):
+        try:
+            value[name] = column.to_pylist()[0]
+        except UnicodeDecodeError:
+            bad.append(name)
+            try:  # the text with U+FFFD for the bad bytes, as raw text to look at (the file has the bytes)
+                value[name] = column.cast(pa.binary()).to_pylist()[0].decode("utf-8", "replace")
+            except (pa.ArrowException, AttributeError):
+                value[name] = "<not UTF-8>"
+    text = orjson.dumps(value, default=str).decode()
+    return RawRow(row, None, text, f"invalid UTF-8 in column {', '.join(map(repr, bad))}")
 
 
 def _csv(path: Path) -> Iterator[RawRow]:
