@@ -25,6 +25,7 @@ from curation.ingest.columnar import (
     key_columns,
     xxh3_digests,
 )
+from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import RowError
 from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
@@ -156,11 +157,24 @@ def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
     assert done | set(rest) == set(range(len(values))) and not done & set(rest)
     for row in [] if fast is None else fast.iter_rows(named=True):
         (want,) = reader.convert(values[row["_i"]])
-        assert {k: row[k] for k in ("prompt", "chosen", "rejected", "strength")} == {
-            k: want[k] for k in ("prompt", "chosen", "rejected", "strength")
-        }
+        assert set(row) == {"_i", *want}
+        assert {k: row[k] for k in want if k != "meta"} == {k: v for k, v in want.items() if k != "meta"}
         assert orjson.loads(row["meta"]) == want["meta"]
     return rest
+
+
+def _arrow_rows_equal_columns(reader, values: list[dict]) -> None:
+    """The Arrow form of the rows of exactly the reader's string fields gives what the list form gives."""
+    plain = [
+        v
+        for v in values
+        if set(v) == set(reader.arrow_fields) and all(isinstance(x, str) for x in v.values())
+    ]
+    if plain:
+        table = pa.Table.from_pylist(plain, schema=pa.schema([(f, pa.string()) for f in reader.arrow_fields]))
+        a_fast, a_rest = reader.convert_arrow(table)
+        l_fast, l_rest = reader.convert_columns(plain)
+        assert a_rest == l_rest and a_fast.to_dicts() == (l_fast.to_dicts() if l_fast is not None else [])
 
 
 @settings(max_examples=200, deadline=None)
@@ -208,15 +222,36 @@ def test_trl_columnar_equals_convert(rows):
         else:
             with contextlib.suppress(RowError):
                 reader.convert(v)
-    # the Arrow form gives the same rows as the list form
-    plain_rows = [v for v in values if set(v) == {"prompt", "chosen", "rejected"}]
-    if plain_rows and all(isinstance(x, str) for v in plain_rows for x in v.values()):
-        table = pa.Table.from_pylist(
-            plain_rows, schema=pa.schema([(f, pa.string()) for f in reader.arrow_fields])
-        )
-        a_fast, a_rest = reader.convert_arrow(table)
-        l_fast, l_rest = reader.convert_columns(plain_rows)
-        assert a_rest == l_rest and a_fast.to_dicts() == (l_fast.to_dicts() if l_fast is not None else [])
+    _arrow_rows_equal_columns(reader, values)
+
+
+alpaca_value = st.one_of(text, text, text, blank, st.just(""), st.none(), st.integers(0, 9))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(alpaca_value, alpaca_value, alpaca_value, rarely, rarely), min_size=1, max_size=8))
+def test_alpaca_columnar_equals_convert(rows):
+    """Alpaca rows of {instruction, input, output} strings (empty input, blank texts): the vectorised rows
+    are exactly what convert gives; a missing input, another type or an extra field goes row by row."""
+    values = [
+        {"instruction": i, "output": o}
+        | ({} if no_input else {"input": x})
+        | ({"system": "s"} if extra else {})
+        for i, x, o, no_input, extra in rows
+    ]
+    reader = AlpacaReader()
+    rest = _columnar_rows_equal_convert(reader, values)
+    for i in rest:
+        with contextlib.suppress(RowError):
+            reader.convert(values[i])
+    _arrow_rows_equal_columns(reader, values)
+    # Arrow makes a missing or null input null: the columns read it as no input, as convert does
+    no_input = [{"instruction": v["instruction"], "output": v["output"]} for v in values]
+    if all(isinstance(v["instruction"], str) and isinstance(v["output"], str) for v in no_input):
+        schema = pa.schema([(f, pa.string()) for f in reader.arrow_fields])
+        fast, rest = reader.convert_arrow(pa.Table.from_pylist(no_input, schema=schema))
+        for row in fast.iter_rows(named=True):
+            assert row["messages"] == reader.convert(no_input[row["_i"]])[0]["messages"]
 
 
 def test_hh_columnar_on_real_file(shared_data):

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from curation.ingest import blocks
 from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_parquet_batches
 from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
+from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import Reader, RowError
 from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
@@ -354,3 +355,55 @@ def test_trl_parquet_units_identical(hh_lines, tmp_path):
         assert res.reconciles and res.quarantined >= 2
         units.append(_unit(root))
     assert units[0] == units[1]
+
+
+#: Alpaca lines the block path must refuse or hand to the row path without changing the outcome.
+ALPACA_HOSTILE = [
+    b'{"instruction": "Name a colour.", "output": "Blue."}',  # no input: null in Arrow, absent in the row
+    b'{"instruction": "Name a colour.", "input": null, "output": "Red."}',
+    b'{"instruction": "Name a colour.", "input": "", "output": " \\u3000 "}',  # blank output: RowError
+    b'{"instruction": "\\u001c", "input": "", "output": "x"}',  # Python strips \x1c, Rust does not
+    b'{"instruction": "Add.", "input": 5, "output": "6"}',  # a number: the row path makes it text
+    b'{"instruction": "Hi.", "input": "", "output": "Hello.", "system": "Be brief."}',  # extra field
+    b'{"instruction": "Hi.", "input": "", "output": "Hello.", "history": [["a", "b"]]}',
+    b'{"instruction": null, "input": "", "output": "x"}',
+    b'{"instruction": "Hi.", "input": "", "output": "Hello."',  # malformed
+    b'{"instruction": "Say hi.", "input": "", "output": "Hi."}',
+    b'{"instruction": "Say hi.", "input": "", "output": "Hi."}',  # duplicate
+]
+
+
+@pytest.fixture(scope="module")
+def alpaca_rows(shared_data) -> list[dict]:
+    return orjson.loads((shared_data / "llama-factory" / "alpaca_en_demo.json").read_bytes())
+
+
+def test_alpaca_units_identical(alpaca_rows, tmp_path):
+    """Real Alpaca rows with hostile lines, as JSONL and as Parquet: Arrow batches on threads, columns
+    from the line path, and row by row (``convert`` alone) give the same unit."""
+    lines = [orjson.dumps(r) for r in alpaca_rows[:400]]
+    for k, bad in enumerate(ALPACA_HOSTILE):
+        lines.insert(31 * k + 5, bad)
+    lines += lines[:20]  # exact duplicates of earlier batches
+    jsonl = _write(tmp_path / "alpaca.jsonl", lines, bom=False, gz=False)
+    batches = list(read_batches(jsonl, 50, AlpacaReader.arrow_fields))
+    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    parquet = tmp_path / "alpaca.parquet"
+    pq.write_table(pa.Table.from_pylist(alpaca_rows[:300] + alpaca_rows[:10]), parquet, row_group_size=70)
+    for path in (jsonl, parquet):
+        units, results = [], []
+        for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
+            root = tmp_path / f"{path.suffix}_{block_path}_{overlap}_{columns}"
+            opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="alpaca")
+            by_row = mock.patch.object(AlpacaReader, "convert_columns", Reader.convert_columns)
+            with contextlib.nullcontext() if columns else by_row:
+                (res,) = ingest_paths(Store(root), [str(path)], opts)
+            units.append(_unit(root))
+            results.append(res)
+        assert results[0] == results[1] == results[2] and results[0].reconciles
+        assert units[0] == units[1] == units[2]
+        assert results[0].duplicates >= 10 and results[0].accepted >= 290
+    jsonl_q = _unit(tmp_path / ".jsonl_True_True_True")["quarantine.parquet"]
+    assert {"empty text", "expected text, got null"} <= {r["reason"] for r in jsonl_q}
+    sft = _unit(tmp_path / ".jsonl_True_True_True")["sft.parquet"]
+    assert any(orjson.loads(r["meta"]) == {} and r["messages"][0]["content"] == "Add.\n\n5" for r in sft)

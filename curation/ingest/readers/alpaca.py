@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import polars as pl
+import pyarrow as pa
+
+from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar
 from curation.ingest.readers.base import Message, Reader, Record, RowError, extra_meta, msg, text
 
 _USED = {"instruction", "input", "output", "system", "history", "chosen", "rejected"}
@@ -43,10 +47,48 @@ class AlpacaReader(Reader):
     def sniff(cls, row: Mapping[str, Any]) -> bool:
         return "instruction" in row and "output" in row and not {"output_1", "output_2"} & row.keys()
 
+    #: The fields of the columnar paths (Arrow batches of JSONL and Parquet, and the line path).
+    arrow_fields = ("instruction", "input", "output")
+
+    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
+        """Vectorised ``convert`` for rows of exactly {instruction, input, output} strings."""
+        return string_rows_columnar(values, self.arrow_fields, alpaca_columnar)
+
+    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
+        """``convert_columns`` for rows parsed by Arrow as {instruction, input, output: string} (a missing
+        or null field is null; rows with a system prompt, a history or other fields, which Arrow refuses
+        for the whole batch, go to ``convert``)."""
+        return alpaca_columnar(indexed(table))
+
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         messages = alpaca_prompt(row)
         messages.append(msg("assistant", text(row.get("output"), "output")))
         return [{"messages": messages, "meta": extra_meta(row, _USED)}]
+
+
+def alpaca_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """``AlpacaReader.convert`` over a frame of (_i, instruction, input, output) strings, for the rows where
+    it is exact: instruction and output present and not empty after ``str.strip()`` (else a RowError
+    there, whose reason the row path keeps); a null input is no input, as in a row without one.
+    Returns (canonical sft frame with _i, the _i of the others)."""
+    blank = [pl.col(f).str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0 for f in ("instruction", "output")]
+    ok = ~pl.any_horizontal(*blank).fill_null(True)  # a null field makes its test null
+    slow = frame.filter(~ok).get_column("_i").to_list()
+    instruction, extra = pl.col("instruction"), pl.col("input")
+    user = (
+        pl.when(extra.is_null() | (extra == ""))
+        .then(instruction)
+        .otherwise(pl.concat_str(instruction, pl.lit("\n\n"), extra))
+    )
+    fast = frame.filter(ok).select(
+        "_i",
+        pl.concat_list(
+            pl.struct(role=pl.lit("user"), content=user),
+            pl.struct(role=pl.lit("assistant"), content=pl.col("output")),
+        ).alias("messages"),
+        pl.lit("{}").alias("meta"),
+    )
+    return fast, slow
 
 
 class AlpacaPairReader(Reader):
