@@ -10,6 +10,10 @@ processes, on that same file:
   polars      polars.read_ndjson(FILE).write_parquet(OUT)          (the bare limit: parse + write)
   datasets    datasets.load_dataset("json", data_files=FILE)["train"].to_parquet(OUT)
 
+With --input parquet the same rows are first written once as Parquet (the form most
+hub datasets come in), and the methods read that file: polars.read_parquet,
+load_dataset("parquet"); results then go to RESULTS-parquet.md.
+
 and near-duplicate detection over the ingested prompts: curation.dedup (rensa
 MinHash LSH, verified candidates, union-find clusters) against a plain
 datasketch MinHash + MinHashLSH with the same shingles and banding.
@@ -41,6 +45,14 @@ if not HH.exists():
 
 
 def peak_mb() -> float:
+    """This process's peak RSS. From /proc (VmHWM of this program's memory): Linux's ru_maxrss keeps the
+    parent's peak across fork and exec, so a child started by a large parent would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -65,7 +77,9 @@ def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
         import polars as pl
 
         t0, c0 = time.perf_counter(), cpu_s()
-        pl.read_ndjson(file).write_parquet(work / "polars.parquet")
+        (pl.read_parquet if file.suffix == ".parquet" else pl.read_ndjson)(file).write_parquet(
+            work / "polars.parquet"
+        )
     elif method == "datasets":
         os.environ["HF_DATASETS_OFFLINE"] = "1"
         import datasets
@@ -73,7 +87,8 @@ def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
         datasets.disable_progress_bars()
         shutil.rmtree(work / "hf_cache", ignore_errors=True)
         t0, c0 = time.perf_counter(), cpu_s()
-        ds = datasets.load_dataset("json", data_files=str(file), cache_dir=str(work / "hf_cache"))["train"]
+        builder = "parquet" if file.suffix == ".parquet" else "json"
+        ds = datasets.load_dataset(builder, data_files=str(file), cache_dir=str(work / "hf_cache"))["train"]
         ds.to_parquet(str(work / "datasets.parquet"))
     elif method in ("near", "datasketch"):
         out.update(near(method, work, near_rows))
@@ -164,6 +179,18 @@ def head_file(src: Path, dst: Path, rows: int) -> Path:
     return dst
 
 
+def parquet_copy(src: Path, dst: Path, rows: int | None = None) -> Path:
+    """The first ``rows`` rows (all if None) of the JSONL ``src`` as Parquet (written once, atomically)."""
+    if not dst.exists():
+        import polars as pl
+
+        tmp = dst.with_name(dst.name + ".tmp")
+        frame = pl.scan_ndjson(src)
+        (frame if rows is None else frame.head(rows)).sink_parquet(tmp)
+        os.replace(tmp, dst)
+    return dst
+
+
 def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False).stdout.strip()
 
@@ -185,7 +212,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--near-rows", type=int, default=100_000, help="prompts for the near-dup timing")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ingest"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    ap.add_argument(
+        "--input", choices=("jsonl", "parquet"), default="jsonl", help="the file format all methods read"
+    )
+    ap.add_argument("--out", type=Path, help="default: RESULTS.md (RESULTS-parquet.md with --input parquet)")
     ap.add_argument("--methods", default="polars,datasets,curate-30%,curate,near,datasketch")
     ap.add_argument(
         "--repeat",
@@ -219,6 +249,12 @@ def main() -> None:
         for m in args.methods.split(",")
         if _percent(m)
     }
+    if args.input == "parquet":
+        parts = {m: parquet_copy(f, f.with_suffix(".parquet")) for m, f in parts.items()}
+        file = parquet_copy(file, file.with_suffix(".parquet"))
+    args.out = args.out or Path(__file__).with_name(
+        "RESULTS-parquet.md" if args.input == "parquet" else "RESULTS.md"
+    )
     load_before = sh("uptime")
     counts = sorted({int(t) for t in args.threads.split(",")})
     runs: dict[tuple[int, str], list[dict]] = {}
@@ -253,9 +289,12 @@ def write_results(
         "# Ingest benchmark",
         "",
         f"Command: `.venv/bin/python benchmarks/ingest/run.py --rows {rows} --near-rows {args.near_rows} "
-        f"--repeat {args.repeat} --threads {args.threads}`  ",
+        f"--repeat {args.repeat} --threads {args.threads}"
+        + (" --input parquet" if args.input == "parquet" else "")
+        + "`  ",
         f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
-        f"Input: synthetic HH-RLHF-shaped preference JSONL, {rows:,} rows, {file.stat().st_size / 1e6:.0f} MB "
+        f"Input: synthetic HH-RLHF-shaped preference {args.input.upper()}, {rows:,} rows, "
+        f"{file.stat().st_size / 1e6:.0f} MB "
         "(turn counts and lengths drawn from hh-rlhf/harmless-base-test; see synth.py)  ",
         f"Python {platform.python_version()}; each method in its own child process, every method with the "
         "same thread count (OMP_NUM_THREADS=POLARS_MAX_THREADS=RAYON_NUM_THREADS=threads); ratios are "
