@@ -27,7 +27,7 @@ from curation.ingest.columnar import (
 )
 from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import RowError
-from curation.ingest.readers.chat import TRLPreferenceReader
+from curation.ingest.readers.chat import MessagesReader, TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.validate import derive
 from schemas import SCHEMAS
@@ -163,17 +163,16 @@ def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
     return rest
 
 
-def _arrow_rows_equal_columns(reader, values: list[dict]) -> None:
-    """The Arrow form of the rows of exactly the reader's string fields gives what the list form gives."""
-    plain = [
-        v
-        for v in values
-        if set(v) == set(reader.arrow_fields) and all(isinstance(x, str) for x in v.values())
-    ]
-    if plain:
-        table = pa.Table.from_pylist(plain, schema=pa.schema([(f, pa.string()) for f in reader.arrow_fields]))
+def _arrow_rows_equal_columns(reader, values: list[dict], plain=None) -> None:
+    """The Arrow form of the rows of exactly the reader's fields (by default strings; else those ``plain``
+    accepts) gives what the list form gives."""
+    fields = set(reader.arrow_schema.names)
+    keep = plain or (lambda v: set(v) == fields and all(isinstance(x, str) for x in v.values()))
+    rows = [v for v in values if keep(v)]
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=reader.arrow_schema)
         a_fast, a_rest = reader.convert_arrow(table)
-        l_fast, l_rest = reader.convert_columns(plain)
+        l_fast, l_rest = reader.convert_columns(rows)
         assert a_rest == l_rest and a_fast.to_dicts() == (l_fast.to_dicts() if l_fast is not None else [])
 
 
@@ -248,8 +247,7 @@ def test_alpaca_columnar_equals_convert(rows):
     # Arrow makes a missing or null input null: the columns read it as no input, as convert does
     no_input = [{"instruction": v["instruction"], "output": v["output"]} for v in values]
     if all(isinstance(v["instruction"], str) and isinstance(v["output"], str) for v in no_input):
-        schema = pa.schema([(f, pa.string()) for f in reader.arrow_fields])
-        fast, rest = reader.convert_arrow(pa.Table.from_pylist(no_input, schema=schema))
+        fast, rest = reader.convert_arrow(pa.Table.from_pylist(no_input, schema=reader.arrow_schema))
         for row in fast.iter_rows(named=True):
             assert row["messages"] == reader.convert(no_input[row["_i"]])[0]["messages"]
 
@@ -267,3 +265,97 @@ def test_hh_columnar_on_real_file(shared_data):
             want["chosen"],
             want["rejected"],
         )
+
+
+known_role = st.sampled_from(
+    ["user", "assistant", "system", "tool", "User", " GPT ", "human", "bot", "function_call", "observation"]
+    + ["developer", "Assistant\u3000", "assistant"]
+)
+odd_role = st.sampled_from(["wizard", "", "assistant\x1c", "\u0130"])  # unknown once stripped and lowered
+some_text = st.tuples(st.sampled_from(list("abé中")), text).map("".join)
+plain_turn = st.fixed_dictionaries({"role": known_role, "content": some_text})
+defect = st.one_of(
+    st.fixed_dictionaries({"role": odd_role, "content": some_text}),
+    st.fixed_dictionaries({"role": known_role, "content": st.one_of(blank, st.none())}),
+    st.fixed_dictionaries({"role": known_role, "content": st.just([{"type": "text", "text": "x"}])}),
+    st.fixed_dictionaries({"role": known_role, "content": some_text, "name": st.just("n")}),
+    st.none(),
+)
+reply = st.fixed_dictionaries(
+    {"role": st.sampled_from(["assistant", "gpt", " Bot", "model"]), "content": some_text}
+)
+conversation = st.tuples(
+    st.lists(plain_turn, max_size=4),
+    st.one_of(reply, reply, plain_turn),
+    st.lists(st.tuples(st.integers(0, 5), defect), max_size=1),
+).map(
+    lambda t: (
+        [*t[0], t[1]]
+        if not t[2]
+        else [*t[0], t[1]][: t[2][0][0]] + [t[2][0][1]] + [*t[0], t[1]][t[2][0][0] :]
+    )
+)
+
+
+def _plain_messages(v: dict) -> bool:
+    return set(v) == {"messages"} and all(
+        isinstance(t, dict) and set(t) == {"role", "content"} and all(type(x) is str for x in t.values())
+        for t in v["messages"]
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(conversation, rarely), min_size=1, max_size=8))
+def test_messages_columnar_equals_convert(rows):
+    """OpenAI messages (role spellings, blank or null contents, parts, extra fields, null turns, empty
+    conversations): the vectorised rows are exactly what convert gives; the others go row by row."""
+    values = [{"messages": turns} | ({"id": 1} if extra else {}) for turns, extra in rows]
+    reader = MessagesReader()
+    rest = _columnar_rows_equal_convert(reader, values)
+    for i in rest:
+        with contextlib.suppress(RowError):
+            reader.convert(values[i])
+    _arrow_rows_equal_columns(reader, values, _plain_messages)
+    # Arrow also gives rows with null turns, roles or contents: the columns leave them to the row path
+    nullable = [
+        v
+        for v in values
+        if set(v) == {"messages"}
+        and all(t is None or ("name" not in t and not isinstance(t["content"], list)) for t in v["messages"])
+    ]
+    if nullable:
+        fast, rest = reader.convert_arrow(pa.Table.from_pylist(nullable, schema=reader.arrow_schema))
+        for row in fast.iter_rows(named=True):
+            assert row["messages"] == reader.convert(nullable[row["_i"]])[0]["messages"]
+        for i in rest:
+            with pytest.raises(RowError):
+                reader.convert(nullable[i])
+
+
+def real_conversations(shared_data) -> list[dict]:
+    """Real OpenAI-format conversations with string contents: the cookbook's toy file and LLaMA-Factory's
+    v1 SFT demo (its text parts joined, as the reader joins them; loss weights dropped)."""
+    rows = [
+        orjson.loads(x)
+        for x in (shared_data / "openai-cookbook/toy_chat_fine_tuning.jsonl").read_bytes().splitlines()
+    ]
+    for line in (shared_data / "llama-factory/v1_sft_demo.jsonl").read_bytes().splitlines():
+        turns = orjson.loads(line)["messages"]
+        rows.append(
+            {
+                "messages": [
+                    {"role": t["role"], "content": "\n".join(p["value"] for p in t["content"])} for t in turns
+                ]
+            }
+        )
+    return rows
+
+
+def test_messages_columnar_on_real_conversations(shared_data):
+    values = real_conversations(shared_data)
+    reader = MessagesReader()
+    rest = _columnar_rows_equal_convert(reader, values)
+    assert len(values) > 500 and len(rest) <= 0.02 * len(values)
+    for i in rest:  # what the columns leave, the row path quarantines
+        with pytest.raises(RowError):
+            reader.convert(values[i])

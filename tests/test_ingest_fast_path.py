@@ -86,7 +86,7 @@ def _write(path: Path, lines: list[bytes], bom: bool, gz: bool, final_newline: b
 def assert_same_batches(path: Path, batch_rows: int) -> list:
     """read_batches == _batches(read_rows(...)) row for row; returns the block-path batches."""
     exact = list(_batches(read_rows(path, "jsonl"), batch_rows))
-    fast = list(read_batches(path, batch_rows, HHReader.arrow_fields))
+    fast = list(read_batches(path, batch_rows, HHReader.arrow_schema))
     assert [len(b) for b in fast] == [len(b) for b in exact]
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ArrowBlock):
@@ -152,7 +152,7 @@ def test_ingest_units_identical(hh_lines, tmp_path, gz):
         lines.insert(37 * k + 11, bad)
     lines += hh_lines[:50]  # exact duplicates of earlier batches
     path = _write(tmp_path / ("hh.jsonl.gz" if gz else "hh.jsonl"), lines, bom=True, gz=gz)
-    batches = list(read_batches(path, 60, HHReader.arrow_fields))
+    batches = list(read_batches(path, 60, HHReader.arrow_schema))
     assert any(isinstance(b, ArrowBlock) for b in batches) and any(isinstance(b, list) for b in batches)
     units, results = [], []
     # block or line path, batches overlapped on threads or one after another: the same unit
@@ -209,7 +209,7 @@ def test_trl_ingest_units_identical(hh_lines, tmp_path):
         lines.insert(41 * k + 7, bad)
     lines += lines[:30]  # exact duplicates of earlier batches
     path = _write(tmp_path / "trl.jsonl", lines, bom=False, gz=False)
-    batches = list(read_batches(path, 50, TRLPreferenceReader.arrow_fields))
+    batches = list(read_batches(path, 50, TRLPreferenceReader.arrow_schema))
     assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
     units, results = [], []
     # Arrow blocks on threads, columns from the line path, and row by row (``convert`` alone)
@@ -270,7 +270,7 @@ def _hh_parquet(
 
 def assert_same_parquet_batches(path: Path, batch_rows: int) -> list:
     exact = list(_batches(read_rows(path, "parquet"), batch_rows))
-    fast = list(read_parquet_batches(path, batch_rows, HHReader.arrow_fields))
+    fast = list(read_parquet_batches(path, batch_rows, HHReader.arrow_schema))
     assert [len(b) for b in fast] == [len(b) for b in exact]
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ParquetBlock):
@@ -326,7 +326,7 @@ def test_parquet_ingest_units_identical(hh_rows, tmp_path):
     path = _hh_parquet(
         tmp_path / "extra.parquet", rows[:100], pa.string(), None, split=pa.array(["test"] * 100)
     )
-    assert not any(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.arrow_fields))
+    assert not any(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.arrow_schema))
     (res,) = ingest_paths(Store(tmp_path / "extra"), [str(path)], IngestOptions(batch_rows=60))
     assert res.reconciles and res.accepted > 80
     assert {orjson.loads(r["meta"])["split"] for r in _unit(tmp_path / "extra")["pair.parquet"]} == {"test"}
@@ -343,7 +343,7 @@ def test_trl_parquet_units_identical(hh_lines, tmp_path):
     assert (
         sum(
             isinstance(b, ParquetBlock)
-            for b in read_parquet_batches(path, 50, TRLPreferenceReader.arrow_fields)
+            for b in read_parquet_batches(path, 50, TRLPreferenceReader.arrow_schema)
         )
         == 3
     )
@@ -386,7 +386,7 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
         lines.insert(31 * k + 5, bad)
     lines += lines[:20]  # exact duplicates of earlier batches
     jsonl = _write(tmp_path / "alpaca.jsonl", lines, bom=False, gz=False)
-    batches = list(read_batches(jsonl, 50, AlpacaReader.arrow_fields))
+    batches = list(read_batches(jsonl, 50, AlpacaReader.arrow_schema))
     assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
     parquet = tmp_path / "alpaca.parquet"
     pq.write_table(pa.Table.from_pylist(alpaca_rows[:300] + alpaca_rows[:10]), parquet, row_group_size=70)
@@ -407,3 +407,66 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
     assert {"empty text", "expected text, got null"} <= {r["reason"] for r in jsonl_q}
     sft = _unit(tmp_path / ".jsonl_True_True_True")["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {} and r["messages"][0]["content"] == "Add.\n\n5" for r in sft)
+
+
+_U, _A = b'{"role": "user", "content": "Hi there."}', b'{"role": "assistant", "content": "Hello!"}'
+#: OpenAI messages lines the block path must refuse or hand to the row path without changing the outcome.
+MESSAGES_HOSTILE = [
+    b'{"messages": ['
+    + _U
+    + b', {"role": "assistant", "content": [{"type": "text", "text": "Hi."}]}]}',  # parts
+    b'{"messages": [' + _U + b', {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]}',
+    b'{"messages": [{"role": "user", "content": "Hi.", "name": "ann"}, ' + _A + b"]}",  # extra turn field
+    b'{"messages": [{"role": "wizard", "content": "Hi."}, ' + _A + b"]}",  # unknown role
+    b'{"messages": [{"role": " Human ", "content": "Hi."}, {"role": "GPT", "content": "Yo."}]}',  # spellings
+    b'{"messages": [' + _U + b', {"role": "assistant", "content": " \\u3000 "}]}',  # empty turn
+    b'{"messages": [' + _U + b"]}",  # no response
+    b'{"messages": [' + _A + b"]}",  # no user turn
+    b'{"messages": []}',
+    b'{"messages": [null, ' + _A + b"]}",
+    b'{"messages": [' + _U + b", " + _A + b'], "source": "x"}',  # extra field: kept in meta
+    b'{"messages": [' + _U + b", " + _A + b"]",  # malformed
+    b'{"messages": [' + _U + b", " + _A + b"]}",
+    b'{"messages": [' + _U + b", " + _A + b"]}",  # duplicate
+]
+
+
+def test_messages_units_identical(shared_data, tmp_path):
+    """Real conversations with hostile lines as JSONL, and as Parquet in the hub's layout (struct fields
+    content before role, large strings): Arrow batches on threads, columns from the line path, and row by
+    row (``convert`` alone) give the same unit."""
+    from curation.ingest.readers.chat import MessagesReader
+    from tests.test_ingest_columnar import real_conversations
+
+    rows = real_conversations(shared_data)
+    lines = [orjson.dumps(r) for r in rows[:400]]
+    for k, bad in enumerate(MESSAGES_HOSTILE):
+        lines.insert(23 * k + 5, bad)
+    lines += lines[:20]  # exact duplicates of earlier batches
+    jsonl = _write(tmp_path / "chat.jsonl", lines, bom=False, gz=False)
+    batches = list(read_batches(jsonl, 50, MessagesReader.arrow_schema))
+    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    turn = pa.struct([("content", pa.large_string()), ("role", pa.large_string())])
+    hub = pa.table({"messages": pa.array([r["messages"] for r in rows[:300]], type=pa.list_(turn))})
+    parquet = tmp_path / "chat.parquet"
+    pq.write_table(hub, parquet, row_group_size=70)
+    assert all(
+        isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, 50, MessagesReader.arrow_schema)
+    )
+    for path in (jsonl, parquet):
+        units, results = [], []
+        for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
+            root = tmp_path / f"{path.suffix}_{block_path}_{overlap}_{columns}"
+            opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="messages")
+            by_row = mock.patch.object(MessagesReader, "convert_columns", Reader.convert_columns)
+            with contextlib.nullcontext() if columns else by_row:
+                (res,) = ingest_paths(Store(root), [str(path)], opts)
+            units.append(_unit(root))
+            results.append(res)
+        assert results[0] == results[1] == results[2] and results[0].reconciles
+        assert units[0] == units[1] == units[2] and results[0].accepted >= 290
+    q = _unit(tmp_path / ".jsonl_True_True_True")["quarantine.parquet"]
+    assert {"empty turn", "empty conversation"} <= {r["reason"] for r in q}
+    sft = _unit(tmp_path / ".jsonl_True_True_True")["sft.parquet"]
+    assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in sft)
+    assert any(orjson.loads(r["meta"]).get("turn_fields") for r in sft)  # name and tool_calls kept

@@ -1,10 +1,11 @@
 """JSONL batches read in byte blocks, parsed by Arrow where that is provably what the line path gives.
 
-``read_batches(path, batch_rows, fields)`` yields exactly the batches that
+``read_batches(path, batch_rows, schema)`` yields exactly the batches that
 ``pipeline._batches(sources.read_rows(path, "jsonl"), batch_rows)`` yields (same
 rows, same row numbers, same batch boundaries), but a batch whose lines are
-all plain objects comes back as an ``ArrowBlock``: the ``fields`` columns
-parsed by ``pyarrow.json`` with an explicit string schema, no Python object per row.
+all plain objects comes back as an ``ArrowBlock``: the columns of the reader's
+``schema`` (strings, or lists of {role, content} strings) parsed by
+``pyarrow.json`` with that explicit schema, no Python object per row.
 
 A batch takes the Arrow path only when every check below holds; otherwise it
 is decoded line by line (``sources.decode_line``, the exact path), so bad lines
@@ -12,8 +13,9 @@ are quarantined with their row number and raw text as before:
 
 - every line starts with ``{`` and ends with ``}`` (no blank or whitespace-only
   line, no CR, so line i is row ``first_row + i`` and ``bytes.strip`` is a no-op);
-- ``pyarrow.json`` parses the block strictly: a field outside ``fields``, a
-  repeated key, a non-string value (number, bool, object, array), a raw control
+- ``pyarrow.json`` parses the block strictly: a field outside ``schema`` (at any
+  depth), a repeated key, a value of another type (a number, bool, object or array
+  where a string is due, ...), a raw control
   character, a bad escape or lone surrogate is an error (it never converts);
 - it returns one row per line (two objects on one line would give more);
 - the strings are valid UTF-8 (``Table.validate(full=True)``).
@@ -24,13 +26,14 @@ decodes that one line exactly as the line path does, so its quarantine reason is
 ``read_parquet_batches`` does the same for Parquet: the batches of the row path
 (``pipeline._batches(sources.read_rows(path, "parquet"), batch_rows)``), each
 a ``ParquetBlock`` (its Arrow columns, no Python object per row) when the file's
-columns are exactly ``fields``, all strings, and the batch is valid UTF-8.
+columns are exactly those of ``schema``, of the same shapes (any string, list and
+struct field order), and the batch is valid UTF-8.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,19 +89,20 @@ class ArrowBlock(ArrowBatch):
 
 @dataclass
 class ParquetBlock(ArrowBatch):
-    """Parquet rows; ``table`` holds all of the file's columns, as strings."""
+    """Parquet rows; ``table`` holds all of the file's columns, cast to the reader's types."""
+
+    read: pa.Table  # as read from the file (the row path's values, struct fields in the file's order)
 
     def raw(self, i: int) -> RawRow:
-        return RawRow(self.first_row + i, self.table.slice(i, 1).to_pylist()[0])
+        return RawRow(self.first_row + i, self.read.slice(i, 1).to_pylist()[0])
 
 
 Batch = list[RawRow] | ArrowBatch
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
-def read_batches(path: Path, batch_rows: int, fields: Sequence[str]) -> Iterator[Batch]:
+def read_batches(path: Path, batch_rows: int, schema: pa.Schema) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring."""
-    schema = pa.schema([(f, pa.string()) for f in fields])
     with open_bytes(path) as fh:
         lines = _Lines()
         head = fh.read(len(BOM))
@@ -251,19 +255,37 @@ def _arrow_block(
 
 
 # ------------------------------------------------------------------ Parquet
-def read_parquet_batches(path: Path, batch_rows: int, fields: Sequence[str]) -> Iterator[Batch]:
+def read_parquet_batches(path: Path, batch_rows: int, schema: pa.Schema) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring."""
     file_schema = pq.read_schema(path)
-    strings = sorted(file_schema.names) == sorted(fields) and all(
-        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-        for t in file_schema.types
-    )
-    schema = pa.schema([(name, pa.string()) for name in file_schema.names])  # in the file's order
+    target = None  # the reader's schema in the file's column order (as ``raw`` gives the row), if it fits
+    if sorted(file_schema.names) == sorted(schema.names) and all(
+        _same_shape(file_schema.field(f.name).type, f.type) for f in schema
+    ):
+        target = pa.schema([schema.field(name) for name in file_schema.names])
     row = 0
     for table in _exactly(parquet_record_batches(path, batch_rows), batch_rows):
-        block = _parquet_block(table, row, schema) if strings else None
+        block = None if target is None else _parquet_block(table, row, target)
         yield block if block is not None else list(parquet_rows(table, row))
         row += table.num_rows
+
+
+def _same_shape(got: pa.DataType, want: pa.DataType) -> bool:
+    """``got`` casts to ``want`` value for value: strings of any width, lists of any kind, structs with the
+    same field names in any order (a number would cast to a string, but the row path sees a number)."""
+    if pa.types.is_string(want):
+        return pa.types.is_string(got) or pa.types.is_large_string(got) or pa.types.is_string_view(got)
+    if pa.types.is_list(want):
+        lists = pa.types.is_list(got) or pa.types.is_large_list(got) or pa.types.is_list_view(got)
+        return lists and _same_shape(got.value_type, want.value_type)
+    if pa.types.is_struct(want):
+        names = [want.field(i).name for i in range(want.num_fields)]
+        return (
+            pa.types.is_struct(got)
+            and sorted(got.field(i).name for i in range(got.num_fields)) == sorted(names)
+            and all(_same_shape(got.field(n).type, want.field(n).type) for n in names)
+        )
+    return got == want
 
 
 def _exactly(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.Table]:
@@ -284,8 +306,8 @@ def _exactly(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.Table]:
 
 def _parquet_block(table: pa.Table, row: int, schema: pa.Schema) -> ParquetBlock | None:
     try:
-        table = table.cast(schema)
-        table.validate(full=True)  # Parquet readers do not check UTF-8 inside strings
+        cast = table.cast(schema)
+        cast.validate(full=True)  # Parquet readers do not check UTF-8 inside strings
     except (pa.ArrowException, ValueError):
         return None
-    return ParquetBlock(row, table.combine_chunks())
+    return ParquetBlock(row, cast.combine_chunks(), table)

@@ -108,6 +108,11 @@ def string_rows_columnar(
     return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
 
 
+def string_schema(fields: Sequence[str]) -> pa.Schema:
+    """The Arrow schema of rows of ``fields``, all strings (what the string readers' Arrow paths take)."""
+    return pa.schema([(f, pa.string()) for f in fields])
+
+
 def indexed(table: pa.Table) -> pl.DataFrame:
     """An Arrow batch as a polars frame with ``_i`` (Int64), the row's position in the batch."""
     return pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]

@@ -228,7 +228,7 @@ def _ingest_file(
     if opts.block_path and fmt in ("jsonl", "parquet") and hasattr(reader, "convert_arrow"):
         rows.close()  # type: ignore[attr-defined]
         read = read_batches if fmt == "jsonl" else read_parquet_batches
-        batches = read(path, opts.batch_rows, reader.arrow_fields)  # type: ignore[attr-defined]
+        batches = read(path, opts.batch_rows, reader.arrow_schema)  # type: ignore[attr-defined]
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)

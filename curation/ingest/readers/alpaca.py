@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar
+from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar, string_schema
 from curation.ingest.readers.base import Message, Reader, Record, RowError, extra_meta, msg, text
 
 _USED = {"instruction", "input", "output", "system", "history", "chosen", "rejected"}
@@ -49,6 +49,7 @@ class AlpacaReader(Reader):
 
     #: The fields of the columnar paths (Arrow batches of JSONL and Parquet, and the line path).
     arrow_fields = ("instruction", "input", "output")
+    arrow_schema = string_schema(arrow_fields)
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows of exactly {instruction, input, output} strings."""

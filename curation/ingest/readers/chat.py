@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar
+from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar, string_schema
 from curation.ingest.readers.base import (
     Message,
     Reader,
@@ -134,11 +134,74 @@ class MessagesReader(Reader):
             and "chosen" not in row
         )
 
+    #: What the Arrow paths parse: only a list of {role, content} strings (curation.ingest.blocks).
+    arrow_schema = pa.schema(
+        [("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
+    )
+
+    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
+        """Vectorised ``convert`` for rows that are only ``messages`` whose turns are only {role, content}
+        strings (see ``messages_columnar``); the rest go row by row."""
+        idx = [i for i, v in enumerate(values) if len(v) == 1 and _plain_turns(v.get("messages"))]
+        if not idx:
+            return None, list(range(len(values)))
+        frame = pl.DataFrame(
+            {"_i": idx, "messages": [values[i]["messages"] for i in idx]},
+            schema={
+                "_i": pl.Int64,
+                "messages": pl.from_arrow(self.arrow_schema.empty_table()).schema["messages"],
+            },
+        )
+        fast, slow = messages_columnar(frame)
+        return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
+        """``convert_columns`` for rows parsed by Arrow as exactly {messages: [{role, content: string}]}
+        (content as a list of parts, tool calls or any other field make Arrow refuse the whole batch,
+        which then goes row by row)."""
+        return messages_columnar(indexed(table))
+
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         messages = normalize_messages(row.get("messages"), "messages")
         split_prompt(messages, "messages")  # must end with an assistant turn after a user turn
         meta = extra_meta(row, {"messages"}) | turn_extras(row["messages"])
         return [{"messages": messages, "meta": meta}]
+
+
+def _plain_turns(turns: Any) -> bool:
+    return isinstance(turns, list) and all(
+        type(t) is dict and len(t) == 2 and type(t.get("role")) is str and type(t.get("content")) is str
+        for t in turns
+    )
+
+
+def messages_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """``MessagesReader.convert`` over a frame of (_i, messages: list of {role, content} strings), for the
+    rows where it is exact: 1 to MAX_TURNS turns, every role known, no content null or empty after
+    ``str.strip()``, ending with assistant turns after a user, system or tool turn (else a RowError there,
+    whose reason the row path keeps). Roles are mapped in Python, once per distinct spelling in the batch,
+    with the row path's own ``ROLE_MAP.get(role.strip().lower())``.
+    Returns (canonical sft frame with _i, the _i of the others)."""
+    turn = pl.element().struct
+    spellings = frame.select(pl.col("messages").list.eval(turn.field("role")).explode().unique()).to_series()
+    known = {r: ROLE_MAP[r.strip().lower()] for r in spellings.drop_nulls() if r.strip().lower() in ROLE_MAP}
+    mapped = pl.struct(
+        turn.field("role").replace_strict(known, default=None, return_dtype=pl.String).alias("role"),
+        turn.field("content").alias("content"),
+    )
+    frame = frame.with_columns(pl.col("messages").list.eval(mapped))
+    roles, contents = (pl.col("messages").list.eval(turn.field(f)) for f in ("role", "content"))
+    ok = (
+        pl.col("messages").list.len().is_between(1, MAX_TURNS)
+        & ~roles.list.eval(pl.element().is_null()).list.any()  # an unknown role, or a null turn or role
+        & ~contents.list.eval(pl.element().str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0).list.any()
+        & ~contents.list.eval(pl.element().is_null()).list.any()
+        & (roles.list.last() == "assistant")
+        & roles.list.eval(pl.element() != "assistant").list.any()
+    ).fill_null(False)
+    slow = frame.filter(~ok).get_column("_i").to_list()
+    fast = frame.filter(ok).select("_i", "messages", pl.lit("{}").alias("meta"))
+    return fast, slow
 
 
 class ShareGPTReader(Reader):
@@ -220,6 +283,7 @@ class TRLPreferenceReader(Reader):
 
     #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
     arrow_fields = ("prompt", "chosen", "rejected")
+    arrow_schema = string_schema(arrow_fields)
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows of exactly three strings (see ``trl_string_pairs_columnar``)."""

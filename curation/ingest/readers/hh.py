@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import indexed, string_rows_columnar
+from curation.ingest.columnar import indexed, string_rows_columnar, string_schema
 from curation.ingest.readers.base import (
     Message,
     Reader,
@@ -56,6 +56,7 @@ class HHReader(Reader):
 
     #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
     arrow_fields = ("chosen", "rejected")
+    arrow_schema = string_schema(arrow_fields)
 
     def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
         """``convert_columns`` for rows parsed by Arrow as exactly {chosen: string, rejected: string}
