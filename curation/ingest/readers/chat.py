@@ -149,7 +149,7 @@ class MessagesReader(Reader):
             {"_i": idx, "messages": [values[i]["messages"] for i in idx]},
             schema={
                 "_i": pl.Int64,
-                "messages": pl.from_arrow(self.arrow_schema.empty_table()).schema["messages"],
+                "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
             },
         )
         fast, slow = messages_columnar(frame)
