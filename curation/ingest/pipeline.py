@@ -225,10 +225,10 @@ def _ingest_file(
     writers = _Writers(staged, kind, background=overlap)
     fmt = detect_format(path) if opts.format == "auto" else opts.format
     batches: Iterator[Batch]
-    if opts.block_path and fmt in ("jsonl", "parquet") and hasattr(reader, "convert_arrow"):
+    if opts.block_path and fmt in ("jsonl", "parquet") and reader.arrow_schema is not None:
         rows.close()  # type: ignore[attr-defined]
         read = read_batches if fmt == "jsonl" else read_parquet_batches
-        batches = read(path, opts.batch_rows, reader.arrow_schema)  # type: ignore[attr-defined]
+        batches = read(path, opts.batch_rows, reader.arrow_schema)
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)
@@ -335,7 +335,7 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
     batch order) go through ``Reader.convert``: first the rows that are not valid JSON objects
     are quarantined, then each remaining row is converted or quarantined with its RowError."""
     if isinstance(batch, ArrowBatch):
-        fast, rest = ctx.reader.convert_arrow(batch.table)  # type: ignore[attr-defined]
+        fast, rest = ctx.reader.convert_arrow(batch.table)
         pending = [(i, batch.raw(i)) for i in rest]
     else:
         live = [i for i, raw in enumerate(batch) if raw.error is None]

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from schemas import Kind
 
 Message = dict[str, str]
@@ -34,6 +36,9 @@ class Reader(ABC):
     kind: ClassVar[Kind]
     #: one line for `curate ingest --help` and error messages
     summary: ClassVar[str] = ""
+    #: The columns ``convert_arrow`` takes, if the reader has one: JSONL and Parquet batches whose rows
+    #: fit this schema exactly reach it as Arrow tables (curation.ingest.blocks), the rest go row by row.
+    arrow_schema: ClassVar[pa.Schema | None] = None
 
     @classmethod
     @abstractmethod
@@ -49,6 +54,11 @@ class Reader(ABC):
         position in ``values`` of each row it made, or None; the positions left for ``convert``).
         Readers override it for the rows where a column-at-a-time version is exactly equivalent."""
         return None, list(range(len(values)))
+
+    def convert_arrow(self, table: pa.Table) -> tuple[Any, list[int]]:
+        """``convert_columns`` for an Arrow table of ``arrow_schema`` (a missing or null value is null):
+        (the frame of the rows it made, with ``_i`` = row position; the positions left for ``convert``)."""
+        raise NotImplementedError(f"the {self.name} reader has no Arrow path (arrow_schema is None)")
 
     def options(self) -> dict[str, Any]:
         """Options that change the output (part of the ingest unit key)."""
