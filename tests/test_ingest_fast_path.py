@@ -322,14 +322,26 @@ def test_parquet_ingest_units_identical(hh_rows, tmp_path):
     reasons = {r["reason"] for r in units[0]["quarantine.parquet"]}
     assert {"invalid UTF-8 in column 'rejected'", "chosen == rejected", "empty turn"} <= reasons
 
-    # a column the reader does not know: every batch row by row, the column kept in meta
-    path = _hh_parquet(
-        tmp_path / "extra.parquet", rows[:100], pa.string(), None, split=pa.array(["test"] * 100)
-    )
-    assert not any(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.arrow_schema))
-    (res,) = ingest_paths(Store(tmp_path / "extra"), [str(path)], IngestOptions(batch_rows=60))
-    assert res.reconciles and res.accepted > 80
-    assert {orjson.loads(r["meta"])["split"] for r in _unit(tmp_path / "extra")["pair.parquet"]} == {"test"}
+    # columns the reader does not read (as in most hub files): still Arrow batches, each row's values in
+    # its meta as the row path puts them there (a float, a null, a list, text that is not UTF-8 in one)
+    n = 100
+    others = {
+        "split": pa.array(["test"] * n),
+        "score": pa.array([i / 7 if i % 9 else None for i in range(n)]),
+        "tags": pa.array([["a", "b"][: i % 3] for i in range(n)]),
+    }
+    path = _hh_parquet(tmp_path / "extra.parquet", rows[:n], pa.string(), None, **others)
+    assert all(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.arrow_schema))
+    units = []
+    for block_path in (True, False):
+        root = tmp_path / f"extra_{block_path}"
+        (res,) = ingest_paths(Store(root), [str(path)], IngestOptions(batch_rows=60, block_path=block_path))
+        assert res.reconciles and res.accepted > 80
+        units.append(_unit(root))
+    assert units[0] == units[1]
+    metas = [orjson.loads(r["meta"]) for r in units[0]["pair.parquet"]]
+    assert {m["split"] for m in metas} == {"test"} and any(m["score"] is None for m in metas)
+    assert any(m["tags"] == ["a", "b"] for m in metas)
 
 
 def test_trl_parquet_units_identical(hh_lines, tmp_path):
@@ -388,12 +400,29 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
     jsonl = _write(tmp_path / "alpaca.jsonl", lines, bom=False, gz=False)
     batches = list(read_batches(jsonl, 50, AlpacaReader.arrow_schema))
     assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    # as on the hub (tatsu-lab/alpaca has a "text" column too): Arrow batches, "text" kept in meta; with a
+    # "system" column, which the reader reads, row by row
+    hub = [
+        r | {"text": f"{r['instruction']} -> {r['output'][:20]}"}
+        for r in alpaca_rows[:300] + alpaca_rows[:10]
+    ]
     parquet = tmp_path / "alpaca.parquet"
-    pq.write_table(pa.Table.from_pylist(alpaca_rows[:300] + alpaca_rows[:10]), parquet, row_group_size=70)
-    for path in (jsonl, parquet):
+    pq.write_table(pa.Table.from_pylist(hub), parquet, row_group_size=70)
+    assert all(
+        isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, 50, AlpacaReader.arrow_schema)
+    )
+    system = tmp_path / "system.parquet"
+    pq.write_table(
+        pa.Table.from_pylist([r | {"system": "Be brief." * (i % 2)} for i, r in enumerate(hub[:120])]), system
+    )
+    assert not any(
+        isinstance(b, ParquetBlock)
+        for b in read_parquet_batches(system, 50, AlpacaReader.arrow_schema, AlpacaReader.reads)
+    )
+    for path in (jsonl, parquet, system):
         units, results = [], []
         for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
-            root = tmp_path / f"{path.suffix}_{block_path}_{overlap}_{columns}"
+            root = tmp_path / f"{path.name}_{block_path}_{overlap}_{columns}"
             opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="alpaca")
             by_row = mock.patch.object(AlpacaReader, "convert_columns", Reader.convert_columns)
             with contextlib.nullcontext() if columns else by_row:
@@ -402,11 +431,14 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
             results.append(res)
         assert results[0] == results[1] == results[2] and results[0].reconciles
         assert units[0] == units[1] == units[2]
-        assert results[0].duplicates >= 10 and results[0].accepted >= 290
-    jsonl_q = _unit(tmp_path / ".jsonl_True_True_True")["quarantine.parquet"]
+        assert results[0].accepted >= 100 and (results[0].duplicates >= 10 or path == system)
+    jsonl_q = _unit(tmp_path / "alpaca.jsonl_True_True_True")["quarantine.parquet"]
     assert {"empty text", "expected text, got null"} <= {r["reason"] for r in jsonl_q}
-    sft = _unit(tmp_path / ".jsonl_True_True_True")["sft.parquet"]
+    sft = _unit(tmp_path / "alpaca.jsonl_True_True_True")["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {} and r["messages"][0]["content"] == "Add.\n\n5" for r in sft)
+    hub_sft = _unit(tmp_path / "alpaca.parquet_True_True_True")["sft.parquet"]
+    assert all(" -> " in orjson.loads(r["meta"])["text"] for r in hub_sft)
+    assert sum(r["messages"][0]["role"] == "system" for r in units[0]["sft.parquet"]) >= 50  # system.parquet
 
 
 _U, _A = b'{"role": "user", "content": "Hi there."}', b'{"role": "assistant", "content": "Hello!"}'

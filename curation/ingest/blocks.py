@@ -25,9 +25,10 @@ decodes that one line exactly as the line path does, so its quarantine reason is
 
 ``read_parquet_batches`` does the same for Parquet: the batches of the row path
 (``pipeline._batches(sources.read_rows(path, "parquet"), batch_rows)``), each
-a ``ParquetBlock`` (its Arrow columns, no Python object per row) when the file's
-columns are exactly those of ``schema``, of the same shapes (any string, list and
-struct field order), and the batch is valid UTF-8.
+a ``ParquetBlock`` (its Arrow columns, no Python object per row) when the file
+has the columns of ``schema``, of the same shapes (any string, list and struct
+field order), the batch is valid UTF-8, and its other columns (each row's
+``meta``, made as the row path makes it) are none the reader reads.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.json as paj
 import pyarrow.parquet as pq
 
+from curation.ingest.readers.base import meta_json
 from curation.ingest.sources import (
     BOM,
     MAX_ROW_BYTES,
@@ -74,6 +76,10 @@ class ArrowBatch:
         """Row ``i`` exactly as the row path reads it."""
         raise NotImplementedError
 
+    def meta(self) -> list[str] | None:
+        """Each row's ``meta`` as the row path writes it, when the rows have fields besides ``table``'s."""
+        return None
+
 
 @dataclass
 class ArrowBlock(ArrowBatch):
@@ -89,12 +95,16 @@ class ArrowBlock(ArrowBatch):
 
 @dataclass
 class ParquetBlock(ArrowBatch):
-    """Parquet rows; ``table`` holds all of the file's columns, cast to the reader's types."""
+    """Parquet rows; ``table`` holds the reader's columns, cast to its schema."""
 
     read: pa.Table  # as read from the file (the row path's values, struct fields in the file's order)
+    other: list[str] | None = None  # the JSON ``meta`` of each row, from the file's other columns
 
     def raw(self, i: int) -> RawRow:
         return RawRow(self.first_row + i, self.read.slice(i, 1).to_pylist()[0])
+
+    def meta(self) -> list[str] | None:
+        return self.other
 
 
 Batch = list[RawRow] | ArrowBatch
@@ -255,17 +265,21 @@ def _arrow_block(
 
 
 # ------------------------------------------------------------------ Parquet
-def read_parquet_batches(path: Path, batch_rows: int, schema: pa.Schema) -> Iterator[Batch]:
-    """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring."""
+def read_parquet_batches(
+    path: Path, batch_rows: int, schema: pa.Schema, reads: frozenset[str] = frozenset()
+) -> Iterator[Batch]:
+    """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring. Columns besides
+    ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then row by row)."""
     file_schema = pq.read_schema(path)
-    target = None  # the reader's schema in the file's column order (as ``raw`` gives the row), if it fits
-    if sorted(file_schema.names) == sorted(schema.names) and all(
-        _same_shape(file_schema.field(f.name).type, f.type) for f in schema
-    ):
-        target = pa.schema([schema.field(name) for name in file_schema.names])
+    others = [n for n in file_schema.names if n not in schema.names]
+    fits = (
+        set(schema.names) <= set(file_schema.names)
+        and not set(others) & reads
+        and all(_same_shape(file_schema.field(f.name).type, f.type) for f in schema)
+    )
     row = 0
     for table in _exactly(parquet_record_batches(path, batch_rows), batch_rows):
-        block = None if target is None else _parquet_block(table, row, target)
+        block = _parquet_block(table, row, schema, others) if fits else None
         yield block if block is not None else list(parquet_rows(table, row))
         row += table.num_rows
 
@@ -304,10 +318,11 @@ def _exactly(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(held)
 
 
-def _parquet_block(table: pa.Table, row: int, schema: pa.Schema) -> ParquetBlock | None:
+def _parquet_block(table: pa.Table, row: int, schema: pa.Schema, others: list[str]) -> ParquetBlock | None:
     try:
-        cast = table.cast(schema)
+        cast = table.select(schema.names).cast(schema)
         cast.validate(full=True)  # Parquet readers do not check UTF-8 inside strings
-    except (pa.ArrowException, ValueError):
+        meta = [meta_json(r) for r in table.select(others).to_pylist()] if others else None
+    except (pa.ArrowException, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    return ParquetBlock(row, cast.combine_chunks(), table)
+    return ParquetBlock(row, cast.combine_chunks(), table, meta)

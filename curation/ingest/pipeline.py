@@ -57,6 +57,7 @@ from curation.ingest.columnar import (
 )
 from curation.ingest.overlap import Alongside, Behind, ahead, default_enabled, ordered_map
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
+from curation.ingest.readers.base import meta_json
 from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
 from curation.store import Store, StoreError, io_error, safe_name
@@ -227,8 +228,10 @@ def _ingest_file(
     batches: Iterator[Batch]
     if opts.block_path and fmt in ("jsonl", "parquet") and reader.arrow_schema is not None:
         rows.close()  # type: ignore[attr-defined]
-        read = read_batches if fmt == "jsonl" else read_parquet_batches
-        batches = read(path, opts.batch_rows, reader.arrow_schema)
+        if fmt == "jsonl":
+            batches = read_batches(path, opts.batch_rows, reader.arrow_schema)
+        else:
+            batches = read_parquet_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads)
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)
@@ -336,6 +339,9 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
     are quarantined, then each remaining row is converted or quarantined with its RowError."""
     if isinstance(batch, ArrowBatch):
         fast, rest = ctx.reader.convert_arrow(batch.table)
+        meta = batch.meta()
+        if meta is not None and fast is not None and fast.height:
+            fast = fast.with_columns(pl.Series("meta", meta, dtype=pl.String).gather(fast.get_column("_i")))
         pending = [(i, batch.raw(i)) for i in rest]
     else:
         live = [i for i, raw in enumerate(batch) if raw.error is None]
@@ -365,9 +371,7 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
         converted += 1
         for rec in out:
             rec["_i"] = i
-            rec["meta"] = orjson.dumps(
-                rec.get("meta") or {}, default=str, option=orjson.OPT_SORT_KEYS
-            ).decode()
+            rec["meta"] = meta_json(rec.get("meta"))
             records.append(rec)
     if records:
         table = pa.Table.from_pylist(records, schema=_content_schema(ctx.kind))

@@ -50,6 +50,7 @@ class AlpacaReader(Reader):
     #: The fields of the columnar paths (Arrow batches of JSONL and Parquet, and the line path).
     arrow_fields = ("instruction", "input", "output")
     arrow_schema = string_schema(arrow_fields)
+    reads = frozenset(_USED)
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows of exactly {instruction, input, output} strings."""
@@ -64,7 +65,7 @@ class AlpacaReader(Reader):
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         messages = alpaca_prompt(row)
         messages.append(msg("assistant", text(row.get("output"), "output")))
-        return [{"messages": messages, "meta": extra_meta(row, _USED)}]
+        return [{"messages": messages, "meta": extra_meta(row, self.reads)}]
 
 
 def alpaca_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import orjson
 import pyarrow as pa
 
 from schemas import Kind
@@ -39,6 +40,9 @@ class Reader(ABC):
     #: The columns ``convert_arrow`` takes, if the reader has one: JSONL and Parquet batches whose rows
     #: fit this schema exactly reach it as Arrow tables (curation.ingest.blocks), the rest go row by row.
     arrow_schema: ClassVar[pa.Schema | None] = None
+    #: The fields of a row ``convert`` reads; every other field goes to the record's ``meta`` (so a
+    #: Parquet file with other columns still takes the Arrow path, its other columns becoming ``meta``).
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     @abstractmethod
@@ -124,6 +128,11 @@ def pair_from_conversations(chosen: list[Message], rejected: list[Message], fiel
     return {"prompt": prompt, "chosen": c_tail, "rejected": r_tail, "strength": None, "meta": {}}
 
 
-def extra_meta(row: Mapping[str, Any], used: set[str]) -> dict[str, Any]:
+def meta_json(meta: Mapping[str, Any] | None) -> str:
+    """A record's ``meta`` as stored: JSON with sorted keys (a value JSON cannot hold, as its text)."""
+    return orjson.dumps(meta or {}, default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def extra_meta(row: Mapping[str, Any], used: set[str] | frozenset[str]) -> dict[str, Any]:
     """Fields of the row no canonical column holds."""
     return {k: v for k, v in row.items() if k not in used}

@@ -138,6 +138,7 @@ class MessagesReader(Reader):
     arrow_schema = pa.schema(
         [("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
     )
+    reads = frozenset({"messages"})
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows that are only ``messages`` whose turns are only {role, content}
@@ -164,7 +165,7 @@ class MessagesReader(Reader):
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         messages = normalize_messages(row.get("messages"), "messages")
         split_prompt(messages, "messages")  # must end with an assistant turn after a user turn
-        meta = extra_meta(row, {"messages"}) | turn_extras(row["messages"])
+        meta = extra_meta(row, self.reads) | turn_extras(row["messages"])
         return [{"messages": messages, "meta": meta}]
 
 
@@ -284,6 +285,7 @@ class TRLPreferenceReader(Reader):
     #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
     arrow_fields = ("prompt", "chosen", "rejected")
     arrow_schema = string_schema(arrow_fields)
+    reads = frozenset({*arrow_fields, "messages"})
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows of exactly three strings (see ``trl_string_pairs_columnar``)."""
@@ -296,7 +298,7 @@ class TRLPreferenceReader(Reader):
         return trl_string_pairs_columnar(indexed(table))
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
-        meta = extra_meta(row, {"prompt", "chosen", "rejected", "messages"})
+        meta = extra_meta(row, self.reads)
         prompt_raw = row.get("prompt")
         if prompt_raw is None:  # implicit prompt: two whole conversations
             chosen = normalize_messages(row.get("chosen"), "chosen")

@@ -57,6 +57,7 @@ class HHReader(Reader):
     #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
     arrow_fields = ("chosen", "rejected")
     arrow_schema = string_schema(arrow_fields)
+    reads = frozenset(arrow_fields)
 
     def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
         """``convert_columns`` for rows parsed by Arrow as exactly {chosen: string, rejected: string}
@@ -72,7 +73,7 @@ class HHReader(Reader):
         chosen = split_transcript(text(row.get("chosen"), "chosen"), "chosen")
         rejected = split_transcript(text(row.get("rejected"), "rejected"), "rejected")
         rec = pair_from_conversations(chosen, rejected, "chosen")
-        rec["meta"] = extra_meta(row, {"chosen", "rejected"})
+        rec["meta"] = extra_meta(row, self.reads)
         return [rec]
 
 
