@@ -27,7 +27,7 @@ from curation.ingest.columnar import (
 )
 from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import RowError
-from curation.ingest.readers.chat import MessagesReader, TRLPreferenceReader
+from curation.ingest.readers.chat import MessagesReader, ShareGPTReader, TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.validate import derive
 from schemas import SCHEMAS
@@ -359,3 +359,51 @@ def test_messages_columnar_on_real_conversations(shared_data):
     for i in rest:  # what the columns leave, the row path quarantines
         with pytest.raises(RowError):
             reader.convert(values[i])
+
+
+def _sharegpt(turns: list) -> list:
+    return [
+        t
+        if not isinstance(t, dict)
+        else {("from" if k == "role" else "value" if k == "content" else k): v for k, v in t.items()}
+        for t in turns
+    ]
+
+
+system_prompt = st.one_of(st.none(), some_text, blank, st.integers(0, 3), st.just(None))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(conversation, system_prompt, rarely), min_size=1, max_size=8))
+def test_sharegpt_columnar_equals_convert(rows):
+    """ShareGPT conversations ({from, value} turns) with or without a system prompt (blank, null, a
+    number; prepended only when the first turn is not a system turn, before the ending is checked)."""
+    values = []
+    for turns, system, extra in rows:
+        v = {"conversations": _sharegpt(turns)}
+        if system is not None or extra:
+            v["system"] = system
+        values.append(v | ({"tools": "[]"} if extra and system is None else {}))
+    reader = ShareGPTReader()
+    rest = _columnar_rows_equal_convert(reader, values)
+    for i in rest:
+        with contextlib.suppress(RowError):
+            reader.convert(values[i])
+
+    def plain(v):
+        return (
+            v.keys() <= {"conversations", "system"}
+            and _plain_messages(
+                {
+                    "messages": [
+                        {"role": t.get("from"), "content": t.get("value")}
+                        if isinstance(t, dict) and set(t) == {"from", "value"}
+                        else {"bad": 1}
+                        for t in v["conversations"]
+                    ]
+                }
+            )
+            and (v.get("system") is None or type(v["system"]) is str)
+        )
+
+    _arrow_rows_equal_columns(reader, values, plain)

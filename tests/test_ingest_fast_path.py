@@ -502,3 +502,63 @@ def test_messages_units_identical(shared_data, tmp_path):
     sft = _unit(tmp_path / ".jsonl_True_True_True")["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in sft)
     assert any(orjson.loads(r["meta"]).get("turn_fields") for r in sft)  # name and tool_calls kept
+
+
+#: ShareGPT lines the block path must refuse or hand to the row path without changing the outcome.
+_H, _G = b'{"from": "human", "value": "Hi."}', b'{"from": "gpt", "value": "Hello!"}'
+SHAREGPT_HOSTILE = [
+    b'{"conversations": [' + _G + b'], "system": "Greet."}',  # a system prompt makes the reply valid
+    b'{"conversations": [' + _G + b'], "system": " "}',  # a blank one does not
+    b'{"conversations": [{"from": "system", "value": "S."}, ' + _H + b", " + _G + b'], "system": "T."}',
+    b'{"conversations": [' + _H + b", " + _G + b'], "system": 5}',  # a number: Arrow refuses the batch
+    b'{"conversations": [' + _H + b", " + _G + b'], "tools": "[]"}',  # extra field: kept in meta
+    b'{"conversations": [{"from": "wizard", "value": "Hi."}, ' + _G + b"]}",
+    b'{"conversations": [' + _H + b', {"from": "gpt", "value": ""}]}',
+    b'{"conversations": [' + _H + b", " + _G + b"]",  # malformed
+]
+
+
+def test_sharegpt_units_identical(shared_data, tmp_path):
+    """Real ShareGPT conversations (LLaMA-Factory's glaive demo: human, gpt, function_call, observation)
+    with hostile lines as JSONL, and as Parquet with its tools column: Arrow batches on threads, columns from
+    the line path, and row by row give the same unit."""
+    from curation.ingest.readers.chat import ShareGPTReader
+
+    rows = orjson.loads((shared_data / "llama-factory" / "glaive_toolcall_en_demo.json").read_bytes())
+    plain = [
+        {"conversations": r["conversations"]} | ({"system": "Be helpful."} if i % 3 == 0 else {})
+        for i, r in enumerate(rows)
+    ]
+    lines = [orjson.dumps(r) for r in plain]
+    for k, bad in enumerate(SHAREGPT_HOSTILE):
+        lines.insert(29 * k + 3, bad)
+    lines += lines[:15]  # exact duplicates of earlier batches
+    jsonl = _write(tmp_path / "sharegpt.jsonl", lines, bom=False, gz=False)
+    batches = list(read_batches(jsonl, 40, ShareGPTReader.arrow_schema))
+    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    parquet = tmp_path / "glaive.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
+    assert all(
+        isinstance(b, ParquetBlock)
+        for b in read_parquet_batches(parquet, 40, ShareGPTReader.arrow_schema, ShareGPTReader.reads)
+    )
+    for path in (jsonl, parquet):
+        units, results = [], []
+        for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
+            root = tmp_path / f"{path.name}_{block_path}_{overlap}_{columns}"
+            opts = IngestOptions(batch_rows=40, block_path=block_path, overlap=overlap, reader="sharegpt")
+            by_row = mock.patch.object(ShareGPTReader, "convert_columns", Reader.convert_columns)
+            with contextlib.nullcontext() if columns else by_row:
+                (res,) = ingest_paths(Store(root), [str(path)], opts)
+            units.append(_unit(root))
+            results.append(res)
+        assert results[0] == results[1] == results[2] and results[0].reconciles
+        assert units[0] == units[1] == units[2] and results[0].accepted >= 250
+    sft = _unit(tmp_path / "sharegpt.jsonl_True_True_True")["sft.parquet"]
+    assert sum(r["messages"][0] == {"role": "system", "content": "Be helpful."} for r in sft) >= 95
+    # the reply after "Greet." converts (the system prompt comes first), then fails validation's role order
+    q = _unit(tmp_path / "sharegpt.jsonl_True_True_True")["quarantine.parquet"]
+    assert any(r["reason"] == "role order: first turn after the system prompt is not a user turn" for r in q)
+    assert {r["messages"][-2]["role"] for r in sft} >= {"tool", "user"}  # observation turns became tool turns
+    hub = _unit(tmp_path / "glaive.parquet_True_True_True")["sft.parquet"]
+    assert all("tools" in orjson.loads(r["meta"]) for r in hub)

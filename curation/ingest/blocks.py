@@ -269,13 +269,12 @@ def read_parquet_batches(
     path: Path, batch_rows: int, schema: pa.Schema, reads: frozenset[str] = frozenset()
 ) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring. Columns besides
-    ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then row by row)."""
+    ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then row by row);
+    a column of ``schema`` the file lacks is null, as a missing JSON field is."""
     file_schema = pq.read_schema(path)
     others = [n for n in file_schema.names if n not in schema.names]
-    fits = (
-        set(schema.names) <= set(file_schema.names)
-        and not set(others) & reads
-        and all(_same_shape(file_schema.field(f.name).type, f.type) for f in schema)
+    fits = not set(others) & reads and all(
+        _same_shape(file_schema.field(f.name).type, f.type) for f in schema if f.name in file_schema.names
     )
     row = 0
     for table in _exactly(parquet_record_batches(path, batch_rows), batch_rows):
@@ -320,7 +319,10 @@ def _exactly(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.Table]:
 
 def _parquet_block(table: pa.Table, row: int, schema: pa.Schema, others: list[str]) -> ParquetBlock | None:
     try:
-        cast = table.select(schema.names).cast(schema)
+        columns = [
+            table[f.name] if f.name in table.column_names else pa.nulls(len(table), f.type) for f in schema
+        ]
+        cast = pa.Table.from_arrays(columns, names=schema.names).cast(schema)
         cast.validate(full=True)  # Parquet readers do not check UTF-8 inside strings
         meta = [meta_json(r) for r in table.select(others).to_pylist()] if others else None
     except (pa.ArrowException, ValueError):  # UnicodeDecodeError is a ValueError

@@ -169,19 +169,20 @@ class MessagesReader(Reader):
         return [{"messages": messages, "meta": meta}]
 
 
-def _plain_turns(turns: Any) -> bool:
+def _plain_turns(turns: Any, role: str = "role", content: str = "content") -> bool:
     return isinstance(turns, list) and all(
-        type(t) is dict and len(t) == 2 and type(t.get("role")) is str and type(t.get("content")) is str
+        type(t) is dict and len(t) == 2 and type(t.get(role)) is str and type(t.get(content)) is str
         for t in turns
     )
 
 
-def messages_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+def messages_columnar(frame: pl.DataFrame, system: pl.Expr | None = None) -> tuple[pl.DataFrame, list[int]]:
     """``MessagesReader.convert`` over a frame of (_i, messages: list of {role, content} strings), for the
     rows where it is exact: 1 to MAX_TURNS turns, every role known, no content null or empty after
     ``str.strip()``, ending with assistant turns after a user, system or tool turn (else a RowError there,
     whose reason the row path keeps). Roles are mapped in Python, once per distinct spelling in the batch,
-    with the row path's own ``ROLE_MAP.get(role.strip().lower())``.
+    with the row path's own ``ROLE_MAP.get(role.strip().lower())``. With ``system`` (a string column),
+    ``with_system`` is applied before the ending is checked, as ShareGPT's ``convert`` does.
     Returns (canonical sft frame with _i, the _i of the others)."""
     turn = pl.element().struct
     spellings = frame.select(pl.col("messages").list.eval(turn.field("role")).explode().unique()).to_series()
@@ -197,9 +198,21 @@ def messages_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
         & ~roles.list.eval(pl.element().is_null()).list.any()  # an unknown role, or a null turn or role
         & ~contents.list.eval(pl.element().str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0).list.any()
         & ~contents.list.eval(pl.element().is_null()).list.any()
-        & (roles.list.last() == "assistant")
-        & roles.list.eval(pl.element() != "assistant").list.any()
     ).fill_null(False)
+    if system is not None:
+        prepend = (
+            (system.str.strip_chars(PY_WHITESPACE).str.len_bytes() > 0) & (roles.list.first() != "system")
+        ).fill_null(False)
+        first = pl.concat_list(pl.struct(role=pl.lit("system"), content=system))
+        frame = frame.with_columns(
+            pl.when(prepend)
+            .then(first.list.concat("messages"))
+            .otherwise(pl.col("messages"))
+            .alias("messages"),
+            ok.alias("_ok"),
+        )
+        ok = pl.col("_ok")
+    ok = ok & (roles.list.last() == "assistant") & roles.list.eval(pl.element() != "assistant").list.any()
     slow = frame.filter(~ok).get_column("_i").to_list()
     fast = frame.filter(ok).select("_i", "messages", pl.lit("{}").alias("meta"))
     return fast, slow
@@ -223,13 +236,57 @@ class ShareGPTReader(Reader):
             and "chosen" not in row
         )
 
+    #: What the Arrow paths parse: {from, value} turns and an optional system prompt, all strings.
+    arrow_schema = pa.schema(
+        [
+            ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+            ("system", pa.string()),
+        ]
+    )
+    reads = frozenset({"conversations", "system"})
+
+    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
+        """Vectorised ``convert`` for rows of only ``conversations`` of {from, value} strings (and a string
+        ``system``); the rest go row by row."""
+        idx = [
+            i
+            for i, v in enumerate(values)
+            if _plain_turns(v.get("conversations"), "from", "value")
+            and (v.keys() == {"conversations"} or (v.keys() == self.reads and type(v["system"]) is str))
+        ]
+        if not idx:
+            return None, list(range(len(values)))
+        frame = pl.DataFrame(
+            {
+                "_i": idx,
+                "conversations": [values[i]["conversations"] for i in idx],
+                "system": [values[i].get("system") for i in idx],
+            },
+            schema={
+                "_i": pl.Int64,
+                "conversations": pl.List(pl.Struct({"from": pl.String, "value": pl.String})),
+                "system": pl.String,
+            },
+        )
+        fast, slow = self._columnar(frame)
+        return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
+        """``convert_columns`` for rows parsed by Arrow as exactly ``arrow_schema`` (a missing system is
+        null: none, as in the row path; tools or any other field make Arrow refuse the batch)."""
+        return self._columnar(indexed(table))
+
+    @staticmethod
+    def _columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+        turns = pl.col("conversations").list.eval(pl.element().struct.rename_fields(["role", "content"]))
+        frame = frame.select("_i", turns.alias("messages"), "system")
+        return messages_columnar(frame, system=pl.col("system"))
+
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         messages = normalize_messages(row.get("conversations"), "conversations", "from", "value")
         messages = with_system(row.get("system"), messages)
         split_prompt(messages, "conversations")
-        meta = extra_meta(row, {"conversations", "system"}) | turn_extras(
-            row["conversations"], "from", "value"
-        )
+        meta = extra_meta(row, self.reads) | turn_extras(row["conversations"], "from", "value")
         return [{"messages": messages, "meta": meta}]
 
 
