@@ -87,25 +87,36 @@ def content_key_expr(kind: Kind) -> pl.Expr:
 Columnar = Callable[[pl.DataFrame], tuple[pl.DataFrame, list[int]]]
 
 
-def string_rows_columnar(
-    values: Sequence[Mapping[str, Any]], fields: tuple[str, ...], columnar: Columnar
+def rows_columnar(
+    values: Sequence[Mapping[str, Any]],
+    takes: Callable[[Mapping[str, Any]], bool],
+    schema: pa.Schema,
+    columnar: Columnar,
 ) -> tuple[pl.DataFrame | None, list[int]]:
-    """A reader's ``convert_columns`` from its ``columnar`` function (a frame of ``_i`` and ``fields``
-    as strings -> (canonical records with ``_i``, the ``_i`` it leaves)): it takes the rows that hold
-    exactly ``fields``, all strings; those rows and the ones it leaves go row by row."""
-    idx = [
-        i
-        for i, v in enumerate(values)
-        if len(v) == len(fields) and all(type(v.get(f)) is str for f in fields)
-    ]
+    """A reader's ``convert_columns`` from its ``columnar`` function (a frame of ``_i`` and the ``schema``
+    columns -> (canonical records with ``_i``, the ``_i`` it leaves)): it takes the rows ``takes`` accepts
+    (they must fit ``schema``; a missing field is null); the other rows and those it leaves go row by row."""
+    idx = [i for i, v in enumerate(values) if takes(v)]
     if not idx:
         return None, list(range(len(values)))
+    types = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
     frame = pl.DataFrame(
-        {"_i": idx, **{f: [values[i][f] for i in idx] for f in fields}},
-        schema={"_i": pl.Int64, **dict.fromkeys(fields, pl.String)},
+        {"_i": idx, **{f: [values[i].get(f) for i in idx] for f in schema.names}},
+        schema={"_i": pl.Int64, **types},
     )
     fast, slow = columnar(frame)
     return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+
+def string_rows_columnar(
+    values: Sequence[Mapping[str, Any]], fields: tuple[str, ...], columnar: Columnar
+) -> tuple[pl.DataFrame | None, list[int]]:
+    """``rows_columnar`` for the rows that hold exactly ``fields``, all strings."""
+
+    def takes(v: Mapping[str, Any]) -> bool:
+        return len(v) == len(fields) and all(type(v.get(f)) is str for f in fields)
+
+    return rows_columnar(values, takes, string_schema(fields), columnar)
 
 
 def string_schema(fields: Sequence[str]) -> pa.Schema:

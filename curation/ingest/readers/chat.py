@@ -8,7 +8,13 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar, string_schema
+from curation.ingest.columnar import (
+    PY_WHITESPACE,
+    indexed,
+    rows_columnar,
+    string_rows_columnar,
+    string_schema,
+)
 from curation.ingest.readers.base import (
     Message,
     Reader,
@@ -143,18 +149,11 @@ class MessagesReader(Reader):
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows that are only ``messages`` whose turns are only {role, content}
         strings (see ``messages_columnar``); the rest go row by row."""
-        idx = [i for i, v in enumerate(values) if len(v) == 1 and _plain_turns(v.get("messages"))]
-        if not idx:
-            return None, list(range(len(values)))
-        frame = pl.DataFrame(
-            {"_i": idx, "messages": [values[i]["messages"] for i in idx]},
-            schema={
-                "_i": pl.Int64,
-                "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
-            },
-        )
-        fast, slow = messages_columnar(frame)
-        return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+        def takes(v: Mapping[str, Any]) -> bool:
+            return len(v) == 1 and _plain_turns(v.get("messages"))
+
+        return rows_columnar(values, takes, self.arrow_schema, messages_columnar)
 
     def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
         """``convert_columns`` for rows parsed by Arrow as exactly {messages: [{role, content: string}]}
@@ -248,28 +247,13 @@ class ShareGPTReader(Reader):
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
         """Vectorised ``convert`` for rows of only ``conversations`` of {from, value} strings (and a string
         ``system``); the rest go row by row."""
-        idx = [
-            i
-            for i, v in enumerate(values)
-            if _plain_turns(v.get("conversations"), "from", "value")
-            and (v.keys() == {"conversations"} or (v.keys() == self.reads and type(v["system"]) is str))
-        ]
-        if not idx:
-            return None, list(range(len(values)))
-        frame = pl.DataFrame(
-            {
-                "_i": idx,
-                "conversations": [values[i]["conversations"] for i in idx],
-                "system": [values[i].get("system") for i in idx],
-            },
-            schema={
-                "_i": pl.Int64,
-                "conversations": pl.List(pl.Struct({"from": pl.String, "value": pl.String})),
-                "system": pl.String,
-            },
-        )
-        fast, slow = self._columnar(frame)
-        return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
+
+        def takes(v: Mapping[str, Any]) -> bool:
+            return _plain_turns(v.get("conversations"), "from", "value") and (
+                v.keys() == {"conversations"} or (v.keys() == self.reads and type(v["system"]) is str)
+            )
+
+        return rows_columnar(values, takes, self.arrow_schema, self._columnar)
 
     def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
         """``convert_columns`` for rows parsed by Arrow as exactly ``arrow_schema`` (a missing system is
