@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from curation.ingest import blocks
 from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_parquet_batches
-from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
+from curation.ingest.pipeline import IngestOptions, UnitResult, _batches, ingest_paths
 from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import Reader, RowError
 from curation.ingest.readers.chat import TRLPreferenceReader
@@ -145,6 +145,27 @@ def _unit(root: Path) -> dict[str, list[dict]]:
     return out
 
 
+def ingest_three_ways(
+    tmp_path: Path, path: Path, reader: type[Reader], batch_rows: int
+) -> tuple[dict, UnitResult]:
+    """Ingest ``path`` with Arrow batches on threads, with columns from the line path, and row by row
+    (``convert`` alone); assert the three give the same unit and accounting, and return them."""
+    units, results = [], []
+    for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
+        root = tmp_path / f"{path.name}_{block_path}_{overlap}_{columns}"
+        opts = IngestOptions(
+            batch_rows=batch_rows, block_path=block_path, overlap=overlap, reader=reader.name
+        )
+        by_row = mock.patch.object(reader, "convert_columns", Reader.convert_columns)
+        with contextlib.nullcontext() if columns else by_row:
+            (res,) = ingest_paths(Store(root), [str(path)], opts)
+        units.append(_unit(root))
+        results.append(res)
+    assert results[0] == results[1] == results[2] and results[0].reconciles
+    assert units[0] == units[1] == units[2]
+    return units[0], results[0]
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_ingest_units_identical(hh_lines, tmp_path, gz):
     lines = list(hh_lines[:600])
@@ -211,21 +232,11 @@ def test_trl_ingest_units_identical(hh_lines, tmp_path):
     path = _write(tmp_path / "trl.jsonl", lines, bom=False, gz=False)
     batches = list(read_batches(path, 50, TRLPreferenceReader.arrow_schema))
     assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
-    units, results = [], []
-    # Arrow blocks on threads, columns from the line path, and row by row (``convert`` alone)
-    for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
-        root = tmp_path / f"store_{block_path}_{overlap}_{columns}"
-        opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="trl")
-        by_row = mock.patch.object(TRLPreferenceReader, "convert_columns", Reader.convert_columns)
-        with contextlib.nullcontext() if columns else by_row:
-            (res,) = ingest_paths(Store(root), [str(path)], opts)
-        units.append(_unit(root))
-        results.append(res)
-    assert results[0] == results[1] == results[2] and results[0].reconciles and results[0].duplicates >= 30
-    assert units[0] == units[1] == units[2]
-    reasons = {r["reason"] for r in units[0]["quarantine.parquet"]}
+    unit, res = ingest_three_ways(tmp_path, path, TRLPreferenceReader, 50)
+    assert res.duplicates >= 30
+    reasons = {r["reason"] for r in unit["quarantine.parquet"]}
     assert "empty text" in reasons and "chosen == rejected" in reasons
-    assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in units[0]["pair.parquet"])
+    assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in unit["pair.parquet"])
 
 
 # ------------------------------------------------------------------ Parquet
@@ -419,26 +430,17 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
         isinstance(b, ParquetBlock)
         for b in read_parquet_batches(system, 50, AlpacaReader.arrow_schema, AlpacaReader.reads)
     )
+    units = {}
     for path in (jsonl, parquet, system):
-        units, results = [], []
-        for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
-            root = tmp_path / f"{path.name}_{block_path}_{overlap}_{columns}"
-            opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="alpaca")
-            by_row = mock.patch.object(AlpacaReader, "convert_columns", Reader.convert_columns)
-            with contextlib.nullcontext() if columns else by_row:
-                (res,) = ingest_paths(Store(root), [str(path)], opts)
-            units.append(_unit(root))
-            results.append(res)
-        assert results[0] == results[1] == results[2] and results[0].reconciles
-        assert units[0] == units[1] == units[2]
-        assert results[0].accepted >= 100 and (results[0].duplicates >= 10 or path == system)
-    jsonl_q = _unit(tmp_path / "alpaca.jsonl_True_True_True")["quarantine.parquet"]
-    assert {"empty text", "expected text, got null"} <= {r["reason"] for r in jsonl_q}
-    sft = _unit(tmp_path / "alpaca.jsonl_True_True_True")["sft.parquet"]
+        units[path], res = ingest_three_ways(tmp_path, path, AlpacaReader, 50)
+        assert res.accepted >= 100 and (res.duplicates >= 10 or path == system)
+    assert {"empty text", "expected text, got null"} <= {
+        r["reason"] for r in units[jsonl]["quarantine.parquet"]
+    }
+    sft = units[jsonl]["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {} and r["messages"][0]["content"] == "Add.\n\n5" for r in sft)
-    hub_sft = _unit(tmp_path / "alpaca.parquet_True_True_True")["sft.parquet"]
-    assert all(" -> " in orjson.loads(r["meta"])["text"] for r in hub_sft)
-    assert sum(r["messages"][0]["role"] == "system" for r in units[0]["sft.parquet"]) >= 50  # system.parquet
+    assert all(" -> " in orjson.loads(r["meta"])["text"] for r in units[parquet]["sft.parquet"])
+    assert sum(r["messages"][0]["role"] == "system" for r in units[system]["sft.parquet"]) >= 50
 
 
 _U, _A = b'{"role": "user", "content": "Hi there."}', b'{"role": "assistant", "content": "Hello!"}'
@@ -485,21 +487,12 @@ def test_messages_units_identical(shared_data, tmp_path):
     assert all(
         isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, 50, MessagesReader.arrow_schema)
     )
+    units = {}
     for path in (jsonl, parquet):
-        units, results = [], []
-        for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
-            root = tmp_path / f"{path.suffix}_{block_path}_{overlap}_{columns}"
-            opts = IngestOptions(batch_rows=50, block_path=block_path, overlap=overlap, reader="messages")
-            by_row = mock.patch.object(MessagesReader, "convert_columns", Reader.convert_columns)
-            with contextlib.nullcontext() if columns else by_row:
-                (res,) = ingest_paths(Store(root), [str(path)], opts)
-            units.append(_unit(root))
-            results.append(res)
-        assert results[0] == results[1] == results[2] and results[0].reconciles
-        assert units[0] == units[1] == units[2] and results[0].accepted >= 290
-    q = _unit(tmp_path / ".jsonl_True_True_True")["quarantine.parquet"]
-    assert {"empty turn", "empty conversation"} <= {r["reason"] for r in q}
-    sft = _unit(tmp_path / ".jsonl_True_True_True")["sft.parquet"]
+        units[path], res = ingest_three_ways(tmp_path, path, MessagesReader, 50)
+        assert res.accepted >= 290
+    assert {"empty turn", "empty conversation"} <= {r["reason"] for r in units[jsonl]["quarantine.parquet"]}
+    sft = units[jsonl]["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in sft)
     assert any(orjson.loads(r["meta"]).get("turn_fields") for r in sft)  # name and tool_calls kept
 
@@ -542,23 +535,14 @@ def test_sharegpt_units_identical(shared_data, tmp_path):
         isinstance(b, ParquetBlock)
         for b in read_parquet_batches(parquet, 40, ShareGPTReader.arrow_schema, ShareGPTReader.reads)
     )
+    units = {}
     for path in (jsonl, parquet):
-        units, results = [], []
-        for block_path, overlap, columns in ((True, True, True), (False, False, True), (False, False, False)):
-            root = tmp_path / f"{path.name}_{block_path}_{overlap}_{columns}"
-            opts = IngestOptions(batch_rows=40, block_path=block_path, overlap=overlap, reader="sharegpt")
-            by_row = mock.patch.object(ShareGPTReader, "convert_columns", Reader.convert_columns)
-            with contextlib.nullcontext() if columns else by_row:
-                (res,) = ingest_paths(Store(root), [str(path)], opts)
-            units.append(_unit(root))
-            results.append(res)
-        assert results[0] == results[1] == results[2] and results[0].reconciles
-        assert units[0] == units[1] == units[2] and results[0].accepted >= 250
-    sft = _unit(tmp_path / "sharegpt.jsonl_True_True_True")["sft.parquet"]
+        units[path], res = ingest_three_ways(tmp_path, path, ShareGPTReader, 40)
+        assert res.accepted >= 250
+    sft = units[jsonl]["sft.parquet"]
     assert sum(r["messages"][0] == {"role": "system", "content": "Be helpful."} for r in sft) >= 95
     # the reply after "Greet." converts (the system prompt comes first), then fails validation's role order
-    q = _unit(tmp_path / "sharegpt.jsonl_True_True_True")["quarantine.parquet"]
+    q = units[jsonl]["quarantine.parquet"]
     assert any(r["reason"] == "role order: first turn after the system prompt is not a user turn" for r in q)
     assert {r["messages"][-2]["role"] for r in sft} >= {"tool", "user"}  # observation turns became tool turns
-    hub = _unit(tmp_path / "glaive.parquet_True_True_True")["sft.parquet"]
-    assert all("tools" in orjson.loads(r["meta"]) for r in hub)
+    assert all("tools" in orjson.loads(r["meta"]) for r in units[parquet]["sft.parquet"])
