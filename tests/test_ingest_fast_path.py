@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curation.ingest import blocks
+from curation.ingest import blocks, sources
 from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_parquet_batches
 from curation.ingest.pipeline import IngestOptions, UnitResult, _batches, ingest_paths
 from curation.ingest.readers.alpaca import AlpacaReader
@@ -299,7 +299,11 @@ def hh_rows(hh_lines) -> list[dict]:
 
 
 @pytest.mark.parametrize("string_type", [pa.string(), pa.large_string(), pa.string_view()])
-def test_parquet_batches_match_the_row_path(hh_rows, tmp_path, string_type):
+@pytest.mark.parametrize("at_once", [7, sources.PARQUET_ROWS_AT_ONCE])
+def test_parquet_batches_match_the_row_path(hh_rows, tmp_path, string_type, at_once, monkeypatch):
+    """(``at_once``: rows made into Python objects at a time by the row path, so that the non-UTF-8 row
+    falls inside a later slice of its batch.)"""
+    monkeypatch.setattr(sources, "PARQUET_ROWS_AT_ONCE", at_once)
     rows = list(hh_rows[:200])
     for k, bad in enumerate(PARQUET_HOSTILE):
         rows.insert(19 * k + 3, bad)
