@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -86,7 +87,9 @@ def _write(path: Path, lines: list[bytes], bom: bool, gz: bool, final_newline: b
 def assert_same_batches(path: Path, batch_rows: int) -> list:
     """read_batches == _batches(read_rows(...)) row for row; returns the block-path batches."""
     exact = list(_batches(read_rows(path, "jsonl"), batch_rows))
-    fast = list(read_batches(path, batch_rows, HHReader.arrow_schema))
+    digest = hashlib.sha256()
+    fast = list(read_batches(path, batch_rows, HHReader.arrow_schema, digest))
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()  # the file as stored
     assert [len(b) for b in fast] == [len(b) for b in exact]
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ArrowBlock):

@@ -37,6 +37,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +48,7 @@ from curation.ingest.readers.base import meta_json
 from curation.ingest.sources import (
     BOM,
     MAX_ROW_BYTES,
+    HashingFile,
     RawRow,
     decode_line,
     open_bytes,
@@ -111,9 +113,11 @@ Batch = list[RawRow] | ArrowBatch
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
-def read_batches(path: Path, batch_rows: int, schema: pa.Schema) -> Iterator[Batch]:
-    """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring."""
-    with open_bytes(path) as fh:
+def read_batches(path: Path, batch_rows: int, schema: pa.Schema, digest: Any = None) -> Iterator[Batch]:
+    """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring. ``digest`` (a hashlib
+    object), if given, has hashed the file's bytes (as stored) when the last batch is taken."""
+    tap = HashingFile(path, digest) if digest is not None else None
+    with open_bytes(path, tap) as fh:
         lines = _Lines()
         head = fh.read(len(BOM))
         lines.append(b"" if head == BOM else head)  # as the line path: a BOM is not content
@@ -125,6 +129,8 @@ def read_batches(path: Path, batch_rows: int, schema: pa.Schema) -> Iterator[Bat
                     lines.finish()
             batch = lines.take(batch_rows)
             if batch is None:
+                if tap is not None:
+                    tap.read_to_end()  # what a gzip reader leaves after its last member
                 return
             data, s, e, row, nonblank = batch
             block = _arrow_block(data, s, e, row, nonblank, schema)

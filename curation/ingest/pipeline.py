@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import glob
+import hashlib
 import json
 import sys
 import uuid
@@ -52,7 +53,6 @@ from curation.ingest.columnar import (
     derive_frame,
     first_occurrence,
     hex_ids,
-    key_columns,
     xxh3_digests,
 )
 from curation.ingest.overlap import Alongside, Behind, ahead, default_enabled, ordered_map
@@ -151,7 +151,7 @@ def ingest_paths(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with store.writer_lock("ingest"):
         seen: dict[str, IdSet] = {}
-        validators: dict[str, Validator] = {}
+        validators: dict[str, Alongside[Validator]] = {}
         for path in files:
             try:
                 res = _ingest_file(store, path, opts, run_id, seen, validators, on_batch)
@@ -180,7 +180,7 @@ def _ingest_file(
     opts: IngestOptions,
     run_id: str,
     seen: dict[str, IdSet],
-    validators: dict[str, Validator],
+    validators: dict[str, Alongside[Validator]],
     on_batch: Callable[[UnitResult], None] | None = None,
 ) -> UnitResult:
     rows = read_rows(path, opts.format, opts.batch_rows)
@@ -209,8 +209,9 @@ def _ingest_file(
         return f"{source}-{xxhash.xxh3_64_hexdigest(key_material.encode())}"
 
     # The unit key needs the file's SHA-256 (about 1 s per GB). If a unit of this source is committed, it
-    # may be this very file: hash first and skip it if so. Else the file is hashed on a thread while it
-    # is ingested (below), as the key is only needed to commit.
+    # may be this very file: hash first and skip it if so. Else the file is hashed while it is ingested
+    # (below: by the reading thread from the bytes it reads, or by a thread of its own), as the key is
+    # only needed to commit.
     res = UnitResult(source=source, source_file=str(path), reader=reader.name, kind=reader.kind, unit="")
     sha: str | None = None
     if any(store.path("ingest").glob(f"{glob.escape(source)}-*")):
@@ -226,23 +227,28 @@ def _ingest_file(
     writers = _Writers(staged, kind, background=overlap)
     fmt = detect_format(path) if opts.format == "auto" else opts.format
     batches: Iterator[Batch]
+    digest = None  # the SHA-256 being computed as the file is read, if it is
     if opts.block_path and fmt in ("jsonl", "parquet") and reader.arrow_schema is not None:
         rows.close()  # type: ignore[attr-defined]
         if fmt == "jsonl":
-            batches = read_batches(path, opts.batch_rows, reader.arrow_schema)
+            digest = hashlib.sha256() if sha is None else None  # hashed by the reading thread as it reads
+            batches = read_batches(path, opts.batch_rows, reader.arrow_schema, digest)
         else:
             batches = read_parquet_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads)
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
-    hashing = Alongside(lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None)
-    # one thread reads and parses, starting now: the first batches are ready when the known ids and the
-    # Great Expectations suite (about 3 s of Python on first use) are loaded
+    hashing = Alongside(
+        lambda stop: sha or (digest.hexdigest() if digest else file_sha256(path, stop)),
+        enabled=overlap and sha is None and digest is None,
+    )
+    # one thread reads and parses, starting now, and the first batches are prepared while the Great
+    # Expectations suite is built on another (importing GX takes 3-4 s of Python on first use)
     parsed = ahead(batches, enabled=overlap)
+    if kind not in validators:
+        validators[kind] = Alongside(lambda stop: Validator(kind, opts.max_chars), enabled=overlap)
     try:
         if kind not in seen:
             seen[kind] = IdSet.from_parquet(store.files(f"ingest/*/{kind}.parquet"))
-        if kind not in validators:
-            validators[kind] = Validator(kind, opts.max_chars)
         ids = seen[kind]
         ctx = _Ctx(source, str(path), run_id, reader, kind, validators[kind])
         # two threads prepare batches (ids, derived columns), this one dedups and validates, and the
@@ -313,7 +319,12 @@ class _Ctx:
     run_id: str
     reader: Reader
     kind: str
-    validator: Validator
+    suite: Alongside[Validator]
+
+    @property
+    def validator(self) -> Validator:
+        """The kind's suite (waits for it to be built)."""
+        return self.suite.result()
 
     def q(self, raw: RawRow, fld: str, reason: str) -> dict[str, Any]:
         return _q(
@@ -404,12 +415,12 @@ def _prepare(
     batch: Batch, ctx: _Ctx
 ) -> tuple[Batch, pl.DataFrame | None, _Keys | None, list[dict[str, Any]], int]:
     """What a batch needs before dedup, from the batch alone (so it can run ahead on another thread):
-    (batch, records with key, stat and id columns, their ids, quarantine rows, rows converted)."""
+    (batch, records with stat and id columns, their ids, quarantine rows, rows converted)."""
     frame, quarantine, converted = _convert(batch, ctx)
     if frame is None or frame.height == 0:
         return batch, None, None, quarantine, converted
     kind = ctx.kind
-    frame = frame.with_columns(key_columns(kind) + derive_columns(kind))  # type: ignore[arg-type]
+    frame = frame.with_columns(derive_columns(kind))  # type: ignore[arg-type]
     digests = xxh3_digests(frame.select(content_key_expr(kind)).to_series())
     hexes = hex_ids(digests)
     frame = frame.with_columns(pl.Series("id", hexes))

@@ -91,8 +91,37 @@ def file_sha256(path: Path, stop: threading.Event | None = None) -> str | None:
     return h.hexdigest()
 
 
-def open_bytes(path: Path) -> io.BufferedIOBase:
-    fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+class HashingFile(io.RawIOBase):
+    """A file whose bytes also go through ``digest`` as they are read (hashed where they are read
+    anyway, not read a second time). ``read_to_end`` hashes what was not read."""
+
+    def __init__(self, path: Path, digest: Any) -> None:
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.file.readinto(buffer)
+        if n:
+            with memoryview(buffer) as view:
+                self.digest.update(view[:n])
+        return n or 0
+
+    def read_to_end(self) -> None:
+        chunk = bytearray(1 << 20)
+        while n := self.file.readinto(chunk):
+            self.digest.update(memoryview(chunk)[:n])
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def open_bytes(path: Path, raw: HashingFile | None = None) -> io.BufferedIOBase:
+    """The file's bytes (decompressed if it is gzip), read from ``raw`` if given."""
+    fh = io.BufferedReader(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - the caller closes it
     head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
     if head == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]

@@ -78,13 +78,13 @@ class HHReader(Reader):
 
 
 def _marked(col: str) -> pl.Expr:
-    """Each turn marker replaced by NUL + role letter (U/A); the optional space stays with the content."""
-    return pl.col(col).str.replace_many(["\n\nHuman:", "\n\nAssistant:"], ["\x00U", "\x00A"])
-
-
-def _after(e: pl.Expr, n: int) -> pl.Expr:
-    """Text after ``n`` marker characters and the marker's optional space (as ``_TURN`` consumes it)."""
-    return pl.when(e.str.slice(n, 1) == " ").then(e.str.slice(n + 1)).otherwise(e.str.slice(n))
+    """Each turn marker, with the one optional space after its colon (as ``_TURN`` consumes it), replaced
+    by NUL + role letter (U/A): what follows the letter is the turn's content."""
+    return pl.col(col).str.replace_many(
+        ["\n\nHuman: ", "\n\nHuman:", "\n\nAssistant: ", "\n\nAssistant:"],
+        ["\x00U", "\x00U", "\x00A", "\x00A"],
+        leftmost=True,  # the marker with its space wins where both match
+    )
 
 
 def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
@@ -129,7 +129,7 @@ def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     e = pl.element()
     turn = pl.struct(
         role=e.str.head(1).replace_strict({"U": "user", "A": "assistant"}, return_dtype=pl.String),
-        content=_after(e, 1),
+        content=e.str.slice(1),
     )
 
     def single(content: pl.Expr) -> pl.Expr:
@@ -138,8 +138,8 @@ def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     fast = t.filter(pl.col("ok")).select(
         "_i",
         pl.col("c").list.slice(1, n_c - 2).list.eval(turn).alias("prompt"),
-        single(_after(last_c, 1)).alias("chosen"),
-        single(_after(rest_r, 2)).alias("rejected"),
+        single(last_c.str.slice(1)).alias("chosen"),
+        single(rest_r.str.slice(2)).alias("rejected"),
         pl.lit(None, dtype=pl.Float64).alias("strength"),
         pl.lit("{}").alias("meta"),
     )
