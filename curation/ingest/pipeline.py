@@ -444,12 +444,12 @@ def _finish_batch(
     quarantine: list[dict[str, Any]] = []
     bad: dict[str, tuple[str, str]] = {}  # id -> (field, reason) of records that failed validation
     rows_i = frame.get_column("_i").to_numpy()
-    if failing:
-        content = frame.select(_content_schema(kind).names[1:])
-        for k, chk in failing.items():
-            pos = int(keep_pos[k])
-            rec = content.row(pos, named=True)
-            fld, reason = explain(chk, derive(kind, [rec]).iloc[0])  # type: ignore[arg-type]
+    if failing:  # the detail of each failure, from the failing records alone (derived once, in Python)
+        positions = keep_pos[list(failing)]
+        records = frame[positions].select(_content_schema(kind).names[1:]).to_dicts()
+        details = derive(kind, records).to_dict("records")  # type: ignore[arg-type]
+        for pos, chk, detail in zip(positions.tolist(), failing.values(), details, strict=True):
+            fld, reason = explain(chk, detail)
             quarantine.append(ctx.q(_raw(batch, int(rows_i[pos])), fld, reason))
             bad[str(hexes[pos])] = (fld, reason)
     accept = ~dup

@@ -15,7 +15,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,7 +265,7 @@ class Validator:
         return {i: explain(chk, frame.iloc[i]) for i, chk in self.failing_checks(frame).items()}
 
 
-def explain(chk: Check, derived: pd.Series) -> tuple[str, str]:
+def explain(chk: Check, derived: Mapping[str, Any]) -> tuple[str, str]:
     """(field, quarantine reason) of a failed check, from the record's derived row (``derive``)."""
     detail = derived[chk.column]
     if chk.column == "role_order":
