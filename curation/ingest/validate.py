@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from schemas import Kind
+from schemas import ROLES, Kind
 
 #: Default upper bound on a record's characters (prompt + longest response), about
 #: 5k tokens: above every record of the real datasets in ../shared/data (max 15.6k),
@@ -45,6 +45,9 @@ def role_order_problem(messages: Sequence[dict[str, str]]) -> str:
     if not messages:
         return "no turns"
     roles = [m["role"] for m in messages]
+    unknown = next((r for r in roles if r not in ROLES), None)
+    if unknown is not None:  # readers map roles to these; a record built otherwise may not have
+        return f"unknown role {unknown!r}"
     if "system" in roles[1:]:
         return "system turn after the start"
     body = roles[1:] if roles[0] == "system" else roles
