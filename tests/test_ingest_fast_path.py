@@ -28,7 +28,7 @@ from curation.ingest import blocks, sources
 from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_parquet_batches
 from curation.ingest.pipeline import IngestOptions, UnitResult, _batches, ingest_paths
 from curation.ingest.readers.alpaca import AlpacaReader
-from curation.ingest.readers.base import Reader, RowError
+from curation.ingest.readers.base import Reader, RowError, extra_meta, meta_json
 from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.sources import read_rows
@@ -84,23 +84,27 @@ def _write(path: Path, lines: list[bytes], bom: bool, gz: bool, final_newline: b
     return path
 
 
-def assert_same_batches(path: Path, batch_rows: int) -> list:
+def assert_same_batches(path: Path, batch_rows: int, reader: type[Reader] = HHReader) -> list:
     """read_batches == _batches(read_rows(...)) row for row; returns the block-path batches."""
     exact = list(_batches(read_rows(path, "jsonl"), batch_rows))
     digest = hashlib.sha256()
-    fast = list(read_batches(path, batch_rows, HHReader.arrow_schema, digest))
+    fast = list(read_batches(path, batch_rows, reader.arrow_schema, reader.reads, digest))
     assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()  # the file as stored
     assert [len(b) for b in fast] == [len(b) for b in exact]
+    names = set(reader.arrow_schema.names)
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ArrowBlock):
             assert got == want
             continue
         assert got.row_numbers().tolist() == [r.row for r in want]
-        parsed = got.table.to_pylist()
+        parsed, meta = got.table.to_pylist(), got.meta()
         for i, raw in enumerate(want):
             assert got.raw(i) == raw  # what the row path sees for a row it takes
+            assert raw.error is None and isinstance(raw.value, dict)
             if None not in parsed[i].values():  # what the columnar path sees is the same object
-                assert raw.error is None and parsed[i] == raw.value
+                assert parsed[i] == {k: v for k, v in raw.value.items() if k in names}
+            # and the other fields make the meta the row path makes
+            assert (meta[i] if meta else "{}") == meta_json(extra_meta(raw.value, reader.reads))
     return fast
 
 
@@ -167,6 +171,61 @@ def ingest_three_ways(
     assert results[0] == results[1] == results[2] and results[0].reconciles
     assert units[0] == units[1] == units[2]
     return units[0], results[0]
+
+
+#: Fields added to every line: (JSON text, whether the batch keeps the Arrow path).
+EXTRA_FIELDS = {
+    "ids, sources, scores, tags": (
+        b'"id": 7, "source": "hh", "score": 0.25, "tags": ["a", "b"], "ok": true',
+        True,
+    ),
+    "nested lists of floats": (b'"xs": [[0.5], [1.5, 2.25], []], "n": -3', True),
+    "escapes and UTF-8": (b'"note": "caf\\u00e9 \xc3\xa9 \\ud83d\\ude00 \\"q\\""', True),
+    "a whole float": (b'"score": 1.0', False),  # 1 and 1.0 both parse as 1.0
+    "a big integer": (b'"id": 99999999999999999999', False),  # beyond int64: a float
+    "an object": (b'"info": {"k": 1}', False),
+    "a null": (b'"id": null', False),
+    "an empty list": (b'"tags": []', False),
+    "a date": (b'"at": "2024-01-01 00:00:00"', False),  # Arrow infers a timestamp
+}
+
+
+@pytest.mark.parametrize("name", list(EXTRA_FIELDS))
+def test_other_fields_become_meta_or_fall_back(hh_lines, tmp_path, name):
+    """Fields the reader does not read are parsed by Arrow and kept as each row's meta when they turn back
+    into exactly the JSON the row path reads; else the batch goes line by line. The same batches either way."""
+    extra, arrow = EXTRA_FIELDS[name]
+    lines = [line[:-1] + b", " + extra + b"}" for line in hh_lines[:30]]
+    path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
+    fast = assert_same_batches(path, 10)
+    assert [isinstance(b, ArrowBlock) for b in fast] == [arrow] * 3
+    # a field some rows lack
+    mixed = _write(tmp_path / "mixed.jsonl", [*lines[:5], *hh_lines[5:10]], bom=False, gz=False)
+    assert not any(isinstance(b, ArrowBlock) for b in assert_same_batches(mixed, 10))
+
+
+def test_ingest_with_other_fields_identical(hh_lines, tmp_path):
+    """Real HH lines that all carry an id and a source, with hostile lines in some batches: the stored
+    records (their meta included), quarantine and accounting are those of the row path."""
+    lines = [
+        line[:-1] + b', "id": %d, "source": "hh-%d"}' % (i, i % 3) for i, line in enumerate(hh_lines[:400])
+    ]
+    for k, bad in enumerate(HOSTILE[:12]):
+        lines.insert(97 * k + 3, bad)
+    path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
+    assert sum(isinstance(b, ArrowBlock) for b in read_batches(path, 60, HHReader.arrow_schema)) >= 2
+    unit, res = ingest_three_ways(tmp_path, path, HHReader, 60)
+    metas = [orjson.loads(r["meta"]) for r in unit["pair.parquet"]]
+    assert len(metas) > 380 and all(set(m) == {"id", "source"} for m in metas)
+    assert res.quarantined >= 5
+
+
+def test_integers_and_floats_in_one_field_fall_back(hh_lines, tmp_path):
+    """Arrow reads a field of 1s and 0.5s as floats: kept, the meta would say 1.0 where the row path says 1."""
+    ends = (b', "score": 0.5}', b', "score": 1}')
+    lines = [line[:-1] + ends[i % 2] for i, line in enumerate(hh_lines[:20])]
+    path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
+    assert not any(isinstance(b, ArrowBlock) for b in assert_same_batches(path, 10))
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -13,12 +13,16 @@ are quarantined with their row number and raw text as before:
 
 - every line starts with ``{`` and ends with ``}`` (no blank or whitespace-only
   line, no CR, so line i is row ``first_row + i`` and ``bytes.strip`` is a no-op);
-- ``pyarrow.json`` parses the block strictly: a field outside ``schema`` (at any
-  depth), a repeated key, a value of another type (a number, bool, object or array
-  where a string is due, ...), a raw control
-  character, a bad escape or lone surrogate is an error (it never converts);
+- ``pyarrow.json`` parses the block strictly: a repeated key, a value of another
+  type (a number, bool, object or array where a string is due, ...), a raw control
+  character, a bad escape or lone surrogate is an error (it never converts), and a
+  field inside the reader's columns that ``schema`` lacks changes their type;
 - it returns one row per line (two objects on one line would give more);
-- the strings are valid UTF-8 (``Table.validate(full=True)``).
+- the strings are valid UTF-8 (``Table.validate(full=True)``);
+- top-level fields besides ``schema``'s (ids, sources, scores: each row's ``meta``)
+  turn back into the JSON values the line path reads (``_same_json``): in every
+  row, none the reader reads, of a string, integer, bool or list type (no object,
+  so no key can be missing), and no float that may have been written as an integer.
 
 A row whose field is missing or null is left to the row path: ``ArrowBlock.raw``
 decodes that one line exactly as the line path does, so its quarantine reason is unchanged.
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as paj
 import pyarrow.parquet as pq
 
@@ -90,9 +95,13 @@ class ArrowBlock(ArrowBatch):
     data: memoryview  # the batch's lines (not changed after the batch is made)
     starts: np.ndarray
     ends: np.ndarray
+    other: list[str] | None = None  # the JSON ``meta`` of each row, from its other fields
 
     def raw(self, i: int) -> RawRow:
         return decode_line(bytes(self.data[int(self.starts[i]) : int(self.ends[i])]), self.first_row + i)
+
+    def meta(self) -> list[str] | None:
+        return self.other
 
 
 @dataclass
@@ -113,9 +122,17 @@ Batch = list[RawRow] | ArrowBatch
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
-def read_batches(path: Path, batch_rows: int, schema: pa.Schema, digest: Any = None) -> Iterator[Batch]:
-    """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring. ``digest`` (a hashlib
-    object), if given, has hashed the file's bytes (as stored) when the last batch is taken."""
+def read_batches(
+    path: Path,
+    batch_rows: int,
+    schema: pa.Schema,
+    reads: frozenset[str] = frozenset(),
+    digest: Any = None,
+) -> Iterator[Batch]:
+    """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring. Fields besides
+    ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then line by line).
+    ``digest`` (a hashlib object), if given, has hashed the file's bytes (as stored) when the last batch is
+    taken."""
     tap = HashingFile(path, digest) if digest is not None else None
     with open_bytes(path, tap) as fh:
         lines = _Lines()
@@ -133,7 +150,7 @@ def read_batches(path: Path, batch_rows: int, schema: pa.Schema, digest: Any = N
                     tap.read_to_end()  # what a gzip reader leaves after its last member
                 return
             data, s, e, row, nonblank = batch
-            block = _arrow_block(data, s, e, row, nonblank, schema)
+            block = _arrow_block(data, s, e, row, nonblank, schema, reads)
             if block is not None:
                 yield block
             else:
@@ -244,7 +261,13 @@ def _nonblank(data: Buffer, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 def _arrow_block(
-    data: Buffer, starts: np.ndarray, ends: np.ndarray, row: int, nonblank: np.ndarray, schema: pa.Schema
+    data: Buffer,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    row: int,
+    nonblank: np.ndarray,
+    schema: pa.Schema,
+    reads: frozenset[str],
 ) -> ArrowBlock | None:
     if (
         not nonblank.all()
@@ -255,7 +278,7 @@ def _arrow_block(
     body = pa.py_buffer(memoryview(data)[: int(ends[-1])])  # no copy; starts[0] == 0
     longest = int((ends - starts).max())
     opts = paj.ParseOptions(
-        explicit_schema=schema, unexpected_field_behavior="error", newlines_in_values=False
+        explicit_schema=schema, unexpected_field_behavior="infer", newlines_in_values=False
     )
     # 1 MB blocks parse fastest here (cache); a block must hold the longest line. One thread when Arrow's
     # pool has one (OMP_NUM_THREADS=1): handing blocks to a single worker only adds thread switches.
@@ -265,9 +288,36 @@ def _arrow_block(
         table.validate(full=True)  # the parser does not check UTF-8 inside strings
     except (pa.ArrowException, ValueError):
         return None
-    if table.num_rows != len(starts) or table.schema != schema:
+    others = [n for n in table.column_names if n not in schema.names]
+    if table.num_rows != len(starts) or set(others) & reads:
         return None
-    return ArrowBlock(row, table, data, starts, ends)
+    fields, table = table.select(others), table.select(schema.names)
+    if table.schema != schema or not all(_same_json(c) for c in fields.columns):
+        return None
+    meta = [meta_json(r) for r in fields.to_pylist()] if others else None
+    return ArrowBlock(row, table, data, starts, ends, meta)
+
+
+def _same_json(column: pa.ChunkedArray) -> bool:
+    """The values of a field Arrow inferred are the JSON values the line path reads (as Python objects).
+
+    Not when a row lacks the field (null: a missing key and ``null`` look alike), for objects (structs:
+    a key missing in one row is null there), for timestamps (inferred from strings), or for a float that
+    is a whole number or not finite (``1`` and ``1.0`` in one field both read as 1.0)."""
+    if column.null_count or not _json_type(column.type):
+        return False
+    values = column
+    while pa.types.is_list(values.type):
+        values = pc.list_flatten(values)
+    if pa.types.is_floating(values.type) and len(values):
+        return not pc.any(pc.or_kleene(pc.is_nan(values), pc.equal(pc.floor(values), values))).as_py()
+    return True
+
+
+def _json_type(t: pa.DataType) -> bool:
+    if pa.types.is_list(t):
+        return _json_type(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_int64(t) or pa.types.is_boolean(t) or pa.types.is_float64(t)
 
 
 # ------------------------------------------------------------------ Parquet

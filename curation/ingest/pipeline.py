@@ -232,7 +232,7 @@ def _ingest_file(
         rows.close()  # type: ignore[attr-defined]
         if fmt == "jsonl":
             digest = hashlib.sha256() if sha is None else None  # hashed by the reading thread as it reads
-            batches = read_batches(path, opts.batch_rows, reader.arrow_schema, digest)
+            batches = read_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads, digest)
         else:
             batches = read_parquet_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads)
     else:
