@@ -176,12 +176,20 @@ def _arrow_rows_equal_columns(reader, values: list[dict], plain=None) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(hh_text, hh_text, st.booleans()), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(hh_text, hh_text, st.sampled_from(["same", "same", "changed", "none"])),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_hh_columnar_equals_convert(rows):
-    """Fuzzed transcripts: the vectorised rows are exactly what convert gives; the others go row by row."""
+    """Fuzzed transcripts: the vectorised rows are exactly what convert gives; the others go row by row.
+    The rejected transcript shares the chosen one's beginning, has it with one letter changed, or not."""
     values = []
     for c, r, share in rows:
-        values.append({"chosen": "\n\nHuman: q" + c, "rejected": ("\n\nHuman: q" + c if share else "") + r})
+        prefix = {"same": "\n\nHuman: q" + c, "changed": "\n\nHuman: z" + c, "none": ""}[share]
+        values.append({"chosen": "\n\nHuman: q" + c, "rejected": prefix + r})
     reader = HHReader()
     rest = _columnar_rows_equal_convert(reader, values)
     for i in rest:  # the row path still handles them (records or a RowError)

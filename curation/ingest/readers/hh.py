@@ -77,60 +77,71 @@ class HHReader(Reader):
         return [rec]
 
 
-def _marked(col: str) -> pl.Expr:
-    """Each turn marker, with the one optional space after its colon (as ``_TURN`` consumes it), replaced
-    by NUL + role letter (U/A): what follows the letter is the turn's content."""
-    return pl.col(col).str.replace_many(
-        ["\n\nHuman: ", "\n\nHuman:", "\n\nAssistant: ", "\n\nAssistant:"],
-        ["\x00U", "\x00U", "\x00A", "\x00A"],
+#: Turn markers with and without the optional space (as ``_TURN`` consumes it), the letter that replaces
+#: each, and the markers' lengths in bytes.
+_MARKERS = {"\n\nHuman: ": "U", "\n\nHuman:": "u", "\n\nAssistant: ": "A", "\n\nAssistant:": "a"}
+_ROLE_OF = {"U": "user", "u": "user", "A": "assistant", "a": "assistant"}
+_ASSISTANT = b"\n\nAssistant:"
+
+
+def _turns(col: str) -> pl.Expr:
+    """The transcript split at its turn markers: a first part (text before the first marker), then each
+    turn as its marker's letter (U/u/A/a: user or assistant, with or without the space) and its content."""
+    marked = pl.col(col).str.replace_many(
+        list(_MARKERS),
+        ["\x00" + letter for letter in _MARKERS.values()],
         leftmost=True,  # the marker with its space wins where both match
     )
+    return marked.str.split("\x00")
 
 
 def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     """``HHReader.convert`` over a frame of (_i, chosen, rejected) strings, for the rows where it is exact.
 
-    Exact for rows with no NUL character, the chosen transcript starting with
-    the Human marker and ending with an assistant turn after a user turn, and
-    the rejected transcript equal to it up to that last assistant turn and then
-    holding one assistant turn (so the shared prefix is the prompt and the last
-    turns are the responses, as ``pair_from_conversations`` finds). Returns
-    (canonical pair frame with _i, the _i of the other rows).
+    Exact for rows with no NUL character in the chosen transcript, which starts with the Human marker and
+    ends with an assistant turn after a user turn, and a rejected transcript with the same bytes up to that
+    last assistant marker and then one assistant turn (so the shared prefix is the prompt and the last
+    turns are the responses, as ``pair_from_conversations`` finds). Returns (canonical pair frame with
+    _i, the _i of the other rows).
     """
     t = frame.select(
         "_i",
-        _marked("chosen").str.split("\x00").alias("c"),
-        _marked("rejected").alias("mr"),
-        (
-            pl.col("chosen").str.contains("\x00", literal=True)
-            | pl.col("rejected").str.contains("\x00", literal=True)
-        ).alias("nul"),
+        _turns("chosen").alias("c"),
+        pl.col("chosen").cast(pl.Binary).alias("cb"),
+        pl.col("rejected").cast(pl.Binary).alias("rb"),
+        pl.col("chosen").str.contains("\x00", literal=True).alias("nul"),
     )
     n_c = pl.col("c").list.len()
     last_c = pl.col("c").list.last()
-    # the chosen transcript up to its last turn, in marked form: the turns joined back with the sentinel
-    prefix = pl.col("c").list.slice(0, n_c - 1).list.join("\x00")
-    t = t.with_columns(prefix.alias("pre"))
-    # what the rejected transcript has after that prefix (sliced once: a slice by characters scans the text)
-    t = t.with_columns(pl.col("mr").str.slice(pl.col("pre").str.len_chars()).alias("rest_r"))
-    rest_r = pl.col("rest_r")
+    letter = last_c.str.head(1)
+    # bytes of the chosen transcript before its last marker (an assistant one, with or without the space);
+    # the rejected transcript must have the same ones, and after them its own assistant marker and reply
+    prefix = (
+        pl.col("cb").bin.size() - last_c.str.len_bytes() + 1 - pl.when(letter == "A").then(13).otherwise(12)
+    )
+    t = t.with_columns(prefix.alias("n"))
+    t = t.with_columns(pl.col("rb").bin.slice(pl.col("n")).alias("rest"))
+    rest, reply = pl.col("rest"), pl.col("rest").bin.slice(len(_ASSISTANT))
     ok = (
         ~pl.col("nul")
         & (n_c >= 3)
         & (pl.col("c").list.first() == "")
-        & last_c.str.starts_with("A")
-        & pl.col("c").list.get(-2, null_on_oob=True).str.starts_with("U")
-        & pl.col("mr").str.starts_with(pl.col("pre"))
-        & rest_r.str.starts_with("\x00A")
-        & ~rest_r.str.slice(1).str.contains("\x00", literal=True)
+        & letter.is_in(["A", "a"])
+        & pl.col("c").list.get(-2, null_on_oob=True).str.head(1).is_in(["U", "u"])
+        & pl.col("rb").bin.starts_with(pl.col("cb").bin.head(pl.col("n")))
+        & rest.bin.starts_with(_ASSISTANT)
+        & ~reply.bin.contains(b"\n\nHuman:")
+        & ~reply.bin.contains(_ASSISTANT)
     )
     t = t.with_columns(ok.fill_null(False).alias("ok"))
     slow = t.filter(~pl.col("ok")).get_column("_i").to_list()
     e = pl.element()
     turn = pl.struct(
-        role=e.str.head(1).replace_strict({"U": "user", "A": "assistant"}, return_dtype=pl.String),
+        role=e.str.head(1).replace_strict(_ROLE_OF, return_dtype=pl.String),
         content=e.str.slice(1),
     )
+    # cut at an ASCII marker, so the bytes are UTF-8 as the transcript was
+    rejected = pl.when(reply.bin.head(1) == b" ").then(reply.bin.slice(1)).otherwise(reply).cast(pl.String)
 
     def single(content: pl.Expr) -> pl.Expr:
         return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=content))
@@ -139,7 +150,7 @@ def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
         "_i",
         pl.col("c").list.slice(1, n_c - 2).list.eval(turn).alias("prompt"),
         single(last_c.str.slice(1)).alias("chosen"),
-        single(rest_r.str.slice(2)).alias("rejected"),
+        single(rejected).alias("rejected"),
         pl.lit(None, dtype=pl.Float64).alias("strength"),
         pl.lit("{}").alias("meta"),
     )
