@@ -115,15 +115,6 @@ def test_alongside_runs_on_a_thread_raises_its_error_and_stops_when_cancelled():
     assert Alongside(lambda stop: threading.current_thread().name, enabled=False).result() == "MainThread"
     with pytest.raises(KeyError):
         Alongside(lambda stop: {}["missing"]).result()
-    calls: list[int] = []
-    for enabled in (True, False):  # it runs once; later results are the same (or the same error)
-        job = Alongside(lambda stop: calls.append(1) or len(calls), enabled=enabled)
-        assert job.result() == job.result() == len(calls)
-        failing = Alongside(lambda stop: calls.append(1) or {}["missing"], enabled=enabled)
-        for _ in range(2):
-            with pytest.raises(KeyError):
-                failing.result()
-    assert len(calls) == 4
     steps: list[int] = []
 
     def long(stop: threading.Event) -> None:
@@ -220,30 +211,28 @@ def test_on_batch_reports_the_running_accounting(shared_data, tmp_path):
     assert seen[-1] == (res.rows_read, res.accepted)
 
 
-def test_batches_are_prepared_before_validation_and_stop_if_the_suite_fails(
-    shared_data, tmp_path, monkeypatch
-):
-    """Batches are read and prepared while the Great Expectations suite is built; if building it fails,
-    the threads stop, nothing is committed, and the next run completes."""
+def test_the_reader_starts_before_validation_and_stops_if_the_suite_fails(shared_data, tmp_path, monkeypatch):
+    """Batches are read while the Great Expectations suite is built; if building it fails, the reader
+    thread stops, nothing is committed, and the next run completes."""
     src = shared_data / HH
-    prepared_before_suite = threading.Event()
-    real_prepare = pipeline._prepare
+    read_before_suite = threading.Event()
+    real_read = pipeline.read_batches
 
-    def preparing(*args, **kwargs):
-        out = real_prepare(*args, **kwargs)
-        prepared_before_suite.set()
-        return out
+    def reading(*args, **kwargs):
+        for batch in real_read(*args, **kwargs):
+            read_before_suite.set()
+            yield batch
 
     def failing_suite(*args, **kwargs):
-        assert prepared_before_suite.wait(10)  # a batch was prepared while the suite was being built
+        assert read_before_suite.wait(10)  # the first batch was read while the suite was being built
         raise ImportError("great_expectations is broken")
 
-    monkeypatch.setattr(pipeline, "_prepare", preparing)
+    monkeypatch.setattr(pipeline, "read_batches", reading)
     monkeypatch.setattr(pipeline, "Validator", failing_suite)
     store = Store(tmp_path / "store")
     with pytest.raises(ImportError, match="great_expectations is broken"):
         ingest_paths(store, [str(src)], IngestOptions(batch_rows=500, overlap=True))
-    assert not any(t.name.startswith(("ingest-ahead", "ingest-map")) for t in threading.enumerate())
+    assert not any(t.name == "ingest-ahead" for t in threading.enumerate())
     assert not list((tmp_path / "store").glob("ingest/*"))
     monkeypatch.undo()
     (res,) = ingest_paths(store, [str(src)], IngestOptions(batch_rows=500, overlap=True))

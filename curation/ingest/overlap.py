@@ -133,31 +133,28 @@ class Alongside(Generic[T]):
     """``fn(stop)`` on a background thread while the caller goes on; ``result()`` waits for it.
 
     ``cancel()`` sets ``stop`` (``fn`` should check it now and then) and does not wait. With
-    ``enabled=False`` nothing runs until the first ``result()``, which then calls ``fn`` inline.
-    ``fn`` runs once: later calls of ``result()`` return (or raise) the same.
+    ``enabled=False`` nothing runs until ``result()``, which then calls ``fn`` inline.
     """
 
     def __init__(self, fn: Callable[[threading.Event], T], enabled: bool = True) -> None:
         self.fn, self.stop = fn, threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-alongside")
-        self.future: Future[T] | None = self.pool.submit(fn, self.stop) if enabled else None
+        self.pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-alongside") if enabled else None
+        )
+        self.future = self.pool.submit(fn, self.stop) if self.pool is not None else None
 
     def result(self) -> T:
-        if self.future is None:  # not enabled: run inline, once
-            self.future = Future()
-            self.future.set_running_or_notify_cancel()
-            try:
-                self.future.set_result(self.fn(self.stop))
-            except BaseException as exc:
-                self.future.set_exception(exc)
+        if self.future is None:
+            return self.fn(self.stop)
         try:
             return self.future.result()
         finally:
-            self.pool.shutdown(wait=False)
+            self.pool.shutdown(wait=False)  # type: ignore[union-attr]
 
     def cancel(self) -> None:
         self.stop.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Behind:

@@ -151,7 +151,7 @@ def ingest_paths(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with store.writer_lock("ingest"):
         seen: dict[str, IdSet] = {}
-        validators: dict[str, Alongside[Validator]] = {}
+        validators: dict[str, Validator] = {}
         for path in files:
             try:
                 res = _ingest_file(store, path, opts, run_id, seen, validators, on_batch)
@@ -180,7 +180,7 @@ def _ingest_file(
     opts: IngestOptions,
     run_id: str,
     seen: dict[str, IdSet],
-    validators: dict[str, Alongside[Validator]],
+    validators: dict[str, Validator],
     on_batch: Callable[[UnitResult], None] | None = None,
 ) -> UnitResult:
     rows = read_rows(path, opts.format, opts.batch_rows)
@@ -241,14 +241,15 @@ def _ingest_file(
         lambda stop: sha or (digest.hexdigest() if digest else file_sha256(path, stop)),
         enabled=overlap and sha is None and digest is None,
     )
-    # one thread reads and parses, starting now, and the first batches are prepared while the Great
-    # Expectations suite is built on another (importing GX takes 3-4 s of Python on first use)
+    # one thread reads and parses, starting now: the first batches are ready when the known ids and the
+    # Great Expectations suite (about 3 s of Python on first use) are loaded. (Preparing batches while
+    # the suite is built was no faster: the import then shares the cores with them, benchmarks/ingest.)
     parsed = ahead(batches, enabled=overlap)
-    if kind not in validators:
-        validators[kind] = Alongside(lambda stop: Validator(kind, opts.max_chars), enabled=overlap)
     try:
         if kind not in seen:
             seen[kind] = IdSet.from_parquet(store.files(f"ingest/*/{kind}.parquet"))
+        if kind not in validators:
+            validators[kind] = Validator(kind, opts.max_chars)
         ids = seen[kind]
         ctx = _Ctx(source, str(path), run_id, reader, kind, validators[kind])
         # two threads prepare batches (ids, derived columns), this one dedups and validates, and the
@@ -319,12 +320,7 @@ class _Ctx:
     run_id: str
     reader: Reader
     kind: str
-    suite: Alongside[Validator]
-
-    @property
-    def validator(self) -> Validator:
-        """The kind's suite (waits for it to be built)."""
-        return self.suite.result()
+    validator: Validator
 
     def q(self, raw: RawRow, fld: str, reason: str) -> dict[str, Any]:
         return _q(
