@@ -183,8 +183,15 @@ EXTRA_FIELDS = {
     "escapes and UTF-8": (b'"note": "caf\\u00e9 \xc3\xa9 \\ud83d\\ude00 \\"q\\""', True),
     "a whole float": (b'"score": 1.0', False),  # 1 and 1.0 both parse as 1.0
     "a big integer": (b'"id": 99999999999999999999', False),  # beyond int64: a float
-    "an object": (b'"info": {"k": 1}', False),
+    "objects and lists in objects": (
+        b'"info": {"k": 1, "b": {"c": "x", "d": [0.5]}, "a": [[1], [2, 3]]}',
+        True,
+    ),
     "a null": (b'"id": null', False),
+    "a null in an object": (b'"info": {"k": null}', False),
+    "a null in a list": (b'"tags": ["a", null]', False),
+    "a whole float in an object": (b'"info": {"x": 2.0}', False),
+    "an empty object": (b'"info": {}', False),
     "an empty list": (b'"tags": []', False),
     "a date": (b'"at": "2024-01-01 00:00:00"', False),  # Arrow infers a timestamp
 }
@@ -220,9 +227,17 @@ def test_ingest_with_other_fields_identical(hh_lines, tmp_path):
     assert res.quarantined >= 5
 
 
-def test_integers_and_floats_in_one_field_fall_back(hh_lines, tmp_path):
-    """Arrow reads a field of 1s and 0.5s as floats: kept, the meta would say 1.0 where the row path says 1."""
-    ends = (b', "score": 0.5}', b', "score": 1}')
+@pytest.mark.parametrize(
+    "ends",
+    [
+        (
+            b', "score": 0.5}',
+            b', "score": 1}',
+        ),  # read as floats: the meta would say 1.0 where the row path says 1
+        (b', "info": {"k": 1}}', b', "info": {"j": 2}}'),  # read as {k, j} with nulls: keys a row lacks
+    ],
+)
+def test_fields_that_change_between_rows_fall_back(hh_lines, tmp_path, ends):
     lines = [line[:-1] + ends[i % 2] for i, line in enumerate(hh_lines[:20])]
     path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
     assert not any(isinstance(b, ArrowBlock) for b in assert_same_batches(path, 10))

@@ -20,9 +20,10 @@ are quarantined with their row number and raw text as before:
 - it returns one row per line (two objects on one line would give more);
 - the strings are valid UTF-8 (``Table.validate(full=True)``);
 - top-level fields besides ``schema``'s (ids, sources, scores: each row's ``meta``)
-  turn back into the JSON values the line path reads (``_same_json``): in every
-  row, none the reader reads, of a string, integer, bool or list type (no object,
-  so no key can be missing), and no float that may have been written as an integer.
+  turn back into the JSON values the line path reads (``_same_json``): none the
+  reader reads, strings, integers, bools, lists and objects of them with no null
+  anywhere (a key missing in a row or an object reads as null), and no float that
+  may have been written as an integer.
 
 A row whose field is missing or null is left to the row path: ``ArrowBlock.raw``
 decodes that one line exactly as the line path does, so its quarantine reason is unchanged.
@@ -301,23 +302,24 @@ def _arrow_block(
 def _same_json(column: pa.ChunkedArray) -> bool:
     """The values of a field Arrow inferred are the JSON values the line path reads (as Python objects).
 
-    Not when a row lacks the field (null: a missing key and ``null`` look alike), for objects (structs:
-    a key missing in one row is null there), for timestamps (inferred from strings), or for a float that
-    is a whole number or not finite (``1`` and ``1.0`` in one field both read as 1.0)."""
-    if column.null_count or not _json_type(column.type):
+    Not when a null is anywhere in it (a missing key and ``null`` both read as null, in a row or in an
+    object), for timestamps (inferred from strings) or empty objects, or for a float that is a whole
+    number or not finite (``1`` and ``1.0`` in one field both read as 1.0)."""
+    return _same_values(column.combine_chunks())
+
+
+def _same_values(values: pa.Array) -> bool:
+    t = values.type
+    if values.null_count:
         return False
-    values = column
-    while pa.types.is_list(values.type):
-        values = pc.list_flatten(values)
-    if pa.types.is_floating(values.type) and len(values):
-        return not pc.any(pc.or_kleene(pc.is_nan(values), pc.equal(pc.floor(values), values))).as_py()
-    return True
-
-
-def _json_type(t: pa.DataType) -> bool:
     if pa.types.is_list(t):
-        return _json_type(t.value_type)
-    return pa.types.is_string(t) or pa.types.is_int64(t) or pa.types.is_boolean(t) or pa.types.is_float64(t)
+        return _same_values(values.flatten())
+    if pa.types.is_struct(t):
+        return t.num_fields > 0 and all(_same_values(child) for child in values.flatten())
+    if pa.types.is_float64(t):
+        whole = pc.or_kleene(pc.is_nan(values), pc.equal(pc.floor(values), values))
+        return not len(values) or not pc.any(whole).as_py()
+    return pa.types.is_string(t) or pa.types.is_int64(t) or pa.types.is_boolean(t)
 
 
 # ------------------------------------------------------------------ Parquet
