@@ -301,14 +301,31 @@ def _trl_lines(hh_lines: list[bytes]) -> list[bytes]:
     return out
 
 
+def _jsonl_with_hostile(
+    path: Path,
+    lines: list[bytes],
+    hostile: list[bytes],
+    every: int,
+    start: int,
+    copies: int,
+    reader,
+    batch_rows: int,
+) -> Path:
+    """``lines`` with the ``hostile`` ones inserted ``every`` lines from ``start``, then the first ``copies``
+    lines again (exact duplicates of earlier batches), written to ``path``; its batches take both paths."""
+    lines = list(lines)
+    for k, bad in enumerate(hostile):
+        lines.insert(every * k + start, bad)
+    lines += lines[:copies]
+    _write(path, lines, bom=False, gz=False)
+    batches = list(read_batches(path, batch_rows, reader.arrow_schema))
+    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    return path
+
+
 def test_trl_ingest_units_identical(hh_lines, tmp_path):
     lines = _trl_lines(hh_lines[:400])
-    for k, bad in enumerate(TRL_HOSTILE):
-        lines.insert(41 * k + 7, bad)
-    lines += lines[:30]  # exact duplicates of earlier batches
-    path = _write(tmp_path / "trl.jsonl", lines, bom=False, gz=False)
-    batches = list(read_batches(path, 50, TRLPreferenceReader.arrow_schema))
-    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    path = _jsonl_with_hostile(tmp_path / "trl.jsonl", lines, TRL_HOSTILE, 41, 7, 30, TRLPreferenceReader, 50)
     unit, res = ingest_three_ways(tmp_path, path, TRLPreferenceReader, 50)
     assert res.duplicates >= 30
     reasons = {r["reason"] for r in unit["quarantine.parquet"]}
@@ -486,12 +503,7 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
     """Real Alpaca rows with hostile lines, as JSONL and as Parquet: Arrow batches on threads, columns
     from the line path, and row by row (``convert`` alone) give the same unit."""
     lines = [orjson.dumps(r) for r in alpaca_rows[:400]]
-    for k, bad in enumerate(ALPACA_HOSTILE):
-        lines.insert(31 * k + 5, bad)
-    lines += lines[:20]  # exact duplicates of earlier batches
-    jsonl = _write(tmp_path / "alpaca.jsonl", lines, bom=False, gz=False)
-    batches = list(read_batches(jsonl, 50, AlpacaReader.arrow_schema))
-    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    jsonl = _jsonl_with_hostile(tmp_path / "alpaca.jsonl", lines, ALPACA_HOSTILE, 31, 5, 20, AlpacaReader, 50)
     # as on the hub (tatsu-lab/alpaca has a "text" column too): Arrow batches, "text" kept in meta; with a
     # "system" column, which the reader reads, row by row
     hub = [
@@ -555,12 +567,9 @@ def test_messages_units_identical(shared_data, tmp_path):
 
     rows = real_conversations(shared_data)
     lines = [orjson.dumps(r) for r in rows[:400]]
-    for k, bad in enumerate(MESSAGES_HOSTILE):
-        lines.insert(23 * k + 5, bad)
-    lines += lines[:20]  # exact duplicates of earlier batches
-    jsonl = _write(tmp_path / "chat.jsonl", lines, bom=False, gz=False)
-    batches = list(read_batches(jsonl, 50, MessagesReader.arrow_schema))
-    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    jsonl = _jsonl_with_hostile(
+        tmp_path / "chat.jsonl", lines, MESSAGES_HOSTILE, 23, 5, 20, MessagesReader, 50
+    )
     turn = pa.struct([("content", pa.large_string()), ("role", pa.large_string())])
     hub = pa.table({"messages": pa.array([r["messages"] for r in rows[:300]], type=pa.list_(turn))})
     parquet = tmp_path / "chat.parquet"
@@ -604,12 +613,9 @@ def test_sharegpt_units_identical(shared_data, tmp_path):
         for i, r in enumerate(rows)
     ]
     lines = [orjson.dumps(r) for r in plain]
-    for k, bad in enumerate(SHAREGPT_HOSTILE):
-        lines.insert(29 * k + 3, bad)
-    lines += lines[:15]  # exact duplicates of earlier batches
-    jsonl = _write(tmp_path / "sharegpt.jsonl", lines, bom=False, gz=False)
-    batches = list(read_batches(jsonl, 40, ShareGPTReader.arrow_schema))
-    assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
+    jsonl = _jsonl_with_hostile(
+        tmp_path / "sharegpt.jsonl", lines, SHAREGPT_HOSTILE, 29, 3, 15, ShareGPTReader, 40
+    )
     parquet = tmp_path / "glaive.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
     assert all(

@@ -238,8 +238,7 @@ def _ingest_file(
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(
-        lambda stop: sha or (digest.hexdigest() if digest else file_sha256(path, stop)),
-        enabled=overlap and sha is None and digest is None,
+        lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None and digest is None
     )
     # one thread reads and parses, starting now: the first batches are ready when the known ids and the
     # Great Expectations suite (about 3 s of Python on first use) are loaded. (Preparing batches while
@@ -270,7 +269,7 @@ def _ingest_file(
                 if on_batch:
                     on_batch(res)
         writers.close()
-        sha = hashing.result()
+        sha = digest.hexdigest() if digest is not None else hashing.result()
         res.unit = unit_of(sha)  # type: ignore[arg-type]
         run_row = {
             "ingest_run": run_id,
