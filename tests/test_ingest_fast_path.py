@@ -91,6 +91,11 @@ def assert_same_batches(path: Path, batch_rows: int, reader: type[Reader] = HHRe
     fast = list(read_batches(path, batch_rows, reader.arrow_schema, reader.reads, digest))
     assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()  # the file as stored
     assert [len(b) for b in fast] == [len(b) for b in exact]
+    # parsed on Arrow's thread pool (the serial loop's choice), the same batches
+    threaded = list(read_batches(path, batch_rows, reader.arrow_schema, reader.reads, parse_threads=True))
+    for got, want in zip(threaded, fast, strict=True):
+        assert type(got) is type(want)
+        assert got.table.equals(want.table) if isinstance(got, ArrowBlock) else got == want
     names = set(reader.arrow_schema.names)
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ArrowBlock):

@@ -129,11 +129,14 @@ def read_batches(
     schema: pa.Schema,
     reads: frozenset[str] = frozenset(),
     digest: Any = None,
+    parse_threads: bool = False,
 ) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring. Fields besides
     ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then line by line).
     ``digest`` (a hashlib object), if given, has hashed the file's bytes (as stored) when the last batch is
-    taken."""
+    taken. ``parse_threads``: parse each batch on Arrow's thread pool (for a caller that does nothing
+    else meanwhile; when the batches are prepared, validated and written on other threads, one more
+    pool only competes with them for the cores)."""
     tap = HashingFile(path, digest) if digest is not None else None
     with open_bytes(path, tap) as fh:
         lines = _Lines()
@@ -151,7 +154,7 @@ def read_batches(
                     tap.read_to_end()  # what a gzip reader leaves after its last member
                 return
             data, s, e, row, nonblank = batch
-            block = _arrow_block(data, s, e, row, nonblank, schema, reads)
+            block = _arrow_block(data, s, e, row, nonblank, schema, reads, parse_threads)
             if block is not None:
                 yield block
             else:
@@ -269,6 +272,7 @@ def _arrow_block(
     nonblank: np.ndarray,
     schema: pa.Schema,
     reads: frozenset[str],
+    threads: bool = False,
 ) -> ArrowBlock | None:
     if (
         not nonblank.all()
@@ -281,9 +285,11 @@ def _arrow_block(
     opts = paj.ParseOptions(
         explicit_schema=schema, unexpected_field_behavior="infer", newlines_in_values=False
     )
-    # 1 MB blocks parse fastest here (cache); a block must hold the longest line. One thread when Arrow's
-    # pool has one (OMP_NUM_THREADS=1): handing blocks to a single worker only adds thread switches.
-    read = paj.ReadOptions(use_threads=pa.cpu_count() > 1, block_size=max(1 << 20, 2 * longest + 2))
+    # 1 MB blocks parse fastest here (cache); a block must hold the longest line. Arrow's pool only when
+    # asked and it has more than one thread: handing blocks to a single worker only adds thread switches.
+    read = paj.ReadOptions(
+        use_threads=threads and pa.cpu_count() > 1, block_size=max(1 << 20, 2 * longest + 2)
+    )
     try:
         table = paj.read_json(pa.BufferReader(body), read_options=read, parse_options=opts)
         table.validate(full=True)  # the parser does not check UTF-8 inside strings

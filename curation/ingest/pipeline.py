@@ -232,7 +232,11 @@ def _ingest_file(
         rows.close()  # type: ignore[attr-defined]
         if fmt == "jsonl":
             digest = hashlib.sha256() if sha is None else None  # hashed by the reading thread as it reads
-            batches = read_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads, digest)
+            # overlapped, the reading thread parses on its own: Arrow's pool on top of the preparing and
+            # writing threads was slower on the 1M-row file (benchmarks/ingest/README.md)
+            batches = read_batches(
+                path, opts.batch_rows, reader.arrow_schema, reader.reads, digest, parse_threads=not overlap
+            )
         else:
             batches = read_parquet_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads)
     else:
