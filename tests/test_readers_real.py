@@ -15,6 +15,7 @@ import pytest
 
 from curation.ingest.pipeline import IngestOptions, UnitResult, ingest_paths
 from curation.store import Store
+from schemas import SCHEMAS
 
 AUTO_FILES = [
     "hh-rlhf/harmless-base-test.jsonl.gz",
@@ -110,6 +111,22 @@ def test_hh_transcripts(real, shared_data):
     assert prompt[1]["content"] == "Are you looking for practical joke ideas?"
     assert prompt[2]["content"] == "yep" and prompt[-1]["role"] == "user"
     assert strength is None
+
+
+def test_unit_parquet_layout(real):
+    """Texts are written plain, without min/max statistics; the short columns keep both (write_options)."""
+    store, _ = real
+    (unit,) = store.path("ingest").glob("harmless-base-test-*")
+    for name in ("pair", "quarantine"):
+        meta = pq.read_metadata(unit / f"{name}.parquet")
+        for g in range(meta.num_row_groups):
+            cols = {c.path_in_schema: c for c in map(meta.row_group(g).column, range(meta.num_columns))}
+            for path, col in cols.items():
+                text = path.endswith((".content", "raw"))
+                assert col.is_stats_set is not text, path
+                dictionary = "RLE_DICTIONARY" in col.encodings
+                assert dictionary is (not text and path not in ("id", "source_row")), path
+    assert pq.read_table(unit / "pair.parquet").schema == SCHEMAS["pair"]
 
 
 def test_alpaca_and_exact_duplicates(real, shared_data):
