@@ -6,7 +6,10 @@ from __future__ import annotations
 import gzip
 import json
 
+import pytest
+
 from curation.ingest.readers import BY_NAME, detect
+from curation.ingest.readers.base import RowError
 from schemas.ids import record_id
 
 TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
@@ -36,9 +39,26 @@ def test_trl_strings_messages_and_implicit_prompt_match_hh(shared_data):
     ]
     explicit_msgs = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in hh]
     implicit = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in hh]
-    for rows in (explicit_str, explicit_msgs, implicit):
+    # HuggingFaceH4/ultrafeedback_binarized: a prompt, and whole conversations that repeat it
+    h4 = [
+        {"prompt": r["prompt"][0]["content"], "prompt_id": str(i), "score_chosen": 8.0, **x}
+        for i, (r, x) in enumerate(zip(hh, implicit, strict=True))
+    ]
+    h4_msgs = [{"prompt": r["prompt"], **x} for r, x in zip(hh, implicit, strict=True)]
+    for rows in (explicit_str, explicit_msgs, implicit, h4, h4_msgs):
         assert detect(rows, "t").name == "trl"
         assert [record_id("pair", r) for r in _records("trl", rows)] == ids
+    assert _records("trl", h4[:1])[0]["meta"] == {"prompt_id": "0", "score_chosen": 8.0}
+
+
+def test_trl_whole_conversations_need_a_response_after_the_prompt():
+    user, answer = {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}
+    with pytest.raises(RowError) as exc:
+        _records("trl", [{"prompt": "2+2?", "chosen": [user, answer], "rejected": [user]}])
+    assert (exc.value.field, exc.value.reason) == ("rejected", "no response after the prompt it repeats")
+    # only one side repeats the prompt: taken as given (validation then finds a user turn in a response)
+    (rec,) = _records("trl", [{"prompt": "2+2?", "chosen": [user, answer], "rejected": [answer]}])
+    assert rec["chosen"] == [user, answer] and rec["rejected"] == [answer]
 
 
 def test_openai_list_of_parts_and_sharegpt_roles_match_messages(shared_data):

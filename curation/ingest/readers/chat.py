@@ -310,7 +310,9 @@ class ShareGPTPairReader(Reader):
 
 
 class TRLPreferenceReader(Reader):
-    """TRL preference: ``prompt``/``chosen``/``rejected`` as strings or messages (explicit or implicit prompt)."""
+    """TRL preference: ``prompt``/``chosen``/``rejected`` as strings or messages (explicit or implicit
+    prompt). With a prompt, message-list responses that begin with that prompt (whole conversations, as in
+    HuggingFaceH4/ultrafeedback_binarized) are the turns after it."""
 
     name = "trl"
     kind = "pair"
@@ -359,6 +361,14 @@ class TRLPreferenceReader(Reader):
                 if isinstance(value, str)
                 else normalize_messages(value, side)
             )
+        n = len(prompt)
+        if all(turns[:n] == prompt for turns in sides.values()):
+            # whole conversations that repeat the prompt (HuggingFaceH4/ultrafeedback_binarized): the
+            # responses are what follows it
+            for side, turns in sides.items():
+                if len(turns) == n:
+                    raise RowError(side, "no response after the prompt it repeats")
+                sides[side] = turns[n:]
         return [
             {
                 "prompt": prompt,
