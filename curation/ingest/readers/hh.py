@@ -77,8 +77,8 @@ class HHReader(Reader):
         return [rec]
 
 
-#: Turn markers with and without the optional space (as ``_TURN`` consumes it), the letter that replaces
-#: each, and the markers' lengths in bytes.
+#: Turn markers with and without the optional space (as ``_TURN`` consumes it) and the letter that
+#: replaces each.
 _MARKERS = {"\n\nHuman: ": "U", "\n\nHuman:": "u", "\n\nAssistant: ": "A", "\n\nAssistant:": "a"}
 _ROLE_OF = {"U": "user", "u": "user", "A": "assistant", "a": "assistant"}
 _ASSISTANT = b"\n\nAssistant:"
@@ -116,9 +116,8 @@ def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     letter = last_c.str.head(1)
     # bytes of the chosen transcript before its last marker (an assistant one, with or without the space);
     # the rejected transcript must have the same ones, and after them its own assistant marker and reply
-    prefix = (
-        pl.col("cb").bin.size() - last_c.str.len_bytes() + 1 - pl.when(letter == "A").then(13).otherwise(12)
-    )
+    marker = pl.when(letter == "A").then(len(_ASSISTANT) + 1).otherwise(len(_ASSISTANT))  # with its space?
+    prefix = pl.col("cb").bin.size() - (last_c.str.len_bytes() - 1) - marker
     t = t.with_columns(prefix.alias("n"))
     t = t.with_columns(pl.col("rb").bin.slice(pl.col("n")).alias("rest"))
     rest, reply = pl.col("rest"), pl.col("rest").bin.slice(len(_ASSISTANT))
