@@ -206,11 +206,14 @@ class PairCollator:
 
     pad_token_id: int
     padding_side: str = "right"
+    multiple_of: int = 1
+    limit: int | None = None
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [x["chosen_ids"] for x in items] + [x["rejected_ids"] for x in items]
-        ids = pad_batch(seqs, self.pad_token_id, self.padding_side)
-        mask = pad_batch([[1] * len(s) for s in seqs], 0, self.padding_side)
+        shape = (self.multiple_of, self.limit)
+        ids = pad_batch(seqs, self.pad_token_id, self.padding_side, *shape)
+        mask = pad_batch([[1] * len(s) for s in seqs], 0, self.padding_side, *shape)
         f = lambda k, dt: torch.tensor([x[k] for x in items], dtype=dt)  # noqa: E731
         return {
             "input_ids": ids,
@@ -252,8 +255,9 @@ class HeadInput:
     def pooled(self, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.value
         if h.dim() == 3:  # per-token states: the decoder head reads the last real token, encoders the first
-            if self.name == "score":
-                last = attention_mask.sum(1) - 1
+            if self.name == "score":  # the last position the mask keeps, whichever side pads
+                positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+                last = (attention_mask * positions).argmax(1)
                 h = h[torch.arange(h.size(0), device=h.device), last]
             else:
                 h = h[:, 0]
@@ -528,7 +532,9 @@ def train(config: RMConfig) -> dict[str, Any]:
         args=config,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=PairCollator(tok.pad_token_id, tok.padding_side),
+        data_collator=PairCollator(
+            tok.pad_token_id, tok.padding_side, config.width_multiple(), config.max_length
+        ),
         processing_class=tok,
         callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
         rm_config=config,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from curation.models import ModelSpec, lifted_length_limit, load_causal_lm, load_tokenizer
+from curation.models import ModelSpec, lifted_length_limit, load_causal_lm, load_tokenizer, padded_width
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -138,12 +138,15 @@ def pack(samples: list[dict[str, Any]], max_length: int, packing: bool) -> ListD
 
 @dataclass
 class SFTCollator:
-    """Pads rows (right); per token: label, epsilon and the sample (segment) it belongs to."""
+    """Pads rows (right, to a multiple of ``multiple_of`` within ``limit``); per token: label, epsilon and the sample (segment) it belongs to."""
 
     pad_token_id: int
+    multiple_of: int = 1
+    limit: int | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(sum(len(s["input_ids"]) for s in r["samples"]) for r in rows)
+        longest = max(sum(len(s["input_ids"]) for s in r["samples"]) for r in rows)
+        width = padded_width(longest, self.multiple_of, self.limit)
         n = len(rows)
         ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
@@ -303,7 +306,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
         args=config,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=SFTCollator(tok.pad_token_id),
+        data_collator=SFTCollator(tok.pad_token_id, config.width_multiple(), config.max_length),
         processing_class=tok,
         callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
         sft_config=config,

@@ -23,6 +23,7 @@ from curation.models import (
     describe,
     encode_untruncated,
     load_tokenizer,
+    padded_width,
     pick_device,
 )
 
@@ -58,10 +59,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 1, 
     import torch
 
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    width = int(lengths.max())
-    rounded = -(-width // multiple_of) * multiple_of
-    if limit is None or rounded <= limit:
-        width = rounded
+    width = padded_width(int(lengths.max()), multiple_of, limit)
     mask = np.arange(width) < lengths[:, None]
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
