@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import sys
 import time
@@ -245,12 +246,15 @@ def train_large(
     sft_rows: int,
     groups: int,
     order: list[str],
+    pad_multiple: int = 0,
 ) -> dict:
     """The bundled SFT (UAL label smoothing, and plain cross-entropy for comparison) and RESCUE trainers
     on a causal LM of realistic size: a 1.1B Llama-shaped model (random weights; speed does not depend on
     their values) with fp32 master weights under bf16 autocast, one epoch over the demo build's sft and
     ranking shards. Tokens per second count every token of the sequences trained on (no padding).
-    ``order`` names the runs in order (a name may repeat: each run is kept, and the best per name reported)."""
+    ``order`` names the runs in order (a name may repeat: each run is kept, and the best per name reported).
+    ``pad_multiple`` is the trainers' ``pad_to_multiple_of`` (0: their default, 64 on CUDA; 1: no rounding).
+    The model folder is built once and reused by later processes (each variant runs in a fresh one)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -274,16 +278,20 @@ def train_large(
     )
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg)
-    lm_dir = Path("/tmp/curate_gpu_lm")
-    model.save_pretrained(lm_dir)
-    tok.save_pretrained(lm_dir)
-    params = sum(p.numel() for p in model.parameters())
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    lm_dir = Path(f"/tmp/curate_gpu_lm_{layers}x{hidden}")
+    if not (lm_dir / "config.json").exists():
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+        model.save_pretrained(lm_dir)
+        tok.save_pretrained(lm_dir)
+        del model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    with torch.device("meta"):
+        params = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
     res: dict = {"params": params, "build_and_save_s": round(time.perf_counter() - t0, 1), "batch": batch}
+    res["pad_to_multiple_of"] = pad_multiple
+    res["alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     res |= {"max_length": max_length, "layers": layers, "hidden": hidden, "runs": {}}
     shards = str(pack / "build")
     common = {
@@ -298,6 +306,7 @@ def train_large(
         "report_to": [],
         "eval_split": None,
         "logging_steps": 5,
+        "pad_to_multiple_of": pad_multiple,
     }
     ptok = load_tokenizer(ModelSpec(str(lm_dir)))
     ptok.pad_token = ptok.pad_token or ptok.eos_token
@@ -335,6 +344,9 @@ def train_large(
         run["mfu_vs_989_tflops"] = round(run["model_tflops_per_s"] / peak_tflops, 3)
         if device.startswith("cuda"):
             run["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+            stats = torch.cuda.memory_stats()  # cumulative over the process
+            run["alloc_retries_so_far"] = stats.get("num_alloc_retries")
+            run["device_mallocs_so_far"] = stats.get("num_device_alloc")
         res["runs"].setdefault(name, []).append(run)
         print(name, run, flush=True)
         del out
@@ -460,6 +472,10 @@ def main() -> None:
         help="train_large: runs in order (warmup, sft_ual, sft_plain, rescue; repeats allowed)",
     )
     ap.add_argument(
+        "--pad-multiple", type=int, default=0, help="train_large: pad_to_multiple_of (0: default, 1: none)"
+    )
+    ap.add_argument("--tag", default="", help="suffix of the result file's name (<section><tag>.json)")
+    ap.add_argument(
         "--configs",
         default="2:5e-5:1,2:5e-5:1:0.1,2:5e-5:3",
         help="noise: comma-separated epochs:lr:repeats[:soft_label]",
@@ -498,6 +514,7 @@ def main() -> None:
             args.sft_rows,
             args.groups,
             args.order.split(","),
+            args.pad_multiple,
         )
     else:
         configs = []
@@ -510,7 +527,7 @@ def main() -> None:
     res["environment"] = environment()
     res["seconds_total"] = round(time.perf_counter() - t0, 1)
     res["command"] = " ".join(["python3", *sys.argv])
-    (out / f"{args.section}.json").write_text(json.dumps(res, indent=2))
+    (out / f"{args.section}{args.tag}.json").write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,22 @@ export PYTHONPATH=/tmp/site_core
 
 $PY benchmarks/gpu/device_bench.py unpack || exit 1
 bench=(benchmarks/gpu/device_bench.py --out "$OUT")
-SECTIONS=${SECTIONS:-scoring scoring_large noise}  # and train_large: SFT (UAL) and RESCUE on a 1.1B LM
+SECTIONS=${SECTIONS:-scoring scoring_large noise}  # and train_large: SFT (UAL) and RESCUE on a 1.1B LM;
+# train_shapes: their first pass over new batch shapes, with and without width rounding / expandable segments
 for s in $SECTIONS; do
+  if [ "$s" = train_shapes ]; then
+    # The first pass over new batch shapes, each variant in a fresh process: widths as they come (1) or
+    # rounded to 64 tokens, with the CUDA caching allocator's default or its expandable segments.
+    e=expandable_segments:True
+    for v in pad1, pad64, pad1_expandable,$e pad64_expandable,$e pad8_expandable,$e; do
+      IFS=, read -r name alloc <<< "$v"
+      pad=${name%%_*}; pad=${pad#pad}
+      env ${alloc:+PYTORCH_CUDA_ALLOC_CONF=$alloc} timeout 120 $PY "${bench[@]}" train_large --tag "_$name" \
+        --pad-multiple "$pad" --order sft_ual,sft_ual,rescue,rescue --sft-rows 512 --groups 128 2>&1 \
+        | grep -v Warning | tee -a "$OUT/train_shapes.log"
+    done
+    continue
+  fi
   case $s in
     scoring) t=100; extra=() ;;
     scoring_large) t=150; extra=(--budgets 65536) ;;

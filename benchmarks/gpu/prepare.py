@@ -119,7 +119,8 @@ def main() -> None:
     pack_build(Path(args.build), out / "build")
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-        + ["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64"]
+        + ["--python-version", "3.12", "--implementation", "cp"]
+        + [f"--platform={p}_x86_64" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014")]
         + ["-d", str(out / "whl"), *WHEELS],
         check=True,
     )
