@@ -275,3 +275,34 @@ def test_conversation_over_the_turn_cap_is_quarantined(tmp_path, store):
     (res,) = ingest_paths(store, [str(f)])
     assert (res.rows_read, res.accepted, res.quarantined) == (1, 0, 1)
     assert "10002 turns, more than 10000" in store.read("quarantine").column("reason")[0].as_py()
+
+
+@pytest.mark.parametrize("depth", [10, 500, 3000])
+def test_deeply_nested_extra_fields_never_crash(depth, tmp_path, store):
+    """Arrow parses thousands of nesting levels; curate compares at most 64 of them and leaves deeper rows
+    to the line path: orjson reads up to 1024 levels and writes up to 254, so deeper rows are quarantined."""
+    hh = '"chosen": "\\n\\nHuman: q{i}\\n\\nAssistant: a", "rejected": "\\n\\nHuman: q{i}\\n\\nAssistant: b"'
+    deep = '{"a":' * depth + "1" + "}" * depth
+    f = tmp_path / "deep.jsonl"
+    f.write_text("".join("{" + hh.format(i=i) + f', "x": {deep}}}\n' for i in range(3)) + deep + "\n")
+    (res,) = ingest_paths(store, [str(f)], IngestOptions(reader="hh"))
+    assert res.reconciles and res.rows_read == 4
+    kept = depth < 254
+    assert (res.accepted, res.quarantined) == ((3, 1) if kept else (0, 4))
+    q = store.read("quarantine").sort_by("source_row")
+    reasons, fields = q.column("reason").to_pylist(), q.column("field").to_pylist()
+    if depth >= 1024:  # orjson cannot read the rows
+        assert set(reasons) == {"malformed JSON: depth limit exceeded"}
+    elif not kept:  # it reads them but cannot write x to meta: named field and reason
+        assert fields[:3] == ["x"] * 3 and all("cannot be kept in meta as JSON" in r for r in reasons[:3])
+        assert all("see row" in raw for raw in q.column("raw").to_pylist()[:3])
+    if kept:
+        con = store.connect()
+        try:
+            metas = [json.loads(m) for (m,) in con.sql("SELECT meta FROM pairs").fetchall()]
+        finally:
+            con.close()
+        x = metas[0]["x"]
+        for _ in range(depth - 1):
+            x = x["a"]
+        assert x == {"a": 1} and len(metas) == 3

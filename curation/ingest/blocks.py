@@ -305,23 +305,27 @@ def _arrow_block(
     return ArrowBlock(row, table, data, starts, ends, meta)
 
 
+_MAX_NESTING = 64
+
+
 def _same_json(column: pa.ChunkedArray) -> bool:
     """The values of a field Arrow inferred are the JSON values the line path reads (as Python objects).
 
     Not when a null is anywhere in it (a missing key and ``null`` both read as null, in a row or in an
     object), for timestamps (inferred from strings) or empty objects, or for a float that is a whole
-    number or not finite (``1`` and ``1.0`` in one field both read as 1.0)."""
-    return _same_values(column.combine_chunks())
+    number or not finite (``1`` and ``1.0`` in one field both read as 1.0), nor for values nested deeper
+    than ``_MAX_NESTING`` levels (Arrow parses thousands; the line path quarantines what orjson refuses)."""
+    return _same_values(column.combine_chunks(), _MAX_NESTING)
 
 
-def _same_values(values: pa.Array) -> bool:
+def _same_values(values: pa.Array, depth: int) -> bool:
     t = values.type
-    if values.null_count:
+    if values.null_count or depth <= 0:
         return False
     if pa.types.is_list(t):
-        return _same_values(values.flatten())
+        return _same_values(values.flatten(), depth - 1)
     if pa.types.is_struct(t):
-        return t.num_fields > 0 and all(_same_values(child) for child in values.flatten())
+        return t.num_fields > 0 and all(_same_values(child, depth - 1) for child in values.flatten())
     if pa.types.is_float64(t):
         whole = pc.or_kleene(pc.is_nan(values), pc.equal(pc.floor(values), values))
         return not len(values) or not pc.any(whole).as_py()

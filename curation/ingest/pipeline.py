@@ -372,6 +372,7 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
             continue
         try:
             out = ctx.reader.convert(raw.value)  # type: ignore[arg-type]
+            metas = [meta_json(rec.get("meta")) for rec in out]
         except RowError as exc:
             quarantine.append(ctx.q(raw, exc.field, exc.reason))
             continue
@@ -379,9 +380,9 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
             quarantine.append(ctx.q(raw, "row", "nested too deeply"))
             continue
         converted += 1
-        for rec in out:
+        for rec, meta in zip(out, metas, strict=True):
             rec["_i"] = i
-            rec["meta"] = meta_json(rec.get("meta"))
+            rec["meta"] = meta
             records.append(rec)
     if records:
         table = pa.Table.from_pylist(records, schema=_content_schema(ctx.kind))

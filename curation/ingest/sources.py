@@ -49,7 +49,10 @@ class RawRow:
     error: str | None = None
 
     def raw_text(self) -> str:
-        text = self.raw if self.raw is not None else orjson.dumps(self.value, default=str).decode()
+        try:
+            text = self.raw if self.raw is not None else orjson.dumps(self.value, default=str).decode()
+        except TypeError as exc:  # orjson writes at most 254 levels of nesting
+            return f"[cannot be written back as JSON ({exc}); see row {self.row} of the source file]"
         if len(text) > RAW_KEEP:
             return text[:RAW_KEEP] + f"... [{len(text) - RAW_KEEP} more characters, see the source file]"
         return text

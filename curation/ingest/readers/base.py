@@ -129,8 +129,19 @@ def pair_from_conversations(chosen: list[Message], rejected: list[Message], fiel
 
 
 def meta_json(meta: Mapping[str, Any] | None) -> str:
-    """A record's ``meta`` as stored: JSON with sorted keys (a value JSON cannot hold, as its text)."""
-    return orjson.dumps(meta or {}, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    """A record's ``meta`` as stored: JSON with sorted keys (a value JSON cannot hold, as its text).
+
+    Raises RowError naming the field when a value cannot be written at all (orjson writes at most 254
+    levels of nesting, and only text keys)."""
+    try:
+        return orjson.dumps(meta or {}, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError as exc:
+        for key, value in (meta or {}).items():
+            try:
+                orjson.dumps({key: value}, default=str)
+            except TypeError:
+                raise RowError(str(key), f"cannot be kept in meta as JSON: {exc}") from None
+        raise RowError("meta", f"cannot be kept as JSON: {exc}") from None
 
 
 def extra_meta(row: Mapping[str, Any], used: set[str] | frozenset[str]) -> dict[str, Any]:
