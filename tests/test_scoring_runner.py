@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,16 +45,21 @@ def test_rewards_do_not_depend_on_the_batch(minilm, tmp_path, shared_data):
     AutoModelForSequenceClassification.from_pretrained(str(minilm), num_labels=1).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(tmp_path)
     texts = _hh_texts(shared_data, 12)
-    rm = RewardModel(ModelSpec(str(tmp_path)), RunnerConfig(device="cpu", max_length=96, token_budget=600))
+    # fp32: bf16 autocast (the default on CPUs with AMX or AVX512-BF16) rounds differently per batch shape
+    config = RunnerConfig(device="cpu", max_length=96, token_budget=600, bf16=False)
+    rm = RewardModel(ModelSpec(str(tmp_path)), config)
     batched = rm.score(texts)
     alone = np.array([rm.score([t])[0] for t in texts])
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     assert np.std(batched) > 1e-4  # different texts, different rewards
+    half = RewardModel(ModelSpec(str(tmp_path)), replace(config, bf16=True)).score(texts)
+    assert np.abs(half - batched).max() < 0.1 * np.std(batched)  # bf16 keeps the rewards' order and scale
 
 
 def test_entropy_is_the_mean_over_response_tokens(tiny_lm, shared_data):
     """The batched, masked entropy equals a direct per-text computation over the response positions."""
-    lm = CausalLMEntropy(ModelSpec(str(tiny_lm)), RunnerConfig(device="cpu", max_length=48, token_budget=200))
+    config = RunnerConfig(device="cpu", max_length=48, token_budget=200, bf16=False)  # compared with fp32
+    lm = CausalLMEntropy(ModelSpec(str(tiny_lm)), config)
     with torch.no_grad():  # random weights predict ~uniformly everywhere; sharpen them so positions differ
         lm.model.get_output_embeddings().weight.mul_(40)
     with open(shared_data / "gsm8k" / "test.jsonl") as fh:
