@@ -141,9 +141,9 @@ def padded_width(width: int, multiple_of: int = 1, limit: int | None = None) -> 
 def bf16_supported(device: str) -> bool:
     """bf16 autocast is worth it on CUDA with bf16 support, and on CPUs with native bf16 (AVX512-BF16, AMX).
 
-    On this project's CPU machines (AVX-512 without AVX512-BF16) bf16 autocast measured about 3x
-    slower than fp32 for MiniLM scoring and training (benchmarks/scoring, benchmarks/train_rm), so
-    plain AVX-512 does not count.
+    Measured for MiniLM scoring (benchmarks/scoring): on a CPU with AMX bf16 autocast was 2.5x faster
+    than fp32; on one with AVX-512 but no AVX512-BF16 it was 2.3-4.1x slower (training too,
+    benchmarks/train_rm), so plain AVX-512 does not count.
     """
     import torch
 
