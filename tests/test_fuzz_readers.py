@@ -284,7 +284,8 @@ def test_deeply_nested_extra_fields_never_crash(depth, tmp_path, store):
     hh = '"chosen": "\\n\\nHuman: q{i}\\n\\nAssistant: a", "rejected": "\\n\\nHuman: q{i}\\n\\nAssistant: b"'
     deep = '{"a":' * depth + "1" + "}" * depth
     f = tmp_path / "deep.jsonl"
-    f.write_text("".join("{" + hh.format(i=i) + f', "x": {deep}}}\n' for i in range(3)) + deep + "\n")
+    rows = ["{" + hh.format(i=i) + f', "x": {deep}}}' for i in range(3)] + [f'{{"x": {deep}}}']
+    f.write_text("\n".join(rows) + "\n")  # x in every row: no null stops the fast path's comparison
     (res,) = ingest_paths(store, [str(f)], IngestOptions(reader="hh"))
     assert res.reconciles and res.rows_read == 4
     kept = depth < 254
