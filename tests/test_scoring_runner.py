@@ -21,6 +21,8 @@ def test_pad_batch_rounds_up_within_the_window():
     assert ids.shape == (2, 8) and ids[1].tolist() == [8] + [9] * 7 and int(mask.sum()) == 4
     ids, _ = pad_batch([[1] * 10], pad_id=0, multiple_of=8, limit=12)  # 16 would pass the window
     assert ids.shape == (1, 10)
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=9, multiple_of=4, side="left")
+    assert ids.tolist() == [[9, 5, 6, 7], [9, 9, 9, 8]] and mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
 
 
 def test_token_batches_cover_every_index_once_within_budget():

@@ -21,8 +21,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import TrainerCallback, TrainingArguments
 
-from curation.models import padded_width
-
 log = logging.getLogger(__name__)
 
 #: Used when a tokenizer has no chat template (e.g. an encoder such as MiniLM).
@@ -237,19 +235,6 @@ def render_with_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, l
             raise ValueError("the chat template does not render conversations prefix by prefix")
         spans.append((start, end))
     return text, spans
-
-
-def pad_batch(
-    seqs: list[list[int]], pad: int, side: str = "right", multiple_of: int = 1, limit: int | None = None
-) -> torch.Tensor:
-    width = padded_width(max(len(s) for s in seqs), multiple_of, limit)
-    out = torch.full((len(seqs), width), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        else:
-            out[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-    return out
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -36,6 +36,7 @@ from curation.models import (
     load_tokenizer,
     pick_device,
 )
+from curation.scoring.runner import pad_batch
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -43,7 +44,6 @@ from training.common import (
     SortedBucketSampler,
     ensure_chat_template,
     length_sorted_batches,
-    pad_batch,
     write_length_reports,
 )
 from training.losses import (
@@ -211,9 +211,7 @@ class PairCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [x["chosen_ids"] for x in items] + [x["rejected_ids"] for x in items]
-        shape = (self.multiple_of, self.limit)
-        ids = pad_batch(seqs, self.pad_token_id, self.padding_side, *shape)
-        mask = pad_batch([[1] * len(s) for s in seqs], 0, self.padding_side, *shape)
+        ids, mask = pad_batch(seqs, self.pad_token_id, self.multiple_of, self.limit, self.padding_side)
         f = lambda k, dt: torch.tensor([x[k] for x in items], dtype=dt)  # noqa: E731
         return {
             "input_ids": ids,

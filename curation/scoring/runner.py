@@ -50,8 +50,14 @@ def token_batches(lengths: Sequence[int], budget: int, max_batch: int = 256) -> 
     return batches
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 1, limit: int | None = None):
-    """input_ids and attention_mask tensors, right-padded to the longest sequence of the batch.
+def pad_batch(
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    multiple_of: int = 1,
+    limit: int | None = None,
+    side: str = "right",
+):
+    """input_ids and attention_mask tensors, padded (on ``side``) to the longest sequence of the batch.
 
     The width is rounded up to ``multiple_of`` (8 on a GPU: tensor-core shapes, and fewer distinct
     shapes to warm up) unless that would pass ``limit`` (the model's window).
@@ -60,7 +66,8 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 1, 
 
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     width = padded_width(int(lengths.max()), multiple_of, limit)
-    mask = np.arange(width) < lengths[:, None]
+    positions = np.arange(width)
+    mask = positions < lengths[:, None] if side == "right" else positions >= (width - lengths)[:, None]
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
