@@ -37,3 +37,28 @@ def test_unreadable_files_fail_clearly(tmp_path):
     assert "odd.jsonl: unknown layout (fields: bar, foo)" in text and "--map" in text
     missing = runner.invoke(app, ["ingest", str(tmp_path / "nope.jsonl"), "--store", str(tmp_path / "s")])
     assert missing.exit_code == 1 and "no such file" in missing.output
+
+
+def _python(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+def test_allocator_settings_come_before_polars():
+    """`curate` sets polars' jemalloc options before polars loads (jemalloc reads them once, at load):
+    importing the CLI must not import polars, and a value the user set wins."""
+    code = (
+        "import os, sys; from curation.cli import configure_allocators as c; "
+        "print('polars' in sys.modules, c(), os.environ['_RJEM_MALLOC_CONF'])"
+    )
+    assert _python(code) == "False True dirty_decay_ms:30000,muzzy_decay_ms:30000"
+    assert _python(code, _RJEM_MALLOC_CONF="narenas:2") == "False True narenas:2"
+    late = "import polars; from curation.cli import configure_allocators as c; print(c())"
+    assert _python(late) == "False"

@@ -68,7 +68,10 @@ def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
     c0 = cpu_s()
     out: dict = {}
     if method.startswith("curate"):
-        from curation.cli import app
+        from curation.cli import app, configure_allocators
+
+        if not configure_allocators():  # what the `curate` command does first
+            raise SystemExit("polars was imported before the allocator settings of `curate`")
 
         shutil.rmtree(work / "store", ignore_errors=True)
         t0, c0 = time.perf_counter(), cpu_s()
