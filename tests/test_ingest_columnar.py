@@ -26,7 +26,12 @@ from curation.ingest.columnar import (
 )
 from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import RowError
-from curation.ingest.readers.chat import MessagesReader, ShareGPTReader, TRLPreferenceReader
+from curation.ingest.readers.chat import (
+    MessagesReader,
+    ShareGPTPairReader,
+    ShareGPTReader,
+    TRLPreferenceReader,
+)
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.validate import derive
 from schemas import SCHEMAS
@@ -410,6 +415,50 @@ def test_sharegpt_columnar_equals_convert(rows):
                     ]
                 }
             )
+            and (v.get("system") is None or type(v["system"]) is str)
+        )
+
+    _arrow_rows_equal_columns(reader, values, plain)
+
+
+response = st.one_of(reply, reply, reply, plain_turn, defect, st.just([{"from": "gpt", "value": "listed"}]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(conversation, response, response, system_prompt, rarely), min_size=1, max_size=8))
+def test_sharegpt_pair_columnar_equals_convert(rows):
+    """ShareGPT pairs: conversations as above (a prompt may end with an assistant turn), responses from
+    assistant or other roles, blank, null, with extra fields or given as lists, a system prompt or not,
+    extra fields in the row: the vectorised rows are exactly what convert gives; the others go row by row."""
+    values = []
+    for turns, chosen, rejected, system, extra in rows:
+        v = {"conversations": _sharegpt(turns[:-1] or turns), "chosen": chosen, "rejected": rejected}
+        v = {
+            k: (_sharegpt([x])[0] if k != "conversations" and not isinstance(x, list) else x)
+            for k, x in v.items()
+        }
+        if system is not None:
+            v["system"] = system
+        values.append(v | ({"id": 7} if extra else {}))
+    reader = ShareGPTPairReader()
+    rest = _columnar_rows_equal_convert(reader, values)
+    for i in rest:
+        with contextlib.suppress(RowError):
+            reader.convert(values[i])
+
+    def plain(v):
+        def turn(t):
+            return (
+                isinstance(t, dict)
+                and set(t) == {"from", "value"}
+                and all(type(x) is str for x in t.values())
+            )
+
+        return (
+            v.keys() <= ShareGPTPairReader.reads
+            and all(turn(t) for t in v["conversations"])
+            and turn(v["chosen"])
+            and turn(v["rejected"])
             and (v.get("system") is None or type(v["system"]) is str)
         )
 

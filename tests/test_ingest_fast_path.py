@@ -638,3 +638,51 @@ def test_sharegpt_units_identical(shared_data, tmp_path):
     assert any(r["reason"] == "role order: first turn after the system prompt is not a user turn" for r in q)
     assert {r["messages"][-2]["role"] for r in sft} >= {"tool", "user"}  # observation turns became tool turns
     assert all("tools" in orjson.loads(r["meta"]) for r in units[parquet]["sft.parquet"])
+
+
+#: ShareGPT pair lines the block path must refuse or hand to the row path without changing the outcome.
+_C, _R = b'"chosen": {"from": "gpt", "value": "Yes."}', b'"rejected": {"from": "gpt", "value": "No."}'
+SHAREGPT_PAIR_HOSTILE = [
+    b'{"conversations": [' + _H + b"], " + _C + b", " + _R + b', "system": "Be brief."}',
+    b'{"conversations": [' + _H + b"], " + _C + b", " + _R + b', "id": 3}',  # kept in meta
+    b'{"conversations": [' + _H + b'], "chosen": [{"from": "gpt", "value": "Yes."}], ' + _R + b"}",  # a list
+    b'{"conversations": [' + _H + b'], "chosen": {"from": "human", "value": "Yes."}, ' + _R + b"}",
+    b'{"conversations": [' + _H + b'], "chosen": {"from": "gpt", "value": " "}, ' + _R + b"}",
+    b'{"conversations": [' + _H + b", " + _G + b"], " + _C + b", " + _R + b"}",  # prompt ends with gpt
+    b'{"conversations": [' + _H + b"], " + _C + b"}",  # no rejected
+    b'{"conversations": [' + _H + b"], " + _C + b', "rejected": {"from": "gpt", "value": "Yes."}}',  # equal
+    b'{"conversations": [' + _H + b"], " + _C,  # malformed
+]
+
+
+def test_sharegpt_pair_units_identical(shared_data, tmp_path):
+    """Real ShareGPT pairs (LLaMA-Factory's DPO demo) with hostile lines as JSONL, and as Parquet: Arrow
+    batches on threads, columns from the line path, and row by row give the same unit."""
+    from curation.ingest.readers.chat import ShareGPTPairReader
+
+    rows = orjson.loads((shared_data / "llama-factory" / "dpo_en_demo.json").read_bytes())
+    lines = [orjson.dumps(r) for r in rows]
+    jsonl = _jsonl_with_hostile(
+        tmp_path / "pairs.jsonl", lines, SHAREGPT_PAIR_HOSTILE, 31, 4, 12, ShareGPTPairReader, 40
+    )
+    parquet = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
+    assert all(
+        isinstance(b, ParquetBlock)
+        for b in read_parquet_batches(parquet, 40, ShareGPTPairReader.arrow_schema, ShareGPTPairReader.reads)
+    )
+    units = {}
+    for path in (jsonl, parquet):
+        units[path], res = ingest_three_ways(tmp_path, path, ShareGPTPairReader, 40)
+        assert res.accepted >= 290
+    pairs, q = units[jsonl]["pair.parquet"], units[jsonl]["quarantine.parquet"]
+    assert {r["reason"] for r in q} >= {
+        "response turns must come from the assistant (gpt)",
+        "empty turn",
+        "prompt ends with an assistant turn",
+        "expected a list of turns, got null",
+        "chosen == rejected",
+    }
+    assert any(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in pairs)
+    assert any(orjson.loads(r["meta"]) == {"id": 3} for r in pairs)
+    assert all(r["prompt"][-1]["role"] == "user" for r in units[parquet]["pair.parquet"])

@@ -175,46 +175,82 @@ def _plain_turns(turns: Any, role: str = "role", content: str = "content") -> bo
     )
 
 
+_TURN = pl.element().struct
+
+
+def _map_roles(frame: pl.DataFrame, lists: Sequence[str] = (), turns: Sequence[str] = ()) -> pl.DataFrame:
+    """``frame`` with the roles of its {role, content} turns (in the list columns ``lists`` and the struct
+    columns ``turns``) mapped to canonical ones, null where unknown. Mapped in Python once per distinct
+    spelling in the batch, with the row path's own ``ROLE_MAP.get(role.strip().lower())``, so odd
+    spellings map exactly as they do row by row."""
+    spellings = pl.concat(
+        [frame.select(pl.col(c).list.eval(_TURN.field("role")).explode()).to_series() for c in lists]
+        + [frame.get_column(c).struct.field("role") for c in turns]
+    ).unique()
+    known = {r: ROLE_MAP[r.strip().lower()] for r in spellings.drop_nulls() if r.strip().lower() in ROLE_MAP}
+
+    def mapped(turn: Any) -> pl.Expr:
+        return pl.struct(
+            turn.field("role").replace_strict(known, default=None, return_dtype=pl.String).alias("role"),
+            turn.field("content").alias("content"),
+        )
+
+    return frame.with_columns(
+        *[pl.col(c).list.eval(mapped(_TURN)) for c in lists],
+        *[mapped(pl.col(c).struct).alias(c) for c in turns],
+    )
+
+
+def _blank(texts: pl.Expr) -> pl.Expr:
+    """Null or empty after ``str.strip()`` (the row path's "empty turn")."""
+    return texts.is_null() | (texts.str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0)
+
+
+def _turns_ok(column: str) -> pl.Expr:
+    """Where ``normalize_messages`` takes a list of mapped {role, content} strings as it is: 1 to
+    MAX_TURNS turns, every role known (no null turn or role) and no content null or blank."""
+    roles, contents = (pl.col(column).list.eval(_TURN.field(f)) for f in ("role", "content"))
+    return (
+        pl.col(column).list.len().is_between(1, MAX_TURNS)
+        & ~roles.list.eval(pl.element().is_null()).list.any()
+        & ~contents.list.eval(_blank(pl.element())).list.any()
+    ).fill_null(False)
+
+
+def _with_system(column: str, system: pl.Expr) -> pl.Expr:
+    """``with_system``: a system string that is not blank goes first, unless the first turn is a system turn."""
+    prepend = (
+        (system.str.strip_chars(PY_WHITESPACE).str.len_bytes() > 0)
+        & (pl.col(column).list.eval(_TURN.field("role")).list.first() != "system")
+    ).fill_null(False)
+    first = pl.concat_list(pl.struct(role=pl.lit("system"), content=system))
+    return pl.when(prepend).then(first.list.concat(column)).otherwise(pl.col(column)).alias(column)
+
+
 def messages_columnar(frame: pl.DataFrame, system: pl.Expr | None = None) -> tuple[pl.DataFrame, list[int]]:
     """``MessagesReader.convert`` over a frame of (_i, messages: list of {role, content} strings), for the
     rows where it is exact: 1 to MAX_TURNS turns, every role known, no content null or empty after
     ``str.strip()``, ending with assistant turns after a user, system or tool turn (else a RowError there,
-    whose reason the row path keeps). Roles are mapped in Python, once per distinct spelling in the batch,
-    with the row path's own ``ROLE_MAP.get(role.strip().lower())``. With ``system`` (a string column),
-    ``with_system`` is applied before the ending is checked, as ShareGPT's ``convert`` does.
+    whose reason the row path keeps). Roles are mapped as ``_map_roles`` says. With ``system`` (a string
+    column), ``with_system`` is applied before the ending is checked, as ShareGPT's ``convert`` does.
     Returns (canonical sft frame with _i, the _i of the others)."""
-    turn = pl.element().struct
-    spellings = frame.select(pl.col("messages").list.eval(turn.field("role")).explode().unique()).to_series()
-    known = {r: ROLE_MAP[r.strip().lower()] for r in spellings.drop_nulls() if r.strip().lower() in ROLE_MAP}
-    mapped = pl.struct(
-        turn.field("role").replace_strict(known, default=None, return_dtype=pl.String).alias("role"),
-        turn.field("content").alias("content"),
-    )
-    frame = frame.with_columns(pl.col("messages").list.eval(mapped))
-    roles, contents = (pl.col("messages").list.eval(turn.field(f)) for f in ("role", "content"))
-    ok = (
-        pl.col("messages").list.len().is_between(1, MAX_TURNS)
-        & ~roles.list.eval(pl.element().is_null()).list.any()  # an unknown role, or a null turn or role
-        & ~contents.list.eval(pl.element().str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0).list.any()
-        & ~contents.list.eval(pl.element().is_null()).list.any()
-    ).fill_null(False)
+    frame = _map_roles(frame, lists=["messages"])
+    frame = frame.with_columns(_turns_ok("messages").alias("_ok"))
     if system is not None:
-        prepend = (
-            (system.str.strip_chars(PY_WHITESPACE).str.len_bytes() > 0) & (roles.list.first() != "system")
-        ).fill_null(False)
-        first = pl.concat_list(pl.struct(role=pl.lit("system"), content=system))
-        frame = frame.with_columns(
-            pl.when(prepend)
-            .then(first.list.concat("messages"))
-            .otherwise(pl.col("messages"))
-            .alias("messages"),
-            ok.alias("_ok"),
-        )
-        ok = pl.col("_ok")
-    ok = ok & (roles.list.last() == "assistant") & roles.list.eval(pl.element() != "assistant").list.any()
+        frame = frame.with_columns(_with_system("messages", system))
+    roles = pl.col("messages").list.eval(_TURN.field("role"))
+    ok = (
+        pl.col("_ok")
+        & (roles.list.last() == "assistant")
+        & roles.list.eval(pl.element() != "assistant").list.any()
+    )
     slow = frame.filter(~ok).get_column("_i").to_list()
     fast = frame.filter(ok).select("_i", "messages", pl.lit("{}").alias("meta"))
     return fast, slow
+
+
+#: A ShareGPT turn as the Arrow paths parse it.
+SHAREGPT_TURN = pa.struct([("from", pa.string()), ("value", pa.string())])
 
 
 class ShareGPTReader(Reader):
@@ -236,12 +272,7 @@ class ShareGPTReader(Reader):
         )
 
     #: What the Arrow paths parse: {from, value} turns and an optional system prompt, all strings.
-    arrow_schema = pa.schema(
-        [
-            ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
-            ("system", pa.string()),
-        ]
-    )
+    arrow_schema = pa.schema([("conversations", pa.list_(SHAREGPT_TURN)), ("system", pa.string())])
     reads = frozenset({"conversations", "system"})
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
@@ -285,6 +316,37 @@ class ShareGPTPairReader(Reader):
     def sniff(cls, row: Mapping[str, Any]) -> bool:
         return isinstance(row.get("conversations"), list) and isinstance(row.get("chosen"), Mapping | list)
 
+    #: What the Arrow paths parse: {from, value} turns, one {from, value} turn per response and an
+    #: optional system prompt, all strings (responses given as lists of turns make Arrow refuse the batch).
+    arrow_schema = pa.schema(
+        [
+            ("conversations", pa.list_(SHAREGPT_TURN)),
+            ("chosen", SHAREGPT_TURN),
+            ("rejected", SHAREGPT_TURN),
+            ("system", pa.string()),
+        ]
+    )
+    reads = frozenset({"conversations", "system", "chosen", "rejected"})
+
+    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
+        """Vectorised ``convert`` for rows of only {from, value} strings (conversations, one turn per
+        response) and a string ``system``, if any; the rest go row by row."""
+
+        def takes(v: Mapping[str, Any]) -> bool:
+            return (
+                _plain_turns(v.get("conversations"), "from", "value")
+                and _plain_turns([v.get("chosen"), v.get("rejected")], "from", "value")
+                and v.keys() <= self.reads
+                and type(v.get("system", "")) is str
+            )
+
+        return rows_columnar(values, takes, self.arrow_schema, sharegpt_pairs_columnar)
+
+    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
+        """``convert_columns`` for rows parsed by Arrow as exactly ``arrow_schema`` (a missing field is
+        null; such rows go to ``convert``)."""
+        return sharegpt_pairs_columnar(indexed(table))
+
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         prompt = with_system(
             row.get("system"), normalize_messages(row.get("conversations"), "conversations", "from", "value")
@@ -304,9 +366,41 @@ class ShareGPTPairReader(Reader):
                 "chosen": sides["chosen"],
                 "rejected": sides["rejected"],
                 "strength": None,
-                "meta": extra_meta(row, {"conversations", "system", "chosen", "rejected"}),
+                "meta": extra_meta(row, self.reads),
             }
         ]
+
+
+def sharegpt_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """``ShareGPTPairReader.convert`` over a frame of (_i, conversations: list of {from, value}, chosen and
+    rejected: {from, value}, system) strings, for the rows where it is exact: conversations that
+    ``normalize_messages`` takes (``_turns_ok``), the system prompt put first as ``with_system`` does,
+    a prompt that does not end with an assistant turn, and responses from a role that maps to the
+    assistant with a text that is not blank (else a RowError there, whose reason the row path keeps).
+    Returns (canonical pair frame with _i, the _i of the others)."""
+    names = ["role", "content"]
+    frame = frame.select(
+        "_i",
+        pl.col("conversations").list.eval(_TURN.rename_fields(names)).alias("prompt"),
+        *[pl.col(side).struct.rename_fields(names) for side in ("chosen", "rejected")],
+        "system",
+    )
+    frame = _map_roles(frame, lists=["prompt"], turns=["chosen", "rejected"])
+    ok = _turns_ok("prompt")
+    for side in ("chosen", "rejected"):
+        turn = pl.col(side).struct
+        ok = ok & (turn.field("role") == "assistant").fill_null(False) & ~_blank(turn.field("content"))
+    frame = frame.with_columns(ok.alias("_ok")).with_columns(_with_system("prompt", pl.col("system")))
+    ok = pl.col("_ok") & (pl.col("prompt").list.eval(_TURN.field("role")).list.last() != "assistant")
+    slow = frame.filter(~ok).get_column("_i").to_list()
+    fast = frame.filter(ok).select(
+        "_i",
+        "prompt",
+        *[pl.concat_list(side).alias(side) for side in ("chosen", "rejected")],
+        pl.lit(None, dtype=pl.Float64).alias("strength"),
+        pl.lit("{}").alias("meta"),
+    )
+    return fast, slow
 
 
 class TRLPreferenceReader(Reader):
