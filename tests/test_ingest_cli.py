@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from typer.testing import CliRunner
 
 from curation.cli import app
@@ -40,10 +44,7 @@ def test_unreadable_files_fail_clearly(tmp_path):
 
 
 def _python(code: str, **env: str) -> str:
-    import os
-    import subprocess
-    import sys
-
+    """stdout of ``python -c code`` in a fresh interpreter, with ``env`` instead of the allocator variable."""
     clean = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
     proc = subprocess.run(
         [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True
