@@ -154,8 +154,9 @@ hh_text = st.lists(st.one_of(marker, st.text(alphabet="ab \n", max_size=6)), max
 
 
 def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
-    """Every row is taken by ``convert_columns`` or left to the row path (the returned positions), and
-    each row it takes is exactly the record ``convert`` gives."""
+    """Every row is taken by ``convert_columns`` or left to the row path (the returned positions), each
+    row it takes is exactly the record ``convert`` gives, and each row it leaves ``convert`` handles
+    (records or a RowError, never another exception)."""
     fast, rest = reader.convert_columns(values)
     done = set() if fast is None else set(fast.get_column("_i").to_list())
     assert done | set(rest) == set(range(len(values))) and not done & set(rest)
@@ -164,6 +165,9 @@ def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
         assert set(row) == {"_i", *want}
         assert {k: row[k] for k in want if k != "meta"} == {k: v for k, v in want.items() if k != "meta"}
         assert orjson.loads(row["meta"]) == want["meta"]
+    for i in rest:
+        with contextlib.suppress(RowError):
+            reader.convert(values[i])
     return rest
 
 
@@ -196,10 +200,7 @@ def test_hh_columnar_equals_convert(rows):
         prefix = {"same": "\n\nHuman: q" + c, "changed": "\n\nHuman: z" + c, "none": ""}[share]
         values.append({"chosen": "\n\nHuman: q" + c, "rejected": prefix + r})
     reader = HHReader()
-    rest = _columnar_rows_equal_convert(reader, values)
-    for i in rest:  # the row path still handles them (records or a RowError)
-        with contextlib.suppress(RowError):
-            reader.convert(values[i])
+    _columnar_rows_equal_convert(reader, values)
 
 
 blank = st.text(alphabet=st.sampled_from(list(WS)), min_size=1, max_size=3)  # empty after str.strip()
@@ -224,14 +225,10 @@ def test_trl_columnar_equals_convert(rows):
         values.append(v)
     reader = TRLPreferenceReader()
     rest = _columnar_rows_equal_convert(reader, values)
-    for i in rest:  # blank or non-string texts: the row path raises; others it converts
+    for i in rest:  # rows of three strings the columns leave have a blank text: the row path says so
         v = values[i]
-        plain = len(v) == 3 and all(isinstance(v.get(f), str) for f in ("prompt", "chosen", "rejected"))
-        if plain:
+        if len(v) == 3 and all(isinstance(v.get(f), str) for f in ("prompt", "chosen", "rejected")):
             with pytest.raises(RowError, match="empty text"):
-                reader.convert(v)
-        else:
-            with contextlib.suppress(RowError):
                 reader.convert(v)
     _arrow_rows_equal_columns(reader, values)
 
@@ -251,10 +248,7 @@ def test_alpaca_columnar_equals_convert(rows):
         for i, x, o, no_input, extra in rows
     ]
     reader = AlpacaReader()
-    rest = _columnar_rows_equal_convert(reader, values)
-    for i in rest:
-        with contextlib.suppress(RowError):
-            reader.convert(values[i])
+    _columnar_rows_equal_convert(reader, values)
     _arrow_rows_equal_columns(reader, values)
     # Arrow makes a missing or null input null: the columns read it as no input, as convert does
     no_input = [{"instruction": v["instruction"], "output": v["output"]} for v in values]
@@ -309,11 +303,13 @@ conversation = st.tuples(
 )
 
 
+def _plain_turn(t: object, keys: tuple[str, str] = ("role", "content")) -> bool:
+    """A turn of exactly ``keys``, both strings (what the Arrow schemas of the chat readers take)."""
+    return isinstance(t, dict) and set(t) == set(keys) and all(type(x) is str for x in t.values())
+
+
 def _plain_messages(v: dict) -> bool:
-    return set(v) == {"messages"} and all(
-        isinstance(t, dict) and set(t) == {"role", "content"} and all(type(x) is str for x in t.values())
-        for t in v["messages"]
-    )
+    return set(v) == {"messages"} and all(_plain_turn(t) for t in v["messages"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -323,10 +319,7 @@ def test_messages_columnar_equals_convert(rows):
     conversations): the vectorised rows are exactly what convert gives; the others go row by row."""
     values = [{"messages": turns} | ({"id": 1} if extra else {}) for turns, extra in rows]
     reader = MessagesReader()
-    rest = _columnar_rows_equal_convert(reader, values)
-    for i in rest:
-        with contextlib.suppress(RowError):
-            reader.convert(values[i])
+    _columnar_rows_equal_convert(reader, values)
     _arrow_rows_equal_columns(reader, values, _plain_messages)
     # Arrow also gives rows with null turns, roles or contents: the columns leave them to the row path
     nullable = [
@@ -397,24 +390,12 @@ def test_sharegpt_columnar_equals_convert(rows):
             v["system"] = system
         values.append(v | ({"tools": "[]"} if extra and system is None else {}))
     reader = ShareGPTReader()
-    rest = _columnar_rows_equal_convert(reader, values)
-    for i in rest:
-        with contextlib.suppress(RowError):
-            reader.convert(values[i])
+    _columnar_rows_equal_convert(reader, values)
 
     def plain(v):
         return (
             v.keys() <= {"conversations", "system"}
-            and _plain_messages(
-                {
-                    "messages": [
-                        {"role": t.get("from"), "content": t.get("value")}
-                        if isinstance(t, dict) and set(t) == {"from", "value"}
-                        else {"bad": 1}
-                        for t in v["conversations"]
-                    ]
-                }
-            )
+            and all(_plain_turn(t, ("from", "value")) for t in v["conversations"])
             and (v.get("system") is None or type(v["system"]) is str)
         )
 
@@ -441,24 +422,14 @@ def test_sharegpt_pair_columnar_equals_convert(rows):
             v["system"] = system
         values.append(v | ({"id": 7} if extra else {}))
     reader = ShareGPTPairReader()
-    rest = _columnar_rows_equal_convert(reader, values)
-    for i in rest:
-        with contextlib.suppress(RowError):
-            reader.convert(values[i])
+    _columnar_rows_equal_convert(reader, values)
 
     def plain(v):
-        def turn(t):
-            return (
-                isinstance(t, dict)
-                and set(t) == {"from", "value"}
-                and all(type(x) is str for x in t.values())
-            )
-
         return (
             v.keys() <= ShareGPTPairReader.reads
-            and all(turn(t) for t in v["conversations"])
-            and turn(v["chosen"])
-            and turn(v["rejected"])
+            and all(
+                _plain_turn(t, ("from", "value")) for t in [*v["conversations"], v["chosen"], v["rejected"]]
+            )
             and (v.get("system") is None or type(v["system"]) is str)
         )
 

@@ -178,6 +178,22 @@ def ingest_three_ways(
     return units[0], results[0]
 
 
+def units_of_jsonl_and_parquet(
+    tmp_path: Path, jsonl: Path, parquet: Path, reader: type[Reader], batch_rows: int, min_accepted: int
+) -> dict[Path, dict]:
+    """``ingest_three_ways`` of a JSONL file and a Parquet file whose every batch takes the Arrow path;
+    each accepts at least ``min_accepted`` records. Returns the unit of each."""
+    assert all(
+        isinstance(b, ParquetBlock)
+        for b in read_parquet_batches(parquet, batch_rows, reader.arrow_schema, reader.reads)
+    )
+    units = {}
+    for path in (jsonl, parquet):
+        units[path], res = ingest_three_ways(tmp_path, path, reader, batch_rows)
+        assert res.accepted >= min_accepted
+    return units
+
+
 #: Fields added to every line: (JSON text, whether the batch keeps the Arrow path).
 EXTRA_FIELDS = {
     "ids, sources, scores, tags": (
@@ -579,13 +595,7 @@ def test_messages_units_identical(shared_data, tmp_path):
     hub = pa.table({"messages": pa.array([r["messages"] for r in rows[:300]], type=pa.list_(turn))})
     parquet = tmp_path / "chat.parquet"
     pq.write_table(hub, parquet, row_group_size=70)
-    assert all(
-        isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, 50, MessagesReader.arrow_schema)
-    )
-    units = {}
-    for path in (jsonl, parquet):
-        units[path], res = ingest_three_ways(tmp_path, path, MessagesReader, 50)
-        assert res.accepted >= 290
+    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, MessagesReader, 50, 290)
     assert {"empty turn", "empty conversation"} <= {r["reason"] for r in units[jsonl]["quarantine.parquet"]}
     sft = units[jsonl]["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in sft)
@@ -623,14 +633,7 @@ def test_sharegpt_units_identical(shared_data, tmp_path):
     )
     parquet = tmp_path / "glaive.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
-    assert all(
-        isinstance(b, ParquetBlock)
-        for b in read_parquet_batches(parquet, 40, ShareGPTReader.arrow_schema, ShareGPTReader.reads)
-    )
-    units = {}
-    for path in (jsonl, parquet):
-        units[path], res = ingest_three_ways(tmp_path, path, ShareGPTReader, 40)
-        assert res.accepted >= 250
+    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, ShareGPTReader, 40, 250)
     sft = units[jsonl]["sft.parquet"]
     assert sum(r["messages"][0] == {"role": "system", "content": "Be helpful."} for r in sft) >= 95
     # the reply after "Greet." converts (the system prompt comes first), then fails validation's role order
@@ -667,14 +670,7 @@ def test_sharegpt_pair_units_identical(shared_data, tmp_path):
     )
     parquet = tmp_path / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
-    assert all(
-        isinstance(b, ParquetBlock)
-        for b in read_parquet_batches(parquet, 40, ShareGPTPairReader.arrow_schema, ShareGPTPairReader.reads)
-    )
-    units = {}
-    for path in (jsonl, parquet):
-        units[path], res = ingest_three_ways(tmp_path, path, ShareGPTPairReader, 40)
-        assert res.accepted >= 290
+    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, ShareGPTPairReader, 40, 290)
     pairs, q = units[jsonl]["pair.parquet"], units[jsonl]["quarantine.parquet"]
     assert {r["reason"] for r in q} >= {
         "response turns must come from the assistant (gpt)",
