@@ -26,6 +26,13 @@ PY_WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+
+
+def blank_text(texts: pl.Expr) -> pl.Expr:
+    """Null, or empty after Python's ``str.strip()``: what the readers' ``text`` and turn checks refuse."""
+    return texts.is_null() | (texts.str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0)
+
+
 _ROLE_LETTER = {"system": "S", "user": "U", "assistant": "A", "tool": "T"}
 _MESSAGE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "sft": (("messages", "m"),),

@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import PY_WHITESPACE, indexed, string_rows_columnar, string_schema
+from curation.ingest.columnar import blank_text, indexed, string_rows_columnar, string_schema
 from curation.ingest.readers.base import Message, Reader, Record, RowError, extra_meta, msg, text
 
 _USED = {"instruction", "input", "output", "system", "history", "chosen", "rejected"}
@@ -73,8 +73,7 @@ def alpaca_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
     it is exact: instruction and output present and not empty after ``str.strip()`` (else a RowError
     there, whose reason the row path keeps); a null input is no input, as in a row without one.
     Returns (canonical sft frame with _i, the _i of the others)."""
-    blank = [pl.col(f).str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0 for f in ("instruction", "output")]
-    ok = ~pl.any_horizontal(*blank).fill_null(True)  # a null field makes its test null
+    ok = ~pl.any_horizontal(*[blank_text(pl.col(f)) for f in ("instruction", "output")])
     slow = frame.filter(~ok).get_column("_i").to_list()
     instruction, extra = pl.col("instruction"), pl.col("input")
     user = (

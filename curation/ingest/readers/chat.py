@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 
 from curation.ingest.columnar import (
-    PY_WHITESPACE,
+    blank_text,
     indexed,
     rows_columnar,
     string_rows_columnar,
@@ -201,11 +201,6 @@ def _map_roles(frame: pl.DataFrame, lists: Sequence[str] = (), turns: Sequence[s
     )
 
 
-def _blank(texts: pl.Expr) -> pl.Expr:
-    """Null or empty after ``str.strip()`` (the row path's "empty turn")."""
-    return texts.is_null() | (texts.str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0)
-
-
 def _turns_ok(column: str) -> pl.Expr:
     """Where ``normalize_messages`` takes a list of mapped {role, content} strings as it is: 1 to
     MAX_TURNS turns, every role known (no null turn or role) and no content null or blank."""
@@ -213,15 +208,14 @@ def _turns_ok(column: str) -> pl.Expr:
     return (
         pl.col(column).list.len().is_between(1, MAX_TURNS)
         & ~roles.list.eval(pl.element().is_null()).list.any()
-        & ~contents.list.eval(_blank(pl.element())).list.any()
+        & ~contents.list.eval(blank_text(pl.element())).list.any()
     ).fill_null(False)
 
 
 def _with_system(column: str, system: pl.Expr) -> pl.Expr:
     """``with_system``: a system string that is not blank goes first, unless the first turn is a system turn."""
     prepend = (
-        (system.str.strip_chars(PY_WHITESPACE).str.len_bytes() > 0)
-        & (pl.col(column).list.eval(_TURN.field("role")).list.first() != "system")
+        ~blank_text(system) & (pl.col(column).list.eval(_TURN.field("role")).list.first() != "system")
     ).fill_null(False)
     first = pl.concat_list(pl.struct(role=pl.lit("system"), content=system))
     return pl.when(prepend).then(first.list.concat(column)).otherwise(pl.col(column)).alias(column)
@@ -389,7 +383,7 @@ def sharegpt_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int
     ok = _turns_ok("prompt")
     for side in ("chosen", "rejected"):
         turn = pl.col(side).struct
-        ok = ok & (turn.field("role") == "assistant").fill_null(False) & ~_blank(turn.field("content"))
+        ok = ok & (turn.field("role") == "assistant").fill_null(False) & ~blank_text(turn.field("content"))
     frame = frame.with_columns(ok.alias("_ok")).with_columns(_with_system("prompt", pl.col("system")))
     ok = pl.col("_ok") & (pl.col("prompt").list.eval(_TURN.field("role")).list.last() != "assistant")
     slow = frame.filter(~ok).get_column("_i").to_list()
@@ -479,8 +473,7 @@ def trl_string_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[i
     where it is exact: no null and no text that is empty after ``str.strip()`` (those raise a RowError
     there, whose reason the row path keeps). Returns (canonical pair frame with _i, the _i of the others)."""
     fields = ("prompt", "chosen", "rejected")
-    blank = [pl.col(f).str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0 for f in fields]
-    ok = ~pl.any_horizontal(*blank).fill_null(True)  # a null field makes its test null
+    ok = ~pl.any_horizontal(*[blank_text(pl.col(f)) for f in fields])
     slow = frame.filter(~ok).get_column("_i").to_list()
 
     def turn(role: str, field: str) -> pl.Expr:
