@@ -151,7 +151,7 @@ def ingest(
         "accepted",
         "quarantined",
         "duplicates",
-        "",
+        "note",
     ):
         t.add_column(
             col,
