@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -291,10 +292,7 @@ def write_results(
     lines = [
         "# Ingest benchmark",
         "",
-        f"Command: `.venv/bin/python benchmarks/ingest/run.py --rows {rows} --near-rows {args.near_rows} "
-        f"--repeat {args.repeat} --threads {args.threads}"
-        + (" --input parquet" if args.input == "parquet" else "")
-        + "`  ",
+        f"Command: `.venv/bin/python benchmarks/ingest/run.py {shlex.join(sys.argv[1:])}`  ",
         f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
         f"Input: synthetic HH-RLHF-shaped preference {args.input.upper()}, {rows:,} rows, "
         f"{file.stat().st_size / 1e6:.0f} MB "
