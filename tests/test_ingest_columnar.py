@@ -171,14 +171,17 @@ def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
     return rest
 
 
-def _arrow_rows_equal_columns(reader, values: list[dict], plain=None) -> None:
-    """The Arrow form of the rows of exactly the reader's fields (by default strings; else those ``plain``
-    accepts) gives what the list form gives."""
-    fields = set(reader.arrow_schema.names)
+def _arrow_rows_equal_columns(
+    reader, values: list[dict], plain=None, schema: pa.Schema | None = None
+) -> None:
+    """The Arrow form (``schema``, by default the reader's ``arrow_schema``) of the rows of exactly its
+    fields (by default strings; else those ``plain`` accepts) gives what the list form gives."""
+    schema = schema or reader.arrow_schema
+    fields = set(schema.names)
     keep = plain or (lambda v: set(v) == fields and all(isinstance(x, str) for x in v.values()))
     rows = [v for v in values if keep(v)]
     if rows:
-        table = pa.Table.from_pylist(rows, schema=reader.arrow_schema)
+        table = pa.Table.from_pylist(rows, schema=schema)
         a_fast, a_rest = reader.convert_arrow(table)
         l_fast, l_rest = reader.convert_columns(rows)
         assert a_rest == l_rest and a_fast.to_dicts() == (l_fast.to_dicts() if l_fast is not None else [])
@@ -434,3 +437,44 @@ def test_sharegpt_pair_columnar_equals_convert(rows):
         )
 
     _arrow_rows_equal_columns(reader, values, plain)
+
+
+@st.composite
+def trl_message_row(draw) -> dict:
+    """A TRL row in UltraFeedback's layout: a prompt, and responses that may repeat it as their first turn
+    (in another spelling of the user role, with another text, or alone), with odd roles, blank, null or
+    listed contents, a ``messages`` list or not, and now and then a field the reader does not read."""
+    prompt = draw(st.one_of(some_text, some_text, some_text, blank, st.none(), st.integers(0, 3)))
+    same = prompt if isinstance(prompt, str) else "q"
+    head = st.sampled_from(
+        [[], [], [{"role": "user", "content": same}], [{"role": " Human", "content": same}]]
+    )
+    not_prompt = st.sampled_from(
+        [[{"role": "user", "content": same + " "}], [{"role": "gpt", "content": same}]]
+    )
+    head = st.one_of(head, not_prompt)
+    row = {"prompt": prompt}
+    for side in ("chosen", "rejected"):
+        repeat = draw(head)
+        rest = draw(st.sampled_from([[], [None]])) if draw(rarely) else draw(conversation)[-2:]
+        row[side] = repeat + [t for t in rest if t is not None] if draw(st.booleans()) else repeat + rest
+    if draw(st.booleans()):
+        row["messages"] = draw(st.one_of(st.just(row["chosen"]), st.lists(plain_turn, max_size=2), st.none()))
+    if draw(rarely):
+        row["score_chosen"] = 8.5
+    return row
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(trl_message_row(), min_size=1, max_size=8))
+def test_trl_message_pairs_columnar_equals_convert(values):
+    """TRL pairs as a prompt and message lists: the vectorised rows are exactly what convert gives (the
+    turns after a prompt both responses repeat, the whole lists otherwise); the others go row by row."""
+    reader = TRLPreferenceReader()
+    _columnar_rows_equal_convert(reader, values)
+
+    def plain(v):
+        turns = [*v["chosen"], *v["rejected"], *(v.get("messages") or [])]
+        return v.keys() <= reader.reads and type(v["prompt"]) is str and all(_plain_turn(t) for t in turns)
+
+    _arrow_rows_equal_columns(reader, values, plain, TRLPreferenceReader.message_schema)

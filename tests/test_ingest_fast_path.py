@@ -179,13 +179,20 @@ def ingest_three_ways(
 
 
 def units_of_jsonl_and_parquet(
-    tmp_path: Path, jsonl: Path, parquet: Path, reader: type[Reader], batch_rows: int, min_accepted: int
+    tmp_path: Path,
+    jsonl: Path,
+    parquet: Path,
+    reader: type[Reader],
+    batch_rows: int,
+    min_accepted: int,
+    schema: pa.Schema | None = None,
 ) -> dict[Path, dict]:
-    """``ingest_three_ways`` of a JSONL file and a Parquet file whose every batch takes the Arrow path;
-    each accepts at least ``min_accepted`` records. Returns the unit of each."""
+    """``ingest_three_ways`` of a JSONL file and a Parquet file whose every batch takes the Arrow path (with
+    ``schema``, by default the reader's ``arrow_schema``); each accepts at least ``min_accepted`` records.
+    Returns the unit of each."""
+    schema = schema or reader.arrow_schema
     assert all(
-        isinstance(b, ParquetBlock)
-        for b in read_parquet_batches(parquet, batch_rows, reader.arrow_schema, reader.reads)
+        isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, batch_rows, schema, reader.reads)
     )
     units = {}
     for path in (jsonl, parquet):
@@ -331,15 +338,17 @@ def _jsonl_with_hostile(
     copies: int,
     reader,
     batch_rows: int,
+    schema: pa.Schema | None = None,
 ) -> Path:
     """``lines`` with the ``hostile`` ones inserted ``every`` lines from ``start``, then the first ``copies``
-    lines again (exact duplicates of earlier batches), written to ``path``; its batches take both paths."""
+    lines again (exact duplicates of earlier batches), written to ``path``; its batches take both paths
+    (read with ``schema``, by default the reader's ``arrow_schema``)."""
     lines = list(lines)
     for k, bad in enumerate(hostile):
         lines.insert(every * k + start, bad)
     lines += lines[:copies]
     _write(path, lines, bom=False, gz=False)
-    batches = list(read_batches(path, batch_rows, reader.arrow_schema))
+    batches = list(read_batches(path, batch_rows, schema or reader.arrow_schema))
     assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
     return path
 
@@ -682,3 +691,96 @@ def test_sharegpt_pair_units_identical(shared_data, tmp_path):
     assert any(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in pairs)
     assert any(orjson.loads(r["meta"]) == {"id": 3} for r in pairs)
     assert all(r["prompt"][-1]["role"] == "user" for r in units[parquet]["pair.parquet"])
+
+
+def _ultrafeedback_layout(rows: list[dict]) -> list[dict]:
+    """LLaMA-Factory's DPO demo (real ShareGPT pairs) in HuggingFaceH4/ultrafeedback_binarized's layout: the
+    last human turn as the prompt, each response as the whole [user, assistant] conversation, ``messages``
+    repeating the chosen one, an id and two scores."""
+    out = []
+    for k, r in enumerate(rows):
+        prompt = r["conversations"][-1]["value"]
+        sides = {
+            side: [{"role": "user", "content": prompt}, {"role": "assistant", "content": r[side]["value"]}]
+            for side in ("chosen", "rejected")
+        }
+        out.append(
+            {"prompt": prompt, "prompt_id": f"p{k}"}
+            | sides
+            | {"messages": sides["chosen"], "score_chosen": 8.5, "score_rejected": 6.25}
+        )
+    return out
+
+
+def _uf(prompt: str, chosen: list, rejected: list, extra: str = "") -> bytes:
+    row = orjson.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return row[:-1] + extra.encode() + b"}"
+
+
+_U, _A, _B = (
+    {"role": "user", "content": "Hi."},
+    {"role": "assistant", "content": "A."},
+    {"role": "gpt", "content": "B."},
+)
+#: UltraFeedback-layout lines the block path must refuse or hand to the row path without changing the outcome.
+TRL_MESSAGES_HOSTILE = [
+    _uf("Hi.", [_U], [_U, _B]),  # a response that is only the prompt it repeats
+    _uf("Hi.", [_U, {"role": "assistant", "content": " "}], [_U, _B]),  # an empty turn
+    _uf("Hi.", [_U, {"role": "wizard", "content": "A."}], [_U, _B]),  # an unknown role
+    _uf(" ", [_U, _A], [_U, _B]),  # a blank prompt
+    _uf("Hi.", [_A], [_B]),  # responses that do not repeat the prompt: kept whole
+    _uf("Hi.", [_U, _A], [_U, _A]),  # chosen == rejected
+    _uf(
+        "Hi.", [_U, _A], [_U, _B | {"content": "C."}], ', "score_chosen": 8.0'
+    ),  # a whole float: the batch goes line by line
+    _uf("Hi.", [_U, _A], [_U, _B | {"content": "D."}], ', "messages": null'),
+    _uf(
+        "Hi.",
+        [_U, _A],
+        [_U, _B | {"content": "E."}],
+        ', "messages": [{"role": "user", "content": "Hi.", "name": "n"}]',
+    ),
+    b'{"prompt": "Hi.", "chosen": "A.", "rejected": "B."}',  # strings: Arrow refuses the batch
+    _uf("Hi.", [_U, _A], [_U, _B])[:-9],  # malformed
+]
+
+
+def test_trl_message_pairs_units_identical(shared_data, tmp_path):
+    """Real pairs in UltraFeedback's layout (a prompt, whole conversations as responses, ``messages``, scores)
+    with hostile lines as JSONL, and as Parquet: Arrow batches on threads, columns from the line path, and
+    row by row give the same unit; the responses are the turns after the prompt."""
+    rows = _ultrafeedback_layout(
+        orjson.loads((shared_data / "llama-factory" / "dpo_en_demo.json").read_bytes())
+    )
+    schema = TRLPreferenceReader().block_schema(rows)
+    assert schema == TRLPreferenceReader.message_schema
+    lines = [orjson.dumps(r) for r in rows]
+    jsonl = _jsonl_with_hostile(
+        tmp_path / "uf.jsonl", lines, TRL_MESSAGES_HOSTILE, 23, 5, 12, TRLPreferenceReader, 40, schema
+    )
+    parquet = tmp_path / "uf.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
+    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, TRLPreferenceReader, 40, 290, schema)
+    pairs, q = units[jsonl]["pair.parquet"], units[jsonl]["quarantine.parquet"]
+    assert {r["reason"] for r in q} >= {
+        "no response after the prompt it repeats",
+        "empty turn",
+        "unknown role 'wizard'",
+        "empty text",
+        "chosen == rejected",
+    }
+    assert all(len(r["prompt"]) == 1 and r["prompt"][0]["role"] == "user" for r in pairs)
+    assert all([t["role"] for t in r["chosen"] + r["rejected"]] == ["assistant"] * 2 for r in pairs)
+    assert any(
+        orjson.loads(r["meta"]) == {"prompt_id": "p3", "score_chosen": 8.5, "score_rejected": 6.25}
+        for r in pairs
+    )
+    assert any(orjson.loads(r["meta"]) == {"score_chosen": 8.0} for r in pairs)
+    assert len(units[parquet]["pair.parquet"]) >= 290
+    # and ingest reads the Parquet file in that layout: every batch reaches the columns
+    arrow = mock.patch.object(
+        TRLPreferenceReader, "convert_arrow", autospec=True, side_effect=TRLPreferenceReader.convert_arrow
+    )
+    with arrow as spy:
+        ingest_paths(Store(tmp_path / "spy"), [str(parquet)], IngestOptions(batch_rows=40, reader="trl"))
+    assert spy.call_count == -(-len(rows) // 40)

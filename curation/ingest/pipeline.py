@@ -189,7 +189,8 @@ def _ingest_file(
         head.append(raw)
         if len(head) >= 20:
             break
-    reader = make_reader(opts, [r.value for r in head if r.value is not None], str(path))
+    sample = [r.value for r in head if r.value is not None]
+    reader = make_reader(opts, sample, str(path))
     source = _source_name(path, opts)
     overlap = default_enabled() if opts.overlap is None else opts.overlap
 
@@ -228,17 +229,18 @@ def _ingest_file(
     fmt = detect_format(path) if opts.format == "auto" else opts.format
     batches: Iterator[Batch]
     digest = None  # the SHA-256 being computed as the file is read, if it is
-    if opts.block_path and fmt in ("jsonl", "parquet") and reader.arrow_schema is not None:
+    schema = reader.block_schema(sample) if opts.block_path else None
+    if schema is not None and fmt in ("jsonl", "parquet"):
         rows.close()  # type: ignore[attr-defined]
         if fmt == "jsonl":
             digest = hashlib.sha256() if sha is None else None  # hashed by the reading thread as it reads
             # overlapped, the reading thread parses on its own: Arrow's pool on top of the preparing and
             # writing threads was slower on the 1M-row file (benchmarks/ingest/README.md)
             batches = read_batches(
-                path, opts.batch_rows, reader.arrow_schema, reader.reads, digest, parse_threads=not overlap
+                path, opts.batch_rows, schema, reader.reads, digest, parse_threads=not overlap
             )
         else:
-            batches = read_parquet_batches(path, opts.batch_rows, reader.arrow_schema, reader.reads)
+            batches = read_parquet_batches(path, opts.batch_rows, schema, reader.reads)
     else:
         batches = _batches(_chain(head, rows), opts.batch_rows)
     hashing = Alongside(

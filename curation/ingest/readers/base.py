@@ -64,6 +64,11 @@ class Reader(ABC):
         (the frame of the rows it made, with ``_i`` = row position; the positions left for ``convert``)."""
         raise NotImplementedError(f"the {self.name} reader has no Arrow path (arrow_schema is None)")
 
+    def block_schema(self, sample: Sequence[Mapping[str, Any]]) -> pa.Schema | None:
+        """The Arrow schema a file's batches are read with (``arrow_schema``), given the first rows of
+        the file; a reader with two columnar layouts picks the one the file is in."""
+        return self.arrow_schema
+
     def options(self) -> dict[str, Any]:
         """Options that change the output (part of the ingest unit key)."""
         return {}

@@ -51,6 +51,9 @@ ROLE_MAP = {
 #: Longest conversation accepted; longer ones are quarantined before any per-turn work.
 MAX_TURNS = 10_000
 
+#: An OpenAI-style turn as the Arrow paths parse it.
+ROLE_CONTENT = pa.struct([("role", pa.string()), ("content", pa.string())])
+
 
 def content_text(content: Any, field: str) -> str:
     """String content, or the text parts of an OpenAI list-of-parts content joined by newlines."""
@@ -141,9 +144,7 @@ class MessagesReader(Reader):
         )
 
     #: What the Arrow paths parse: only a list of {role, content} strings (curation.ingest.blocks).
-    arrow_schema = pa.schema(
-        [("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
-    )
+    arrow_schema = pa.schema([("messages", pa.list_(ROLE_CONTENT))])
     reads = frozenset({"messages"})
 
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
@@ -416,16 +417,46 @@ class TRLPreferenceReader(Reader):
     #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
     arrow_fields = ("prompt", "chosen", "rejected")
     arrow_schema = string_schema(arrow_fields)
+    #: The other layout the Arrow paths take: a prompt string and {role, content} message lists (the
+    #: layout of HuggingFaceH4/ultrafeedback_binarized, whose ``messages`` repeats ``chosen`` and is dropped).
+    message_schema = pa.schema(
+        [("prompt", pa.string()), *[(f, pa.list_(ROLE_CONTENT)) for f in ("chosen", "rejected", "messages")]]
+    )
     reads = frozenset({*arrow_fields, "messages"})
 
+    def block_schema(self, sample: Sequence[Mapping[str, Any]]) -> pa.Schema:
+        """``message_schema`` for a file whose first rows give the responses as lists, else ``arrow_schema``."""
+        first = next((r.get("chosen") for r in sample if r.get("chosen") is not None), None)
+        return self.message_schema if isinstance(first, list) else self.arrow_schema
+
     def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
-        """Vectorised ``convert`` for rows of exactly three strings (see ``trl_string_pairs_columnar``)."""
-        return string_rows_columnar(values, self.arrow_fields, trl_string_pairs_columnar)
+        """Vectorised ``convert`` for rows of exactly three strings (see ``trl_string_pairs_columnar``) and
+        for rows of only a prompt string and lists of {role, content} strings (``trl_message_pairs_columnar``);
+        the rest go row by row."""
+
+        def lists(v: Mapping[str, Any]) -> bool:
+            return (
+                v.keys() <= self.reads
+                and type(v.get("prompt")) is str
+                and _plain_turns(v.get("chosen"))
+                and _plain_turns(v.get("rejected"))
+                and (v.get("messages") is None or _plain_turns(v["messages"]))  # ignored, as convert does
+            )
+
+        strings, rest = string_rows_columnar(values, self.arrow_fields, trl_string_pairs_columnar)
+        listed, left = rows_columnar(values, lists, self.message_schema, trl_message_pairs_columnar)
+        # a row one path takes is one the other leaves: the rows left by both go row by row
+        left = sorted(set(rest) & set(left))
+        if strings is None or listed is None:
+            return (listed if strings is None else strings), left
+        return pl.concat([strings, listed]).sort("_i"), left
 
     def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
-        """``convert_columns`` for rows parsed by Arrow as exactly {prompt, chosen, rejected: string}
-        (a missing or null field is null; such rows, and rows in the message-list form, which Arrow
-        refuses for the whole batch, go to ``convert``)."""
+        """``convert_columns`` for rows parsed by Arrow as exactly ``arrow_schema`` or ``message_schema``
+        (the one ``block_schema`` chose; a missing or null field is null, and such rows go to ``convert``;
+        a row in the other layout makes Arrow refuse the whole batch, which then goes row by row)."""
+        if pa.types.is_list(table.schema.field("chosen").type):
+            return trl_message_pairs_columnar(indexed(table))
         return trl_string_pairs_columnar(indexed(table))
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
@@ -484,6 +515,40 @@ def trl_string_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[i
         turn("user", "prompt"),
         turn("assistant", "chosen"),
         turn("assistant", "rejected"),
+        pl.lit(None, dtype=pl.Float64).alias("strength"),
+        pl.lit("{}").alias("meta"),
+    )
+    return fast, slow
+
+
+def trl_message_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
+    """``TRLPreferenceReader.convert`` over a frame of (_i, prompt string, chosen and rejected: lists of
+    {role, content} strings; ``messages`` is ignored), for the rows where it is exact: a prompt that is
+    not blank, responses that ``normalize_messages`` takes (``_turns_ok``), and, where both responses
+    begin with the prompt's user turn, a turn after it in each (else a RowError there, whose reason the
+    row path keeps). Such responses become the turns after the prompt. Returns (canonical pair frame
+    with _i, the _i of the others)."""
+    sides = ("chosen", "rejected")
+    frame = _map_roles(frame.select("_i", "prompt", *sides), lists=list(sides))
+
+    def repeats_prompt(side: str) -> pl.Expr:
+        first = pl.col(side).list.first().struct
+        return ((first.field("role") == "user") & (first.field("content") == pl.col("prompt"))).fill_null(
+            False
+        )
+
+    repeated = repeats_prompt("chosen") & repeats_prompt("rejected")
+    ok = ~blank_text(pl.col("prompt")) & _turns_ok("chosen") & _turns_ok("rejected")
+    ok = ok & ~(repeated & pl.min_horizontal(*[pl.col(side).list.len() for side in sides]).eq(1))
+    frame = frame.with_columns(ok.alias("_ok"), repeated.alias("_repeated"))
+    slow = frame.filter(~pl.col("_ok")).get_column("_i").to_list()
+    fast = frame.filter(pl.col("_ok")).select(
+        "_i",
+        pl.concat_list(pl.struct(role=pl.lit("user"), content=pl.col("prompt"))).alias("prompt"),
+        *[
+            pl.when(pl.col("_repeated")).then(pl.col(side).list.slice(1)).otherwise(pl.col(side)).alias(side)
+            for side in sides
+        ],
         pl.lit(None, dtype=pl.Float64).alias("strength"),
         pl.lit("{}").alias("meta"),
     )
