@@ -201,7 +201,7 @@ def units_of_jsonl_and_parquet(
     return units
 
 
-#: Fields added to every line: (JSON text, whether the batch keeps the Arrow path).
+#: Fields added to every line: (JSON text, whether Arrow's own values make the meta; else each line does).
 EXTRA_FIELDS = {
     "ids, sources, scores, tags": (
         b'"id": 7, "source": "hh", "score": 0.25, "tags": ["a", "b"], "ok": true',
@@ -226,17 +226,19 @@ EXTRA_FIELDS = {
 
 
 @pytest.mark.parametrize("name", list(EXTRA_FIELDS))
-def test_other_fields_become_meta_or_fall_back(hh_lines, tmp_path, name):
-    """Fields the reader does not read are parsed by Arrow and kept as each row's meta when they turn back
-    into exactly the JSON the row path reads; else the batch goes line by line. The same batches either way."""
-    extra, arrow = EXTRA_FIELDS[name]
+def test_other_fields_become_meta(hh_lines, tmp_path, name):
+    """Fields the reader does not read become each row's meta, exactly the row path's: from Arrow's values
+    when they turn back into the JSON the row path reads, else from each row's own line. The batches keep
+    the Arrow path either way, and are the line path's."""
+    extra, from_columns = EXTRA_FIELDS[name]
     lines = [line[:-1] + b", " + extra + b"}" for line in hh_lines[:30]]
     path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
-    fast = assert_same_batches(path, 10)
-    assert [isinstance(b, ArrowBlock) for b in fast] == [arrow] * 3
-    # a field some rows lack
+    with mock.patch.object(blocks, "_line_meta", wraps=blocks._line_meta) as line_meta:
+        fast = assert_same_batches(path, 10)
+    assert all(isinstance(b, ArrowBlock) for b in fast) and line_meta.called == (not from_columns)
+    # a field some rows lack (Arrow reads null there): the meta comes from the lines
     mixed = _write(tmp_path / "mixed.jsonl", [*lines[:5], *hh_lines[5:10]], bom=False, gz=False)
-    assert not any(isinstance(b, ArrowBlock) for b in assert_same_batches(mixed, 10))
+    assert all(isinstance(b, ArrowBlock) for b in assert_same_batches(mixed, 10))
 
 
 def test_ingest_with_other_fields_identical(hh_lines, tmp_path):
@@ -256,19 +258,19 @@ def test_ingest_with_other_fields_identical(hh_lines, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "ends",
+    ("ends", "arrow"),
     [
-        (
-            b', "score": 0.5}',
-            b', "score": 1}',
-        ),  # read as floats: the meta would say 1.0 where the row path says 1
-        (b', "info": {"k": 1}}', b', "info": {"j": 2}}'),  # read as {k, j} with nulls: keys a row lacks
+        ((b', "score": 0.5}', b', "score": 1}'), True),  # read as floats: the meta comes from the lines
+        ((b', "info": {"k": 1}}', b', "info": {"j": 2}}'), True),  # read as {k, j} with nulls: the same
+        ((b', "id": 1}', b', "id": "a"}'), False),  # a number and a text: Arrow cannot type the field
     ],
 )
-def test_fields_that_change_between_rows_fall_back(hh_lines, tmp_path, ends):
+def test_fields_that_change_between_rows(hh_lines, tmp_path, ends, arrow):
+    """Other fields whose Arrow values are not the row path's keep the Arrow path with each line's meta;
+    a field Arrow cannot type sends the batch line by line. The batches are the line path's either way."""
     lines = [line[:-1] + ends[i % 2] for i, line in enumerate(hh_lines[:20])]
     path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
-    assert not any(isinstance(b, ArrowBlock) for b in assert_same_batches(path, 10))
+    assert [isinstance(b, ArrowBlock) for b in assert_same_batches(path, 10)] == [arrow] * 2
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -730,9 +732,8 @@ TRL_MESSAGES_HOSTILE = [
     _uf(" ", [_U, _A], [_U, _B]),  # a blank prompt
     _uf("Hi.", [_A], [_B]),  # responses that do not repeat the prompt: kept whole
     _uf("Hi.", [_U, _A], [_U, _A]),  # chosen == rejected
-    _uf(
-        "Hi.", [_U, _A], [_U, _B | {"content": "C."}], ', "score_chosen": 8.0'
-    ),  # a whole float: the batch goes line by line
+    # a whole float (and in its batch, keys other rows lack): the batch's meta comes from its lines
+    _uf("Hi.", [_U, _A], [_U, _B | {"content": "C."}], ', "score_chosen": 8.0'),
     _uf("Hi.", [_U, _A], [_U, _B | {"content": "D."}], ', "messages": null'),
     _uf(
         "Hi.",

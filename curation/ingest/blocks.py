@@ -19,11 +19,13 @@ are quarantined with their row number and raw text as before:
   field inside the reader's columns that ``schema`` lacks changes their type;
 - it returns one row per line (two objects on one line would give more);
 - the strings are valid UTF-8 (``Table.validate(full=True)``);
-- top-level fields besides ``schema``'s (ids, sources, scores: each row's ``meta``)
-  turn back into the JSON values the line path reads (``_same_json``): none the
-  reader reads, strings, integers, bools, lists and objects of them with no null
-  anywhere (a key missing in a row or an object reads as null), and no float that
-  may have been written as an integer.
+- none of the top-level fields besides ``schema``'s (ids, sources, scores: each
+  row's ``meta``) is one the reader reads, and Arrow can type them. Their meta is
+  made from Arrow's values when these turn back into the JSON values the line path
+  reads (``_same_json``: strings, integers, bools, lists and objects of them with no
+  null anywhere, as a key missing in a row or an object reads as null, and no float
+  that may have been written as an integer); else from each row's own line, as the
+  line path makes it (``_line_meta``).
 
 A row whose field is missing or null is left to the row path: ``ArrowBlock.raw``
 decodes that one line exactly as the line path does, so its quarantine reason is unchanged.
@@ -50,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.json as paj
 import pyarrow.parquet as pq
 
-from curation.ingest.readers.base import meta_json
+from curation.ingest.readers.base import RowError, extra_meta, meta_json
 from curation.ingest.sources import (
     BOM,
     MAX_ROW_BYTES,
@@ -299,10 +301,31 @@ def _arrow_block(
     if table.num_rows != len(starts) or set(others) & reads:
         return None
     fields, table = table.select(others), table.select(schema.names)
-    if table.schema != schema or not all(_same_json(c) for c in fields.columns):
+    if table.schema != schema:
         return None
-    meta = [meta_json(r) for r in fields.to_pylist()] if others else None
+    meta = None
+    if others:
+        same = all(_same_json(c) for c in fields.columns)
+        meta = [meta_json(r) for r in fields.to_pylist()] if same else _line_meta(data, starts, ends, reads)
+        if meta is None:
+            return None
     return ArrowBlock(row, table, data, starts, ends, meta)
+
+
+def _line_meta(data: Buffer, starts: np.ndarray, ends: np.ndarray, reads: frozenset[str]) -> list[str] | None:
+    """Each row's meta made from its own line, as the line path makes it (``decode_line``, ``extra_meta``,
+    ``meta_json``), for other fields whose Arrow values are not the line path's (nulls, missing keys,
+    whole-number floats, timestamps...); None if the line path would refuse a line."""
+    out = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        raw = decode_line(bytes(data[s:e]), 0)
+        if raw.error is not None:
+            return None
+        try:
+            out.append(meta_json(extra_meta(raw.value, reads)))  # type: ignore[arg-type]
+        except RowError:
+            return None
+    return out
 
 
 _MAX_NESTING = 64
