@@ -180,25 +180,34 @@ def ingest_three_ways(
 
 def units_of_jsonl_and_parquet(
     tmp_path: Path,
-    jsonl: Path,
-    parquet: Path,
+    lines: list[bytes],
+    hostile: list[bytes],
+    placement: tuple[int, int, int],
+    table: pa.Table,
     reader: type[Reader],
     batch_rows: int,
     min_accepted: int,
     schema: pa.Schema | None = None,
-) -> dict[Path, dict]:
-    """``ingest_three_ways`` of a JSONL file and a Parquet file whose every batch takes the Arrow path (with
-    ``schema``, by default the reader's ``arrow_schema``); each accepts at least ``min_accepted`` records.
-    Returns the unit of each."""
+) -> tuple[dict, dict]:
+    """``ingest_three_ways`` of ``lines`` with the ``hostile`` ones as JSONL (``_jsonl_with_hostile``, at
+    ``placement`` = (every, start, copies)) and of ``table`` as Parquet (row groups of 70 rows), whose every
+    batch takes the Arrow path (read with ``schema``, by default the reader's ``arrow_schema``); each accepts
+    at least ``min_accepted`` records. Returns (the JSONL file's unit, the Parquet file's unit)."""
     schema = schema or reader.arrow_schema
+    jsonl = _jsonl_with_hostile(
+        tmp_path / f"{reader.name}.jsonl", lines, hostile, *placement, reader, batch_rows, schema
+    )
+    parquet = tmp_path / f"{reader.name}.parquet"
+    pq.write_table(table, parquet, row_group_size=70)
     assert all(
         isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, batch_rows, schema, reader.reads)
     )
-    units = {}
+    units = []
     for path in (jsonl, parquet):
-        units[path], res = ingest_three_ways(tmp_path, path, reader, batch_rows)
+        unit, res = ingest_three_ways(tmp_path, path, reader, batch_rows)
         assert res.accepted >= min_accepted
-    return units
+        units.append(unit)
+    return units[0], units[1]
 
 
 #: Fields added to every line: (JSON text, whether Arrow's own values make the meta; else each line does).
@@ -599,16 +608,13 @@ def test_messages_units_identical(shared_data, tmp_path):
 
     rows = real_conversations(shared_data)
     lines = [orjson.dumps(r) for r in rows[:400]]
-    jsonl = _jsonl_with_hostile(
-        tmp_path / "chat.jsonl", lines, MESSAGES_HOSTILE, 23, 5, 20, MessagesReader, 50
-    )
     turn = pa.struct([("content", pa.large_string()), ("role", pa.large_string())])
     hub = pa.table({"messages": pa.array([r["messages"] for r in rows[:300]], type=pa.list_(turn))})
-    parquet = tmp_path / "chat.parquet"
-    pq.write_table(hub, parquet, row_group_size=70)
-    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, MessagesReader, 50, 290)
-    assert {"empty turn", "empty conversation"} <= {r["reason"] for r in units[jsonl]["quarantine.parquet"]}
-    sft = units[jsonl]["sft.parquet"]
+    jsonl_unit, parquet_unit = units_of_jsonl_and_parquet(
+        tmp_path, lines, MESSAGES_HOSTILE, (23, 5, 20), hub, MessagesReader, 50, 290
+    )
+    assert {"empty turn", "empty conversation"} <= {r["reason"] for r in jsonl_unit["quarantine.parquet"]}
+    sft = jsonl_unit["sft.parquet"]
     assert any(orjson.loads(r["meta"]) == {"source": "x"} for r in sft)
     assert any(orjson.loads(r["meta"]).get("turn_fields") for r in sft)  # name and tool_calls kept
 
@@ -639,19 +645,16 @@ def test_sharegpt_units_identical(shared_data, tmp_path):
         for i, r in enumerate(rows)
     ]
     lines = [orjson.dumps(r) for r in plain]
-    jsonl = _jsonl_with_hostile(
-        tmp_path / "sharegpt.jsonl", lines, SHAREGPT_HOSTILE, 29, 3, 15, ShareGPTReader, 40
+    jsonl_unit, parquet_unit = units_of_jsonl_and_parquet(
+        tmp_path, lines, SHAREGPT_HOSTILE, (29, 3, 15), pa.Table.from_pylist(rows), ShareGPTReader, 40, 250
     )
-    parquet = tmp_path / "glaive.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
-    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, ShareGPTReader, 40, 250)
-    sft = units[jsonl]["sft.parquet"]
+    sft = jsonl_unit["sft.parquet"]
     assert sum(r["messages"][0] == {"role": "system", "content": "Be helpful."} for r in sft) >= 95
     # the reply after "Greet." converts (the system prompt comes first), then fails validation's role order
-    q = units[jsonl]["quarantine.parquet"]
+    q = jsonl_unit["quarantine.parquet"]
     assert any(r["reason"] == "role order: first turn after the system prompt is not a user turn" for r in q)
     assert {r["messages"][-2]["role"] for r in sft} >= {"tool", "user"}  # observation turns became tool turns
-    assert all("tools" in orjson.loads(r["meta"]) for r in units[parquet]["sft.parquet"])
+    assert all("tools" in orjson.loads(r["meta"]) for r in parquet_unit["sft.parquet"])
 
 
 #: ShareGPT pair lines the block path must refuse or hand to the row path without changing the outcome.
@@ -676,13 +679,11 @@ def test_sharegpt_pair_units_identical(shared_data, tmp_path):
 
     rows = orjson.loads((shared_data / "llama-factory" / "dpo_en_demo.json").read_bytes())
     lines = [orjson.dumps(r) for r in rows]
-    jsonl = _jsonl_with_hostile(
-        tmp_path / "pairs.jsonl", lines, SHAREGPT_PAIR_HOSTILE, 31, 4, 12, ShareGPTPairReader, 40
+    table = pa.Table.from_pylist(rows)
+    jsonl_unit, parquet_unit = units_of_jsonl_and_parquet(
+        tmp_path, lines, SHAREGPT_PAIR_HOSTILE, (31, 4, 12), table, ShareGPTPairReader, 40, 290
     )
-    parquet = tmp_path / "pairs.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
-    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, ShareGPTPairReader, 40, 290)
-    pairs, q = units[jsonl]["pair.parquet"], units[jsonl]["quarantine.parquet"]
+    pairs, q = jsonl_unit["pair.parquet"], jsonl_unit["quarantine.parquet"]
     assert {r["reason"] for r in q} >= {
         "response turns must come from the assistant (gpt)",
         "empty turn",
@@ -692,7 +693,7 @@ def test_sharegpt_pair_units_identical(shared_data, tmp_path):
     }
     assert any(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in pairs)
     assert any(orjson.loads(r["meta"]) == {"id": 3} for r in pairs)
-    assert all(r["prompt"][-1]["role"] == "user" for r in units[parquet]["pair.parquet"])
+    assert all(r["prompt"][-1]["role"] == "user" for r in parquet_unit["pair.parquet"])
 
 
 def _ultrafeedback_layout(rows: list[dict]) -> list[dict]:
@@ -719,30 +720,30 @@ def _uf(prompt: str, chosen: list, rejected: list, extra: str = "") -> bytes:
     return row[:-1] + extra.encode() + b"}"
 
 
-_U, _A, _B = (
+_UF_USER, _UF_A, _UF_B = (
     {"role": "user", "content": "Hi."},
     {"role": "assistant", "content": "A."},
     {"role": "gpt", "content": "B."},
 )
 #: UltraFeedback-layout lines the block path must refuse or hand to the row path without changing the outcome.
 TRL_MESSAGES_HOSTILE = [
-    _uf("Hi.", [_U], [_U, _B]),  # a response that is only the prompt it repeats
-    _uf("Hi.", [_U, {"role": "assistant", "content": " "}], [_U, _B]),  # an empty turn
-    _uf("Hi.", [_U, {"role": "wizard", "content": "A."}], [_U, _B]),  # an unknown role
-    _uf(" ", [_U, _A], [_U, _B]),  # a blank prompt
-    _uf("Hi.", [_A], [_B]),  # responses that do not repeat the prompt: kept whole
-    _uf("Hi.", [_U, _A], [_U, _A]),  # chosen == rejected
+    _uf("Hi.", [_UF_USER], [_UF_USER, _UF_B]),  # a response that is only the prompt it repeats
+    _uf("Hi.", [_UF_USER, {"role": "assistant", "content": " "}], [_UF_USER, _UF_B]),  # an empty turn
+    _uf("Hi.", [_UF_USER, {"role": "wizard", "content": "A."}], [_UF_USER, _UF_B]),  # an unknown role
+    _uf(" ", [_UF_USER, _UF_A], [_UF_USER, _UF_B]),  # a blank prompt
+    _uf("Hi.", [_UF_A], [_UF_B]),  # responses that do not repeat the prompt: kept whole
+    _uf("Hi.", [_UF_USER, _UF_A], [_UF_USER, _UF_A]),  # chosen == rejected
     # a whole float (and in its batch, keys other rows lack): the batch's meta comes from its lines
-    _uf("Hi.", [_U, _A], [_U, _B | {"content": "C."}], ', "score_chosen": 8.0'),
-    _uf("Hi.", [_U, _A], [_U, _B | {"content": "D."}], ', "messages": null'),
+    _uf("Hi.", [_UF_USER, _UF_A], [_UF_USER, _UF_B | {"content": "C."}], ', "score_chosen": 8.0'),
+    _uf("Hi.", [_UF_USER, _UF_A], [_UF_USER, _UF_B | {"content": "D."}], ', "messages": null'),
     _uf(
         "Hi.",
-        [_U, _A],
-        [_U, _B | {"content": "E."}],
+        [_UF_USER, _UF_A],
+        [_UF_USER, _UF_B | {"content": "E."}],
         ', "messages": [{"role": "user", "content": "Hi.", "name": "n"}]',
     ),
     b'{"prompt": "Hi.", "chosen": "A.", "rejected": "B."}',  # strings: Arrow refuses the batch
-    _uf("Hi.", [_U, _A], [_U, _B])[:-9],  # malformed
+    _uf("Hi.", [_UF_USER, _UF_A], [_UF_USER, _UF_B])[:-9],  # malformed
 ]
 
 
@@ -755,14 +756,11 @@ def test_trl_message_pairs_units_identical(shared_data, tmp_path):
     )
     schema = TRLPreferenceReader().block_schema(rows)
     assert schema == TRLPreferenceReader.message_schema
-    lines = [orjson.dumps(r) for r in rows]
-    jsonl = _jsonl_with_hostile(
-        tmp_path / "uf.jsonl", lines, TRL_MESSAGES_HOSTILE, 23, 5, 12, TRLPreferenceReader, 40, schema
+    lines, table = [orjson.dumps(r) for r in rows], pa.Table.from_pylist(rows)
+    jsonl_unit, parquet_unit = units_of_jsonl_and_parquet(
+        tmp_path, lines, TRL_MESSAGES_HOSTILE, (23, 5, 12), table, TRLPreferenceReader, 40, 290, schema
     )
-    parquet = tmp_path / "uf.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=70)
-    units = units_of_jsonl_and_parquet(tmp_path, jsonl, parquet, TRLPreferenceReader, 40, 290, schema)
-    pairs, q = units[jsonl]["pair.parquet"], units[jsonl]["quarantine.parquet"]
+    pairs, q = jsonl_unit["pair.parquet"], jsonl_unit["quarantine.parquet"]
     assert {r["reason"] for r in q} >= {
         "no response after the prompt it repeats",
         "empty turn",
@@ -777,11 +775,13 @@ def test_trl_message_pairs_units_identical(shared_data, tmp_path):
         for r in pairs
     )
     assert any(orjson.loads(r["meta"]) == {"score_chosen": 8.0} for r in pairs)
-    assert len(units[parquet]["pair.parquet"]) >= 290
+    assert len(parquet_unit["pair.parquet"]) >= 290
     # and ingest reads the Parquet file in that layout: every batch reaches the columns
     arrow = mock.patch.object(
         TRLPreferenceReader, "convert_arrow", autospec=True, side_effect=TRLPreferenceReader.convert_arrow
     )
     with arrow as spy:
-        ingest_paths(Store(tmp_path / "spy"), [str(parquet)], IngestOptions(batch_rows=40, reader="trl"))
+        spy_file = tmp_path / "spy.parquet"
+        pq.write_table(table, spy_file, row_group_size=70)
+        ingest_paths(Store(tmp_path / "spy"), [str(spy_file)], IngestOptions(batch_rows=40, reader="trl"))
     assert spy.call_count == -(-len(rows) // 40)
