@@ -61,6 +61,8 @@ class FakeJudge:
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as vLLM and hosted APIs do
+
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, payload = judge.answer(self.path, body, self.headers.get("Authorization"))
