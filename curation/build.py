@@ -62,6 +62,7 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "n_models": "INTEGER",
         "quality_class": "VARCHAR",
         "adaptive_margin": "DOUBLE",
+        "judge_swap_inconsistent": "BOOLEAN",
         "len_prompt": "INTEGER",
         "len_chosen": "INTEGER",
         "len_rejected": "INTEGER",

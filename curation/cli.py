@@ -43,7 +43,10 @@ def open_store(path: str | None, create: bool = False) -> Store:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    """Print ``message`` as data (no markup, one line however long) to stderr and exit with ``code``."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

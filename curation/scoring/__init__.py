@@ -5,6 +5,8 @@ Python API (used by `curate score`, the Prefect flows and the benchmarks)::
     from curation.scoring import run_scorer, versions
     summary = run_scorer(store, "length_bias")
     summary = run_scorer(store, "reward_margin", models=["path/to/rm"])   # or backend="crossfit"
+    summary = run_scorer(store, "reward_margin", backend="judge", models=["judge-name"],
+                         base_url="http://127.0.0.1:8000/v1")              # an LLM judge, both orders
     versions(store)   # {"length_bias": {"version", "fingerprint", "params", "key"}, ...}
 
 Scorers: length_bias, reward_margin, uncertainty, spurious_groups, semantic_dedup, embeddings.

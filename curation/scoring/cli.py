@@ -31,10 +31,15 @@ def register(app: typer.Typer) -> None:
             "--model",
             "-m",
             help="reward_margin: a reward model folder or hub id (repeatable: an ensemble); "
-            "uncertainty --source entropy: the causal LM; judge: the model name.",
+            "uncertainty --source entropy: the causal LM; reward_margin --backend judge and uncertainty "
+            "--source judge: the judge's model name.",
         ),
         backend: str | None = typer.Option(
-            None, help="reward_margin: 'models' (pretrained RMs, the default with --model) or 'crossfit'."
+            None,
+            help="reward_margin: 'models' (pretrained RMs, the default with --model), 'crossfit', or 'judge' "
+            "(an LLM judge behind an OpenAI-compatible endpoint, asked in both orders: --model NAME "
+            "--param base_url=URL, or $CURATE_JUDGE_URL / $CURATE_JUDGE_MODEL; key from "
+            "$CURATE_JUDGE_API_KEY or $OPENAI_API_KEY).",
         ),
         source: str | None = typer.Option(
             None, help="uncertainty: rubric-embedding (default), judge, entropy or column."
@@ -56,6 +61,7 @@ def register(app: typer.Typer) -> None:
         """Score records; cached per record, so reruns compute only what is new. Killed runs resume."""
         from curation.cli import console, fail, open_store, print_table
         from curation.scoring import RESULT_SCORERS, SCORERS, run_scorer
+        from curation.scoring.chat_client import JudgeError
         from curation.store import StoreError
 
         st = open_store(store)
@@ -91,7 +97,7 @@ def register(app: typer.Typer) -> None:
                 fail(f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted)[1:])}")
             try:
                 summary = run_scorer(st, name, **{k: v for k, v in given.items() if k in accepted})
-            except (StoreError, ValueError) as exc:
+            except (StoreError, ValueError, JudgeError) as exc:
                 if scorer == "all" and str(exc).startswith("no "):
                     console.print(f"[dim]{name}: skipped, {exc}[/]")
                     continue

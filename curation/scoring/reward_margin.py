@@ -22,6 +22,11 @@ Backends
   repeats, and soft labels ``finetune_soft_label`` 0.1, which make the loss robust to flipped labels:
   on HH harmless with 20 % flips, MiniLM on an H200 ranks the flips at AUROC 0.64-0.67 per repeat and
   0.673-0.683 for 3-5 repeats, against 0.595 for the length difference; benchmarks/gpu/RESULTS.md).
+- ``judge``: an LLM judge behind an OpenAI-compatible endpoint (``--model NAME --param base_url=URL``)
+  asks about each pair in both orders; the two orders are the models axis, so mu is the mean of the
+  judge's per-order log-odds (or votes) that chosen is better, and ``judge_swap_inconsistent`` marks
+  pairs whose orders disagree (NULL for the other backends). Formula, cache and options:
+  curation/scoring/pairwise_judge.py.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ def combine(
             "n_models": pa.array(np.full(len(mu), m), pa.int32()),
             "quality_class": pa.array(cls.tolist(), pa.string()),
             "adaptive_margin": adaptive,
+            "judge_swap_inconsistent": pa.nulls(len(mu), pa.bool_()),  # the judge backend fills it
         },
         schema=REWARD_MARGIN_SCHEMA,
     )
@@ -379,6 +385,16 @@ def run(
     ambiguous_below: float | None = None,
     margin_scale: float = 1.0,
     max_margin: float | None = None,
+    # judge (curation/scoring/pairwise_judge.py; the key never reaches caches or manifests)
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int = 8,
+    timeout_s: float = 60.0,
+    retries: int = 4,
+    judge_logprobs: bool = True,
+    top_logprobs: int = 5,
+    judge_margin: str = "auto",
     # crossfit
     encoder: str = DEFAULT_ENCODER,
     folds: int = 5,
@@ -504,9 +520,33 @@ def run(
                     epochs=ep,
                     seed=seed,
                 )
+        elif backend == "judge":
+            from curation.scoring.pairwise_judge import judge_margins
+
+            jm = judge_margins(
+                store,
+                records,
+                models,
+                base_url=base_url,
+                api_key=api_key,
+                api_key_env=api_key_env,
+                concurrency=concurrency,
+                timeout_s=timeout_s,
+                retries=retries,
+                logprobs=judge_logprobs,
+                top_logprobs=top_logprobs,
+                margin_from=judge_margin,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            add_stats(summary, jm.stats)
+            (rc, rr), fingerprint, combine_kw = jm.rewards(), jm.fingerprint, jm.thresholds(combine_kw)
+            params = jm.params | combine_kw
         else:
-            raise ValueError(f"unknown backend {backend!r}: use models or crossfit")
+            raise ValueError(f"unknown backend {backend!r}: use models, crossfit or judge")
         table, report = combine(ids, rc, rr, **combine_kw)
+        if backend == "judge":
+            table, report = jm.annotate(table, report)
         rspec = ResultSpec(NAME, VERSION, fingerprint, params, ids_fingerprint(ids))
         summary.key = rspec.key
         if _done(store, rspec) and summary.computed == 0:

@@ -14,6 +14,7 @@ REWARD_MARGIN_SCHEMA = pa.schema(
         ("n_models", pa.int32()),
         ("quality_class", pa.string()),  # incorrect | ambiguous | clean
         ("adaptive_margin", pa.float64()),  # margin inside the sigmoid, >= 0
+        ("judge_swap_inconsistent", pa.bool_()),  # judge backend: the two orders disagree (else NULL)
     ]
 )
 

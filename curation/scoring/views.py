@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.scoring.cache import active_key, active_meta
 from curation.scoring.schemas import (
@@ -41,9 +42,12 @@ def _result(store: Store, scorer: str) -> str:
     key = active_key(store, scorer)
     if key is None:
         return empty_select(schema)
-    path = str(store.root / "scores" / scorer / key / "result.parquet").replace("'", "''")
+    path = store.root / "scores" / scorer / key / "result.parquet"
+    src = "read_parquet('{}')".format(str(path).replace("'", "''"))
+    if not set(schema.names) <= set(pq.read_schema(path).names):  # written before a column was added
+        src = f"({empty_select(schema)} UNION ALL BY NAME SELECT * FROM {src})"  # NULL in the new ones
     cols = ", ".join(f'"{n}"' for n in schema.names)
-    return f"SELECT {cols} FROM read_parquet('{path}')"
+    return f"SELECT {cols} FROM {src}"
 
 
 def _cols(alias: str, schema: pa.Schema, skip: tuple[str, ...] = ("id",)) -> str:
