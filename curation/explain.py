@@ -2,10 +2,10 @@
 
 Answers from the store alone: the record's provenance (base views, ingest
 duplicates, quarantine is by file/row so it has no id), its scores and class
-(the scored view, every scalar column), its near-duplicate cluster, and for
-each build its outcome from ``accounting.parquet`` (kept with weight, margin,
-soft label, flip and group; or the clause that dropped it, with that clause's
-SQL from the manifest's policy).
+(the scored view, every scalar column), its near-duplicate clusters (prompt and
+record level), and for each build its outcome from ``accounting.parquet`` (kept
+with weight, margin, soft label, flip and group; or the clause that dropped it,
+with that clause's SQL from the manifest's policy).
 """
 
 from __future__ import annotations
@@ -132,7 +132,13 @@ def _clause(policy: dict, consumer: str, outcome: str) -> str | None:
     if outcome.startswith("capped:"):
         return f"mix: {orjson.dumps(c.get('mix', {})).decode()}"
     if outcome.startswith("near_duplicate_of:"):
-        return "dedup.near_duplicates = drop (not the cluster's representative)"
+        mode = (policy.get("dedup") or {}).get("near_duplicates", "drop")
+        if mode == "drop_prompt" or consumer == "sft":
+            return f"dedup.near_duplicates = {mode}: its prompt is a near duplicate of that record's (prompt level)"
+        return (
+            f"dedup.near_duplicates = {mode}: same prompt cluster and near-identical responses "
+            "as that record (record level)"
+        )
     if outcome.startswith("semantic_duplicate_of:"):
         return "dedup.semantic_duplicates = drop (not the cluster's representative)"
     if outcome.startswith("kept:"):

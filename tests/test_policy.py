@@ -131,3 +131,26 @@ def test_weight_that_is_null_for_kept_rows_is_refused_with_examples(real_store):
     ):
         build(store, parse_policy(data))
     assert not (store.root / "curated").exists()
+
+
+def test_near_duplicate_levels(tmp_path):
+    pol = load_policy(bundled_policy())
+    assert pol.dedup.near_duplicates == "drop"
+    # drop: rm and ranking by record (pair), sft by prompt; drop_prompt: every consumer by prompt
+    assert [pol.dedup.near_level(c) for c in ("sft", "rm", "ranking")] == ["prompt", "record", "record"]
+    old_style = _write(
+        tmp_path,
+        """
+        name: old
+        dedup: {near_duplicates: keep}
+        consumers: {rm: {weight: "1.0"}}
+        """,
+    )
+    old = load_policy(old_style)  # a policy file from before stays valid
+    assert old.dedup.near_level("rm") is None
+    by_prompt = parse_policy(
+        {"name": "p", "dedup": {"near_duplicates": "drop_prompt"}, "consumers": {"rm": {}}}
+    )
+    assert [by_prompt.dedup.near_level(c) for c in ("sft", "rm", "ranking")] == ["prompt"] * 3
+    with pytest.raises(PolicyError, match=r"dedup\.near_duplicates: Input should be 'drop', 'drop_prompt'"):
+        parse_policy({"name": "p", "dedup": {"near_duplicates": "drop_pair"}, "consumers": {"rm": {}}})
