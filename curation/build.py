@@ -7,12 +7,13 @@ Steps, for each consumer of the policy (sft, rm, ranking):
 2. decide one outcome per record, in this order: near duplicate (record or prompt level,
    ``Dedup.near_level``), semantic duplicate, the first failing filter, a remedy that drops (rm),
    the per-source mix (capped), else kept in the split chosen by a salted hash of the prompt text
-   of the record's near-duplicate prompt cluster;
+   of the record's near-duplicate prompt cluster; rm weights balanced by length if asked;
 3. write the kept rows, sorted by id within each split, as fixed-size Parquet shards
    with fixed writer settings (no timestamps), so the same policy on the same store
    gives byte-identical shards;
 4. write ``accounting.parquet`` (one row per input record of the policy's kinds,
-   including quarantined rows and exact duplicates from ingest) and ``manifest.json``.
+   including quarantined rows and exact duplicates from ingest) and ``manifest.json`` (with the
+   rm consumer's chosen-longer diagnostics, curation.length_diagnostics).
 
 The near-duplicate tables are recomputed first when stale (curation.dedup.refresh_near_duplicates),
 so units committed by an ingest that died before marking are never built unmarked.
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.dedup import refresh_near_duplicates
+from curation.length_diagnostics import balance_weights, build_diagnostics, chars_sql
 from curation.policy import (
     CONSUMER_VIEWS,
     Policy,
@@ -205,6 +207,7 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
     cols += [f"coalesce(({f.where})::BOOLEAN, false) AS __f{i}" for i, f in enumerate(c.filters)]
     if isinstance(c, RmConsumer):
         cols += ["quality_class", "adaptive_margin", "group_id"]
+        cols += [f"{chars_sql('chosen')} AS __chars_chosen", f"{chars_sql('rejected')} AS __chars_rejected"]
     if isinstance(c, SftConsumer):
         cols.append(f"({c.label_smoothing})::DOUBLE AS __ls")
     df = pl.from_arrow(con.sql(f"SELECT {', '.join(cols)} FROM {rel} ORDER BY id").to_arrow_table())
@@ -256,7 +259,10 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
         outcome=pl.when(kept).then(pl.lit("kept:") + pl.col("__split")).otherwise(pl.col("outcome")),
         split=pl.when(kept).then(pl.col("__split")),
     )
-    return _training_columns(df, c)
+    df = _training_columns(df, c)
+    if isinstance(c, RmConsumer) and c.balance_length:
+        df = balance_weights(df)
+    return df
 
 
 def _check_values(df: pl.DataFrame, policy: Policy, consumer: str) -> None:
@@ -526,6 +532,8 @@ def build(
                 pq.write_table(accounting, staged / "accounting.parquet", **SHARD_WRITE_OPTIONS)
                 acc_sha = _sha256(staged / "accounting.parquet")
                 manifest = _manifest(name, policy, scorers, inputs, shards, counts, accounting, acc_sha)
+                if "rm" in decisions:
+                    manifest["length_diagnostics"] = build_diagnostics(decisions["rm"])
                 (staged / "manifest.json").write_bytes(
                     orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
                 )

@@ -299,8 +299,13 @@ def write_table(table, out: Path) -> None:
 # ---------------------------------------------------------------------- stats
 @app.command()
 def stats(store: str | None = StoreOpt) -> None:
-    """Counts per kind and source, quarantine reasons, duplicates and near-duplicates at both levels."""
+    """Counts per kind and source, quarantine reasons, duplicates, near-duplicates at both levels, and
+    the chosen-longer share of the pairs per source (raw, per quality class, and in each build)."""
+    import pyarrow as pa
+
+    from curation.build import build_names, read_manifest
     from curation.dedup import stale_kinds
+    from curation.length_diagnostics import DEFINITION, build_rows, raw_rows, store_diagnostics
     from curation.sql import query as run_query
 
     st = open_store(store)
@@ -343,6 +348,22 @@ def stats(store: str | None = StoreOpt) -> None:
         console.print(
             f"[yellow]near-duplicate marks are stale for {', '.join(stale)}[/] (units ingested since they "
             "were made); the next `curate ingest` or `curate build` recomputes them"
+        )
+    raw = store_diagnostics(st)
+    if raw:
+        print_table(pa.Table.from_pylist(raw_rows(raw)), None, "chosen-longer share of the pairs, by source")
+        builds = [
+            row
+            for name in build_names(st)
+            for row in build_rows(name, read_manifest(st, name).get("length_diagnostics") or {})
+        ]
+        if builds:
+            print_table(
+                pa.Table.from_pylist(builds), None, "chosen-longer share: raw pairs against rm shards"
+            )
+        console.print(
+            f"[dim]{DEFINITION}; per quality class once `curate score reward_margin` has run "
+            "(incorrect: the label is likely wrong; ambiguous: weak preference; clean: the rest)[/]"
         )
 
 

@@ -9,6 +9,7 @@ one scored view (``scored_sft``, ``scored_pairs``, ``scored_rankings``). Per con
 * ``weight``: a SQL expression giving the per-sample loss weight (finite, >= 0, not NULL).
 * ``remedies`` (rm only): what to do with pairs of each quality class (methods.md section 3).
 * ``label_smoothing`` (sft only): a SQL expression for the UAL epsilon (default: the scored column).
+* ``balance_length`` (rm only): reweight kept pairs so that "chosen is longer" carries no weight.
 * ``mix``: per-source mixing ratios and caps.
 
 Policy-wide: ``dedup`` (drop near-duplicate records or prompts, semantic duplicates, or keep them),
@@ -146,6 +147,10 @@ class SftConsumer(_Consumer):
 
 class RmConsumer(_Consumer):
     remedies: Remedies = Field(default_factory=Remedies)
+    #: Reweight the kept pairs of each source and split so that the weighted chosen-longer share
+    #: (curation.length_diagnostics) is 0.5 and the mean weight 1, on top of ``weight`` (multiplied,
+    #: then renormalised per source): a reward model then cannot learn "longer wins" from the weights.
+    balance_length: bool = False
 
 
 class RankingConsumer(_Consumer):
