@@ -511,8 +511,7 @@ def build(
         if refreshed:
             store.refresh_catalog()
             say(
-                "near-duplicates were stale, recomputed: "
-                + ", ".join(f"{k} {v}" for k, v in refreshed.items())
+                f"near-duplicate marks were stale (new units or older marks), recomputed: {', '.join(refreshed)}"
             )
         with contextlib.closing(open_connection(store)) as con:
             consumers = policy.active()

@@ -207,7 +207,8 @@ def near_state(store: Store, kind: str, params: MinHashParams) -> dict[str, Any]
 
 
 def recorded_state(store: Store, kind: str) -> dict[str, Any] | None:
-    """The state a table was computed from, from its Parquet metadata; None if no table (or an old one)."""
+    """The state a table was computed from (its Parquet metadata): None without a table, {} for a table
+    made before states were recorded."""
     path = store.root / "dedup" / f"near_{kind}.parquet"
     if not path.is_file():
         return None
