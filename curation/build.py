@@ -4,14 +4,19 @@ Steps, for each consumer of the policy (sft, rm, ranking):
 
 1. bind every SQL expression of the policy against the consumer's relation (nothing
    is written if one fails; see ``curation.policy.check_expressions``);
-2. decide one outcome per record, in this order: near duplicate, semantic duplicate,
-   the first failing filter, a remedy that drops (rm), the per-source mix (capped),
-   else kept in the split chosen by a salted hash of the prompt text;
+2. decide one outcome per record, in this order: near duplicate (record or prompt level,
+   ``Dedup.near_level``), semantic duplicate, the first failing filter, a remedy that drops (rm),
+   the per-source mix (capped), else kept in the split chosen by a salted hash of the prompt text
+   of the record's near-duplicate prompt cluster; rm weights balanced by length if asked;
 3. write the kept rows, sorted by id within each split, as fixed-size Parquet shards
    with fixed writer settings (no timestamps), so the same policy on the same store
    gives byte-identical shards;
 4. write ``accounting.parquet`` (one row per input record of the policy's kinds,
-   including quarantined rows and exact duplicates from ingest) and ``manifest.json``.
+   including quarantined rows and exact duplicates from ingest) and ``manifest.json`` (with the
+   rm consumer's chosen-longer diagnostics, curation.length_diagnostics).
+
+The near-duplicate tables are recomputed first when stale (curation.dedup.refresh_near_duplicates),
+so units committed by an ingest that died before marking are never built unmarked.
 
 The whole build is written under ``.staging`` and renamed into ``curated/<name>/``
 when complete (an older build of the same name is renamed away first, then deleted),
@@ -37,6 +42,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.dedup import refresh_near_duplicates
+from curation.length_diagnostics import balance_weights, build_diagnostics, chars_sql
 from curation.policy import (
     CONSUMER_VIEWS,
     Policy,
@@ -132,7 +139,8 @@ def relation_name(consumer: str) -> str:
 def open_connection(store: Store) -> duckdb.DuckDBPyConnection:
     """A sandboxed read-only connection with one relation per consumer: the scored view (or the base
     view when no scorer has run) with every contract column (NULL where missing) plus the MinHash
-    near-duplicate columns ``near_cluster`` and ``near_representative``."""
+    near-duplicate columns: ``near_cluster`` and ``near_representative`` (prompt level),
+    ``near_record_cluster`` and ``near_record_representative`` (record level; curation.dedup)."""
     con = readonly_connection(store)
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     for consumer, (kind, scored) in CONSUMER_VIEWS.items():
@@ -143,16 +151,33 @@ def open_connection(store: Store) -> duckdb.DuckDBPyConnection:
         )
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {relation_name(consumer)} AS "
-            f"SELECT s.*{extra}, n.cluster AS near_cluster, coalesce(n.representative, true) AS near_representative "
+            f"SELECT s.*{extra}, n.cluster AS near_cluster, coalesce(n.representative, true) AS near_representative, "
+            "n.record_cluster AS near_record_cluster, "
+            "coalesce(n.record_representative, true) AS near_record_representative "
             f"FROM \"{src}\" s LEFT JOIN near_duplicates n ON n.id = s.id AND n.kind = '{kind}'"
         )
     return con
 
 
-def _prompt_sql(consumer: str) -> str:
+def _prompt_sql(consumer: str, alias: str = "") -> str:
     """SQL rendering of the prompt exactly as ``schemas.ids.prompt_text`` does (role: content, newline)."""
-    msgs = "list_slice(messages, 1, len(messages) - 1)" if consumer == "sft" else "prompt"
+    a = f"{alias}." if alias else ""
+    msgs = f"list_slice({a}messages, 1, len({a}messages) - 1)" if consumer == "sft" else f"{a}prompt"
     return f"array_to_string(list_transform({msgs}, lambda m: m.role || ': ' || m.content), chr(10))"
+
+
+def _cluster_prompts(con: duckdb.DuckDBPyConnection, consumer: str) -> pl.DataFrame:
+    """(id, __cluster_prompt): for each record of a near-duplicate prompt cluster, the prompt of the
+    cluster's representative, so that the split puts the whole cluster on one side."""
+    kind = CONSUMER_VIEWS[consumer][0]
+    df = pl.from_arrow(
+        con.sql(
+            f"SELECT n.id, {_prompt_sql(consumer, 'r')} AS __cluster_prompt FROM near_duplicates n "
+            f"JOIN {KIND_VIEW[kind]} r ON r.id = n.cluster WHERE n.kind = '{kind}'"
+        ).to_arrow_table()
+    )
+    assert isinstance(df, pl.DataFrame)
+    return df
 
 
 def split_of(prompt: str, salt: str, eval_fraction: float) -> str:
@@ -173,6 +198,8 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
         "source_row",
         "near_cluster",
         "near_representative",
+        "near_record_cluster",
+        "near_record_representative",
         "sem_cluster",
         "sem_representative",
         f"{_prompt_sql(consumer)} AS __prompt",
@@ -181,18 +208,21 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
     cols += [f"coalesce(({f.where})::BOOLEAN, false) AS __f{i}" for i, f in enumerate(c.filters)]
     if isinstance(c, RmConsumer):
         cols += ["quality_class", "adaptive_margin", "group_id"]
+        cols += [f"{chars_sql('chosen')} AS __chars_chosen", f"{chars_sql('rejected')} AS __chars_rejected"]
     if isinstance(c, SftConsumer):
         cols.append(f"({c.label_smoothing})::DOUBLE AS __ls")
     df = pl.from_arrow(con.sql(f"SELECT {', '.join(cols)} FROM {rel} ORDER BY id").to_arrow_table())
     assert isinstance(df, pl.DataFrame)
 
     rules: list[tuple[pl.Expr, str, pl.Expr]] = []
-    if policy.dedup.near_duplicates == "drop":
+    level = policy.dedup.near_level(consumer)
+    if level is not None:
+        near = "near_record_" if level == "record" else "near_"
         rules.append(
             (
-                pl.col("near_representative").not_().fill_null(False),
+                pl.col(f"{near}representative").not_().fill_null(False),
                 "near_duplicate",
-                pl.lit("near_duplicate_of:") + pl.col("near_cluster"),
+                pl.lit("near_duplicate_of:") + pl.col(f"{near}cluster"),
             )
         )
     if policy.dedup.semantic_duplicates == "drop":
@@ -220,7 +250,9 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
     df = _apply_mix(df, c.mix, consumer, policy.name)
 
     salt, frac = policy.split.salt, policy.split.eval_fraction
-    split = [split_of(p, salt, frac) for p in df["__prompt"].to_list()]
+    df = df.join(_cluster_prompts(con, consumer), on="id", how="left", maintain_order="left")
+    split_key = df.select(pl.coalesce("__cluster_prompt", "__prompt")).to_series()
+    split = [split_of(p, salt, frac) for p in split_key.to_list()]
     df = df.with_columns(__split=pl.Series(split, dtype=pl.String))
     kept = pl.col("status").is_null()
     df = df.with_columns(
@@ -228,7 +260,10 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
         outcome=pl.when(kept).then(pl.lit("kept:") + pl.col("__split")).otherwise(pl.col("outcome")),
         split=pl.when(kept).then(pl.col("__split")),
     )
-    return _training_columns(df, c)
+    df = _training_columns(df, c)
+    if isinstance(c, RmConsumer) and c.balance_length:
+        df = balance_weights(df)
+    return df
 
 
 def _check_values(df: pl.DataFrame, policy: Policy, consumer: str) -> None:
@@ -472,31 +507,40 @@ def build(
     name = name or policy.name
     target_rel = f"curated/{name}"
     store.path("curated", name)  # validates the name
-    with store.writer_lock("build"), contextlib.closing(open_connection(store)) as con:
-        consumers = policy.active()
-        check_expressions(con, policy, {c: relation_name(c) for c in consumers})
-        decisions = {
-            c: decide(con, policy, c) for c in consumers
-        }  # may raise PolicyError: nothing written yet
-        extra = [_ingest_rows(con, c, CONSUMER_VIEWS[c][0]) for c in consumers]
-        accounting = _accounting(decisions, extra)
-        kinds = {CONSUMER_VIEWS[c][0] for c in consumers}
-        scorers = scorer_versions(store)
-        inputs = input_units(store, kinds)
-
-        staged = store.new_staging_dir()
-        try:
-            shards, counts = _write_shards(con, policy, decisions, staged, say)
-            pq.write_table(accounting, staged / "accounting.parquet", **SHARD_WRITE_OPTIONS)
-            acc_sha = _sha256(staged / "accounting.parquet")
-            manifest = _manifest(name, policy, scorers, inputs, shards, counts, accounting, acc_sha)
-            (staged / "manifest.json").write_bytes(
-                orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    with store.writer_lock("build"):
+        refreshed = refresh_near_duplicates(store)  # units an ingest committed but died before marking
+        if refreshed:
+            store.refresh_catalog()
+            say(
+                f"near-duplicate marks were stale (new units or older marks), recomputed: {', '.join(refreshed)}"
             )
-            path = _commit(store, staged, target_rel)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
+        with contextlib.closing(open_connection(store)) as con:
+            consumers = policy.active()
+            check_expressions(con, policy, {c: relation_name(c) for c in consumers})
+            decisions = {
+                c: decide(con, policy, c) for c in consumers
+            }  # may raise PolicyError: nothing written yet
+            extra = [_ingest_rows(con, c, CONSUMER_VIEWS[c][0]) for c in consumers]
+            accounting = _accounting(decisions, extra)
+            kinds = {CONSUMER_VIEWS[c][0] for c in consumers}
+            scorers = scorer_versions(store)
+            inputs = input_units(store, kinds)
+
+            staged = store.new_staging_dir()
+            try:
+                shards, counts = _write_shards(con, policy, decisions, staged, say)
+                pq.write_table(accounting, staged / "accounting.parquet", **SHARD_WRITE_OPTIONS)
+                acc_sha = _sha256(staged / "accounting.parquet")
+                manifest = _manifest(name, policy, scorers, inputs, shards, counts, accounting, acc_sha)
+                if "rm" in decisions:
+                    manifest["length_diagnostics"] = build_diagnostics(decisions["rm"])
+                (staged / "manifest.json").write_bytes(
+                    orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+                )
+                path = _commit(store, staged, target_rel)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
     say(f"build {name}: {sum(s['rows'] for s in shards)} rows in {len(shards)} shard(s) -> {path}")
     return BuildResult(name=name, path=path, manifest=manifest)
 

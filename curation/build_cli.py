@@ -76,6 +76,8 @@ def register(app: typer.Typer) -> None:
             console.print(
                 f"[bold]duplicate input row[/]: {escape(str(d['source_file']))} row {d['source_row']} (same content)"
             )
+        if e.length:
+            _print_length(e.length)
         if not e.builds:
             console.print("[dim]no build holds this record yet (run `curate build`)[/]")
         for b in e.builds:
@@ -115,7 +117,35 @@ def register(app: typer.Typer) -> None:
         console.print(f"report → {path}")
 
 
+def _print_length(length: dict) -> None:
+    """A pair's chosen-longer standing: its own lengths, and its source's shares (raw, class, builds)."""
+    from rich.markup import escape
+
+    from curation.cli import console
+    from curation.length_diagnostics import pct
+
+    side = {True: "chosen is longer", False: "chosen is shorter", None: "a tie"}[length["chosen_longer"]]
+    console.print(
+        f"[bold]chosen-longer[/] (characters of the response text; ties left out of shares): "
+        f"{length['chars_chosen']} vs {length['chars_rejected']} characters, {side}"
+    )
+
+    def share(d: dict | None) -> str:
+        return "n/a" if not d else f"{pct(d.get('share'))} of {d['pairs'] - d['ties']} untied pairs"
+
+    parts = [f"raw {share(length['source_raw'])}"]
+    if length.get("source_class"):
+        parts.append(f"class {length['quality_class']} {share(length['source_class'])}")
+    for name, c in length["builds"].items():
+        if c:
+            parts.append(
+                f"build {name} rm shards {pct(c.get('share'))} (weighted {pct(c.get('weighted_share'))})"
+            )
+    console.print(f"  source {escape(length['source'])}: " + "; ".join(escape(p) for p in parts))
+
+
 def _print_summary(manifest: dict, path: Path) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from curation.cli import console
@@ -155,6 +185,8 @@ def _print_summary(manifest: dict, path: Path) -> None:
     for consumer, tot in manifest["accounting"]["totals"].items():
         for reason, n in tot["dropped_by"].items():
             console.print(f"  {consumer}: {reason}: {n}")
+    for warning in (manifest.get("length_diagnostics") or {}).get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
     console.print(
         f"[dim]policy sha256 {manifest['policy_sha256'][:16]}…, lineage {manifest['lineage_sha256'][:16]}…[/]"
     )

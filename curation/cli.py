@@ -112,11 +112,18 @@ def ingest(
     max_chars: int = typer.Option(
         20000, help="Upper bound on a record's characters; longer rows are quarantined."
     ),
-    near_threshold: float = typer.Option(0.8, help="MinHash Jaccard threshold for near-duplicate prompts."),
-    near_dedup: bool = typer.Option(True, help="Recompute near-duplicate prompt clusters after ingest."),
+    near_threshold: float | None = typer.Option(
+        None,
+        help="MinHash Jaccard threshold for near-duplicate prompts and responses "
+        "(default: the one the store's marks were made with, else 0.8).",
+        show_default=False,
+    ),
+    near_dedup: bool = typer.Option(
+        True, help="Recompute the near-duplicate marks that are stale (new units, another threshold)."
+    ),
 ) -> None:
     """Read files into the store: normalise, hash, validate (Great Expectations), dedup; bad rows to quarantine."""
-    from curation.dedup import MinHashParams, mark_near_duplicates
+    from curation.dedup import MinHashParams, near_counts, refresh_near_duplicates
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.ingest.readers import DetectError
     from curation.ingest.sources import SourceError
@@ -135,11 +142,13 @@ def ingest(
         with _RowsProgress() as bar:
             results = ingest_paths(st, paths, opts, progress=bar.done, on_batch=bar.update)
         near = {}
-        if near_dedup and any(not r.skipped for r in results):
+        if near_dedup:  # after every ingest, even one that skipped every file: an earlier run may have
+            # committed units and died before marking them (curation.dedup: marks know their inputs)
             with st.writer_lock("near-dedup"):
-                kinds = sorted({r.kind for r in results if not r.error})
-                near = mark_near_duplicates(st, kinds, MinHashParams(threshold=near_threshold))
-                st.refresh_catalog()
+                params = None if near_threshold is None else MinHashParams(threshold=near_threshold)
+                near = refresh_near_duplicates(st, params)
+                if near:
+                    st.refresh_catalog()
     except (SourceError, DetectError, StoreError, ValueError) as exc:
         fail(str(exc))
         return
@@ -182,9 +191,11 @@ def ingest(
         "[dim]rows read = rows converted + rows quarantined at read; records = accepted + quarantined + duplicates[/]"
     )
     if near:
+        counts = near_counts(st)
         console.print(
-            "near-duplicate prompts marked (non-representatives): "
-            + ", ".join(f"{k}: {v}" for k, v in near.items())
+            "near-duplicates marked (records sharing a prompt cluster with an earlier record / "
+            "near-identical to an earlier record): "
+            + ", ".join(f"{k}: {counts.get(k, (0, 0))[0]} / {counts.get(k, (0, 0))[1]}" for k in near)
         )
     failed = [r for r in results if r.error]
     if failed:
@@ -291,7 +302,13 @@ def write_table(table, out: Path) -> None:
 # ---------------------------------------------------------------------- stats
 @app.command()
 def stats(store: str | None = StoreOpt) -> None:
-    """Counts per kind and source, quarantine reasons, duplicates and score coverage."""
+    """Counts per kind and source, quarantine reasons, duplicates, near-duplicates at both levels, and
+    the chosen-longer share of the pairs per source (raw, per quality class, and in each build)."""
+    import pyarrow as pa
+
+    from curation.build import build_names, read_manifest
+    from curation.dedup import stale_kinds
+    from curation.length_diagnostics import DEFINITION, build_rows, raw_rows, store_diagnostics
     from curation.sql import query as run_query
 
     st = open_store(store)
@@ -320,12 +337,37 @@ def stats(store: str | None = StoreOpt) -> None:
         run_query(
             st,
             """
-        SELECT kind, count(*) FILTER (WHERE NOT representative) AS near_duplicates,
-               count(DISTINCT cluster) AS clusters FROM near_duplicates GROUP BY kind""",
+        SELECT kind, count(DISTINCT cluster) AS prompt_clusters, count(*) AS records_in_clusters,
+               count(*) FILTER (WHERE NOT representative) AS same_prompt_as_earlier,
+               count(*) FILTER (WHERE NOT record_representative) AS near_identical_to_earlier
+        FROM near_duplicates GROUP BY kind ORDER BY kind""",
         ),
         None,
-        "near-duplicate prompts",
+        "near-duplicates (the default policy drops near-identical pairs and rankings, and SFT records "
+        "by prompt)",
     )
+    stale = stale_kinds(st)
+    if stale:
+        console.print(
+            f"[yellow]near-duplicate marks are stale for {', '.join(stale)}[/] (units ingested since they "
+            "were made); the next `curate ingest` or `curate build` recomputes them"
+        )
+    raw = store_diagnostics(st)
+    if raw:
+        print_table(pa.Table.from_pylist(raw_rows(raw)), None, "chosen-longer share of the pairs, by source")
+        builds = [
+            row
+            for name in build_names(st)
+            for row in build_rows(name, read_manifest(st, name).get("length_diagnostics") or {})
+        ]
+        if builds:
+            print_table(
+                pa.Table.from_pylist(builds), None, "chosen-longer share: raw pairs against rm shards"
+            )
+        console.print(
+            f"[dim]{DEFINITION}; per quality class once `curate score reward_margin` has run "
+            "(incorrect: the label is likely wrong; ambiguous: weak preference; clean: the rest)[/]"
+        )
 
 
 def _register_subcommands() -> None:

@@ -2,10 +2,13 @@
 
 Answers from the store alone: the record's provenance (base views, ingest
 duplicates, quarantine is by file/row so it has no id), its scores and class
-(the scored view, every scalar column), its near-duplicate cluster, and for
-each build its outcome from ``accounting.parquet`` (kept with weight, margin,
-soft label, flip and group; or the clause that dropped it, with that clause's
-SQL from the manifest's policy).
+(the scored view, every scalar column), its near-duplicate clusters (prompt and
+record level), for a pair its chosen-longer standing (its own character lengths
+and its source's chosen-longer share: raw, in its quality class, and in each
+build's rm shards; curation.length_diagnostics), and for each build its outcome
+from ``accounting.parquet`` (kept with weight, margin, soft label, flip and
+group; or the clause that dropped it, with that clause's SQL from the
+manifest's policy).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import polars as pl
 
-from curation.build import build_names, open_connection, relation_name
+from curation.build import build_names, open_connection, read_manifest, relation_name
+from curation.length_diagnostics import chars_sql, raw_diagnostics
 from curation.policy import CONSUMER_VIEWS
 from curation.store import Store, StoreError
 
@@ -34,6 +39,7 @@ class Explanation:
     scores: dict[str, Any] = field(default_factory=dict)  # scalar columns of the scored view
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # input rows that repeated this content
     builds: list[dict[str, Any]] = field(default_factory=list)  # per build: accounting row(s) + clause
+    length: dict[str, Any] = field(default_factory=dict)  # pairs: chosen-longer of the pair and its source
 
 
 def resolve_id(store: Store, prefix: str) -> str:
@@ -89,6 +95,38 @@ def explain(store: Store, record_id: str, build: str | None = None) -> Explanati
     names = [build] if build else build_names(store)
     for name in names:
         out.builds.extend(_build_outcomes(store, name, rid))
+    if out.kind == "pair" and out.record.get("source") is not None:
+        out.length = _length(store, rid, out.record["source"], out.scores.get("quality_class"), names)
+    return out
+
+
+def _length(store: Store, rid: str, source: str, klass: str | None, builds: list[str]) -> dict[str, Any]:
+    """The pair's character lengths and its source's chosen-longer shares (raw, its class, each build)."""
+    with contextlib.closing(open_connection(store)) as con:
+        src = pl.from_arrow(
+            con.sql(
+                f"SELECT id, source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
+                f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')} WHERE source = $1",
+                params=[source],
+            ).to_arrow_table()
+        )
+    assert isinstance(src, pl.DataFrame)
+    chosen, rejected = src.filter(pl.col("id") == rid).select("__chars_chosen", "__chars_rejected").row(0)
+    raw = raw_diagnostics(src).get(source, {})
+    out: dict[str, Any] = {
+        "chars_chosen": chosen,
+        "chars_rejected": rejected,
+        "chosen_longer": None if chosen == rejected else chosen > rejected,
+        "source": source,
+        "source_raw": raw.get("raw"),
+        "quality_class": klass,
+        "source_class": (raw.get("raw_by_class") or {}).get(klass) if klass else None,
+        "builds": {},
+    }
+    for name in builds:
+        diag = (read_manifest(store, name).get("length_diagnostics") or {}).get("by_source", {})
+        if source in diag:
+            out["builds"][name] = diag[source].get("curated")
     return out
 
 
@@ -132,7 +170,13 @@ def _clause(policy: dict, consumer: str, outcome: str) -> str | None:
     if outcome.startswith("capped:"):
         return f"mix: {orjson.dumps(c.get('mix', {})).decode()}"
     if outcome.startswith("near_duplicate_of:"):
-        return "dedup.near_duplicates = drop (not the cluster's representative)"
+        mode = (policy.get("dedup") or {}).get("near_duplicates", "drop")
+        if mode == "drop_prompt" or consumer == "sft":
+            return f"dedup.near_duplicates = {mode}: its prompt is a near duplicate of that record's (prompt level)"
+        return (
+            f"dedup.near_duplicates = {mode}: same prompt cluster and near-identical responses "
+            "as that record (record level)"
+        )
     if outcome.startswith("semantic_duplicate_of:"):
         return "dedup.semantic_duplicates = drop (not the cluster's representative)"
     if outcome.startswith("kept:"):

@@ -9,11 +9,12 @@ one scored view (``scored_sft``, ``scored_pairs``, ``scored_rankings``). Per con
 * ``weight``: a SQL expression giving the per-sample loss weight (finite, >= 0, not NULL).
 * ``remedies`` (rm only): what to do with pairs of each quality class (methods.md section 3).
 * ``label_smoothing`` (sft only): a SQL expression for the UAL epsilon (default: the scored column).
+* ``balance_length`` (rm only): reweight kept pairs so that "chosen is longer" carries no weight.
 * ``mix``: per-source mixing ratios and caps.
 
-Policy-wide: ``dedup`` (drop near / semantic duplicates or keep them), ``split``
-(train/eval by a salted hash of the prompt, so a prompt never lands in both),
-and ``shard_rows``. Files are read with ``yaml.safe_load`` or ``tomllib``; a policy
+Policy-wide: ``dedup`` (drop near-duplicate records or prompts, semantic duplicates, or keep them),
+``split`` (train/eval by a salted hash of the prompt's near-duplicate cluster, so a prompt and its
+near copies never land in both), and ``shard_rows``. Files are read with ``yaml.safe_load`` or ``tomllib``; a policy
 is data, never code. Every wrong key or type is reported with its location, and
 every SQL expression is bound against the view (``check_expressions``) before a
 build writes anything.
@@ -71,17 +72,32 @@ class Filter(_Strict):
 
 
 class Split(_Strict):
-    """Train/eval split by a salted hash of the prompt text: a prompt never appears in both splits."""
+    """Train/eval split by a salted hash of the prompt text of the record's near-duplicate prompt cluster
+    (its representative's prompt; the record's own when it is in none): the pairs of one prompt, and of
+    its near copies, never appear in both splits."""
 
     eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     salt: str = "curate-split-v1"
 
 
 class Dedup(_Strict):
-    """What to do with non-representative members of duplicate clusters."""
+    """What to do with non-representative members of duplicate clusters (the near_duplicates view).
 
-    near_duplicates: Literal["drop", "keep"] = "drop"  # MinHash prompt clusters (near_duplicates view)
+    ``near_duplicates``: ``drop`` drops near-duplicate *records*: for rm and ranking a pair (ranking)
+    whose prompt is in a near-duplicate prompt cluster and whose responses are near-identical to an
+    earlier record's there, so the distinct pairs of one prompt (several judges or completions) are kept;
+    for sft a record whose prompt is a near duplicate (an SFT record is its prompt's one target answer).
+    ``drop_prompt`` keeps one record per near-duplicate prompt cluster for every consumer (one pair
+    per prompt); ``keep`` drops none. Either way the train/eval split follows the prompt cluster."""
+
+    near_duplicates: Literal["drop", "drop_prompt", "keep"] = "drop"
     semantic_duplicates: Literal["drop", "keep"] = "keep"  # embedding clusters (sem_cluster columns)
+
+    def near_level(self, consumer: str) -> Literal["record", "prompt"] | None:
+        """Which near-duplicate level ``consumer`` drops (None: keeps them)."""
+        if self.near_duplicates == "keep":
+            return None
+        return "prompt" if self.near_duplicates == "drop_prompt" or consumer == "sft" else "record"
 
 
 class Mix(_Strict):
@@ -131,6 +147,10 @@ class SftConsumer(_Consumer):
 
 class RmConsumer(_Consumer):
     remedies: Remedies = Field(default_factory=Remedies)
+    #: Reweight the kept pairs of each source and split so that the weighted chosen-longer share
+    #: (curation.length_diagnostics) is 0.5 and the mean weight 1, on top of ``weight`` (multiplied,
+    #: then renormalised per source): a reward model then cannot learn "longer wins" from the weights.
+    balance_length: bool = False
 
 
 class RankingConsumer(_Consumer):

@@ -4,15 +4,17 @@ Plots (plotly; plotly.js is inlined once, so the file opens offline):
 
 1. preference strength (margin) by quality class;
 2. reward versus response length (chosen and rejected);
-3. length difference (chosen - rejected) by source: how often the label agrees with "longer";
-4. spurious-feature group sizes and the share of flagged pairs per group;
-5. the UAL label-smoothing epsilon of the SFT records;
-6. source mix before (ingested) and after (kept in the build);
-7. before/after counts per consumer by outcome (kept, filtered, duplicates, ...).
+3. length difference (chosen - rejected, characters) by source: how often the label agrees with "longer";
+4. the chosen-longer share per source: raw, per quality class, and in the build's rm shards
+   (unweighted and weighted by the shard weight; curation.length_diagnostics);
+5. spurious-feature group sizes and the share of flagged pairs per group;
+6. the UAL label-smoothing epsilon of the SFT records;
+7. source mix before (ingested) and after (kept in the build);
+8. before/after counts per consumer by outcome (kept, filtered, duplicates, ...).
 
 Each figure sits in a ``<section class="figure" data-figure=... data-points=N>``; N is the
 number of data points plotted (0 when the scorer behind it has not run, in which case the
-plot carries a note saying which command fills it).
+plot carries a note saying which command fills it), followed by a note on how to read it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ import duckdb
 import orjson
 import polars as pl
 
-from curation.build import build_names, open_connection
+from curation.build import build_names, open_connection, relation_name
+from curation.length_diagnostics import (
+    CLASSES,
+    DEFINITION,
+    chars_sql,
+    longer_sign,
+    pct,
+    raw_diagnostics,
+)
 from curation.store import Store, StoreError
 
 SAMPLE_ROWS = 4000  # points per scatter plot (reservoir sample with a fixed seed)
@@ -119,22 +129,72 @@ def fig_reward_vs_length(con) -> tuple[object, int]:
 def fig_length_diff(con) -> tuple[object, int]:
     import plotly.graph_objects as go
 
-    df = _df(con, "SELECT source, len_diff FROM curate_rm WHERE len_diff IS NOT NULL")
+    df = _df(
+        con,
+        f"SELECT source, {chars_sql('chosen')} AS __chars_chosen, {chars_sql('rejected')} AS __chars_rejected "
+        f"FROM {relation_name('rm')}",
+    ).with_columns(
+        len_diff=pl.col("__chars_chosen") - pl.col("__chars_rejected"),
+        __longer=longer_sign("__chars_chosen", "__chars_rejected"),
+    )
     fig = go.Figure()
     title = "Length difference (chosen − rejected) versus the preference label"
     if df.height:
-        share = float((df["len_diff"] > 0).mean())
-        title += f": chosen is longer in {share:.1%} of pairs"
+        title += f": chosen is longer in {pct(_share(df))} of pairs (ties left out)"
         for src in sorted(df["source"].unique().to_list()):
             sub = df.filter(pl.col("source") == src)
-            p = float((sub["len_diff"] > 0).mean())
-            fig.add_trace(go.Histogram(x=sub["len_diff"].to_list(), name=f"{src} (P(chosen longer)={p:.2f})"))
+            fig.add_trace(
+                go.Histogram(x=sub["len_diff"].to_list(), name=f"{src} (chosen longer {pct(_share(sub))})")
+            )
         fig.update_layout(barmode="overlay")
         fig.update_traces(opacity=0.6)
         fig.add_vline(x=0, line_dash="dash", line_color="black")
     else:
-        _empty(fig, "no lengths yet: run `curate score length_bias`")
-    return _layout(fig, title, "len(chosen) − len(rejected) in tokens", "pairs"), df.height
+        _empty(fig, "no preference pairs in this store")
+    return _layout(fig, title, "len(chosen) − len(rejected) in characters", "pairs"), df.height
+
+
+def _share(df: pl.DataFrame) -> float | None:
+    untied = df.filter(pl.col("__longer") != 0)
+    return float((untied["__longer"] > 0).mean()) if untied.height else None  # type: ignore[arg-type]
+
+
+def fig_chosen_longer(con, manifest: dict | None) -> tuple[object, int]:
+    """Per source: the raw chosen-longer share, per quality class, and in the build's rm shards."""
+    import plotly.graph_objects as go
+
+    raw = raw_diagnostics(
+        _df(
+            con,
+            f"SELECT source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
+            f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')}",
+        )
+    )
+    built = ((manifest or {}).get("length_diagnostics") or {}).get("by_source", {})
+    sources = sorted(raw)
+    bars: list[tuple[str, str, list[float | None]]] = [
+        ("raw pairs", "#1f77b4", [raw[s]["raw"]["share"] for s in sources])
+    ]
+    for cls in CLASSES:
+        vals = [((raw[s].get("raw_by_class") or {}).get(cls) or {}).get("share") for s in sources]
+        if any(v is not None for v in vals):
+            bars.append((f"raw, class {cls}", CLASS_COLORS[cls], vals))
+    if built:
+        cur = [(built.get(s) or {}).get("curated") or {} for s in sources]
+        bars.append(("rm shards", "#17becf", [c.get("share") for c in cur]))
+        bars.append(("rm shards, weighted", "#9467bd", [c.get("weighted_share") for c in cur]))
+    fig = go.Figure()
+    n = 0
+    for label, color, vals in bars:
+        fig.add_trace(go.Bar(x=sources, y=vals, name=label, marker_color=color, text=[pct(v) for v in vals]))
+        n += sum(v is not None for v in vals)
+    fig.update_layout(barmode="group", yaxis={"range": [0, 1], "tickformat": ".0%"})
+    if sources:
+        fig.add_hline(y=0.5, line_dash="dash", line_color="black")
+    else:
+        _empty(fig, "no preference pairs in this store")
+    title = "Chosen-longer share per source: raw, per quality class, and in the rm shards"
+    return _layout(fig, title, "source", "share of pairs where chosen is longer"), n
 
 
 def fig_groups(con) -> tuple[object, int]:
@@ -281,6 +341,7 @@ def render_report(store: Store, out: str | os.PathLike[str], build: str | None =
             ("margin_by_class", *fig_margin_by_class(con)),
             ("reward_vs_length", *fig_reward_vs_length(con)),
             ("length_diff_vs_label", *fig_length_diff(con)),
+            ("chosen_longer", *fig_chosen_longer(con, manifest)),
             ("groups", *fig_groups(con)),
             ("epsilon", *fig_epsilon(con, acc)),
             ("source_mix", *fig_source_mix(con, acc)),
@@ -295,7 +356,10 @@ def render_report(store: Store, out: str | os.PathLike[str], build: str | None =
             div_id=f"fig-{key}",
             config={"displaylogo": False, "responsive": True},
         )
-        sections.append(f'<section class="figure" data-figure="{key}" data-points="{n}">{div}</section>')
+        note = f'<p class="note">{NOTES[key]}</p>' if key in NOTES else ""
+        sections.append(
+            f'<section class="figure" data-figure="{key}" data-points="{n}">{div}{note}</section>'
+        )
     page = _PAGE.format(
         title=html.escape(f"curate report: {name or 'store'}"),
         summary=_summary(store, name, manifest),
@@ -326,11 +390,35 @@ def _summary(store: Store, name: str | None, manifest: dict | None) -> str:
             kept = tot["by_status"]["kept"]
             drops = ", ".join(f"{k}: {v}" for k, v in tot["dropped_by"].items()) or "none"
             rows.append((consumer, f"{kept} kept of {tot['records']} records; drops by clause: {drops}"))
+        for warning in (manifest.get("length_diagnostics") or {}).get("warnings", []):
+            rows.append(("length warning", warning))
     else:
         rows.append(("build", "none yet (run `curate build`)"))
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table class='summary'>{body}</table>"
 
+
+#: How to read each figure (static HTML, no user data).
+NOTES = {
+    "margin_by_class": (
+        "Preference strength μ is the mean reward margin r(chosen) − r(rejected) over the reward models. "
+        "Classes: <b>incorrect</b> (μ well below 0: the models prefer the rejected response, the label is "
+        "likely wrong; the default policy flips these), <b>ambiguous</b> (|μ| small: a weak preference; "
+        "soft-labelled by default), <b>clean</b> (the rest). Unscored pairs count as clean."
+    ),
+    "length_diff_vs_label": (
+        "Characters of the chosen response minus the rejected one's, per source. Mass right of 0 means "
+        "the label tends to follow length."
+    ),
+    "chosen_longer": (
+        f"How often the chosen response is the longer one: {html.escape(DEFINITION)}. 50 % (dashed line) "
+        "means length says nothing about the label. Per quality class once reward_margin has run; "
+        "<b>rm shards</b> are the build's kept pairs as written (a flipped pair's chosen is the raw "
+        "rejected), unweighted and weighted by the shard weight (what the trainer sees). A build whose "
+        "weighted share moves more than 3 points further from 50 % than the raw share warns, naming the "
+        "source; <code>consumers.rm.balance_length: true</code> reweights each source to 50 %."
+    ),
+}
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -340,6 +428,7 @@ table.summary {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 table.summary th {{ text-align: left; padding: 0.2em 1em 0.2em 0; color: #555; font-weight: 600; }}
 table.summary td {{ font-family: ui-monospace, monospace; font-size: 0.9em; }}
 section.figure {{ margin: 1em 0 2em; border-top: 1px solid #eee; }}
+p.note {{ color: #444; max-width: 75em; font-size: 0.95em; }}
 </style></head>
 <body><h1>{title}</h1>
 {summary}

@@ -59,7 +59,7 @@ def test_accounting_reconciles_to_the_record(real_store):
     # the default policy's length filter dropped exactly the pairs the real length_bias scorer flags
     (flagged,) = con.execute(
         "SELECT count(*) FROM scored_pairs s WHERE length_explained "
-        "AND s.id NOT IN (SELECT id FROM near_duplicates WHERE NOT representative)"
+        "AND s.id NOT IN (SELECT id FROM near_duplicates WHERE NOT record_representative)"
     ).fetchone()
     dropped = m["accounting"]["totals"]["rm"]["dropped_by"].get("filtered:not_length_explained", 0)
     assert flagged > 0 and dropped == flagged

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
 from curation.build import build
-from curation.policy import bundled_policy, load_policy
+from curation.policy import bundled_policy, load_policy, parse_policy
 from tests.test_build_helpers import ingest, score, subset_lines
 
 
@@ -19,7 +21,11 @@ def test_group_ids_and_weights_from_the_real_scorer(store, shared_data, tmp_path
 
     score(store, ["length_bias"])
     run_scorer(store, "spurious_groups", clusters=4, steps=100, progress=False)
-    res = build(store, load_policy(bundled_policy()))
+    data = json.loads(load_policy(bundled_policy()).canonical_json())
+    data["consumers"]["rm"]["balance_length"] = (
+        False  # the group weight as it is (balance: test_length_diagnostics)
+    )
+    res = build(store, parse_policy(data))
     assert "spurious_groups" in res.manifest["scorers"]
     scored = {
         r["id"]: r for r in store.read("scored_pairs").select(["id", "group_id", "group_weight"]).to_pylist()

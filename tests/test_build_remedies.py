@@ -51,8 +51,11 @@ def fixture_scores(monkeypatch):
 
 
 def _policy(**rm):
+    """The default with these remedies, and the policy's weight as written (balance_length is tested in
+    tests/test_length_diagnostics.py)."""
     data = json.loads(load_policy(bundled_policy()).canonical_json())
     data["consumers"]["rm"]["remedies"].update(rm)
+    data["consumers"]["rm"]["balance_length"] = False
     return parse_policy(data)
 
 

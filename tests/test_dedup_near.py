@@ -84,3 +84,112 @@ def test_lsh_banding():
     for t in (0.5, 0.7, 0.9):
         b = lsh_bands(t, 128)
         assert 128 % b == 0 and (1 / b) ** (b / 128) <= t + 0.05
+
+
+def test_record_level_marks_near_identical_records_within_a_prompt_cluster(store, shared_data, tmp_path):
+    """Same question: an answer with one word appended is a record-level near duplicate; another problem's
+    answer is a distinct record of the same prompt cluster (both are prompt-level duplicates)."""
+    rows = [json.loads(x) for x in (shared_data / "gsm8k/test.jsonl").open()][:200]
+    near_copy = [{"question": r["question"], "answer": r["answer"] + " Done."} for r in rows[:30]]
+    other = [
+        {"question": r["question"], "answer": rows[199 - k]["answer"]} for k, r in enumerate(rows[30:60])
+    ]
+    path = tmp_path / "gsm_answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + near_copy + other))
+    ingest_paths(store, [str(path)], GSM)
+    mark_near_duplicates(store, ["sft"])
+    con = store.connect()
+    try:
+        near = con.sql(
+            "SELECT s.source_row, c.source_row, n.representative, r.source_row, n.record_representative, "
+            "n.record_similarity FROM near_duplicates n JOIN sft s ON s.id = n.id "
+            "JOIN sft c ON c.id = n.cluster JOIN sft r ON r.id = n.record_cluster"
+        ).fetchall()
+    finally:
+        con.close()
+    m = {row: rest for row, *rest in near}
+    for k in range(30):  # the near copy: same prompt cluster, same record cluster
+        assert m[200 + k][:2] == [k, False] and m[200 + k][2:4] == [k, False] and m[200 + k][4] >= 0.8
+        assert m[k] == [k, True, k, True, 1.0]
+    for k in range(30):  # another answer to the same question: a prompt duplicate, a distinct record
+        assert m[230 + k][:2] == [30 + k, False] and m[230 + k][2:4] == [230 + k, True]
+    assert len(m) == 120
+
+
+def test_ranking_records_differ_by_grades(store, shared_data, tmp_path):
+    """Rankings of one prompt with the same candidates are near-identical only with the same order."""
+
+    def mixed(r: dict) -> bool:  # some model solutions right, some wrong: flipping them changes the order
+        return len({v["is_correct"] for v in r.values() if isinstance(v, dict)}) == 2
+
+    lines = (shared_data / "gsm8k/example_model_solutions.jsonl").open()
+    rows = [r for r in map(json.loads, lines) if mixed(r)][:40]
+    regraded = []
+    for r in rows[:20]:
+        flipped = json.loads(json.dumps(r))
+        for val in flipped.values():
+            if isinstance(val, dict) and "is_correct" in val:
+                val["is_correct"] = not val["is_correct"]
+        regraded.append(flipped)
+    copies = []
+    for r in rows[20:40]:
+        c = json.loads(json.dumps(r))
+        c["question"] = c["question"] + " Show your work."
+        copies.append(c)
+    path = tmp_path / "solutions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + regraded + copies))
+    (res,) = ingest_paths(store, [str(path)])
+    assert res.kind == "ranking" and res.accepted == 80
+    mark_near_duplicates(store, ["ranking"])
+    con = store.connect()
+    try:
+        near = dict(
+            con.sql(
+                "SELECT s.source_row, n.record_representative FROM near_duplicates n "
+                "JOIN rankings s ON s.id = n.id WHERE NOT n.representative"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    assert sorted(near) == list(range(40, 80))
+    assert all(near[40 + k] for k in range(20))  # other grades: a distinct record of the same prompt
+    assert not any(near[60 + k] for k in range(20))  # same candidates and grades, edited prompt
+
+
+def test_large_prompt_clusters_take_lsh_candidates_with_the_same_result(
+    store, shared_data, tmp_path, monkeypatch
+):
+    """One question answered 150 ways (real GSM8K answers of other problems, 40 of them twice with a word
+    appended): the LSH path of a large cluster finds the same record clusters as comparing every two."""
+    import curation.dedup as dedup
+
+    rows = [json.loads(x) for x in (shared_data / "gsm8k/test.jsonl").open()][:150]
+    q = rows[0]["question"]
+    answers = [{"question": q, "answer": r["answer"]} for r in rows]
+    copies = [{"question": q, "answer": r["answer"] + " Done."} for r in rows[:40]]
+    path = tmp_path / "one_question.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in answers + copies))
+    ingest_paths(store, [str(path)], GSM)
+
+    def marks() -> dict[int, tuple[int, bool]]:
+        mark_near_duplicates(store, ["sft"])
+        con = store.connect()
+        try:
+            return {
+                row: (rep, is_rep)
+                for row, rep, is_rep in con.sql(
+                    "SELECT s.source_row, r.source_row, n.record_representative FROM near_duplicates n "
+                    "JOIN sft s ON s.id = n.id JOIN sft r ON r.id = n.record_cluster"
+                ).fetchall()
+            }
+        finally:
+            con.close()
+
+    assert dedup.PAIRWISE_MAX < 190
+    lsh = marks()
+    monkeypatch.setattr(dedup, "PAIRWISE_MAX", 1000)
+    assert marks() == lsh
+    assert len(lsh) == 190
+    assert all(lsh[150 + k] == (k, False) for k in range(40))  # each copy joins the answer it copies
+    distinct = {rep for rep, _ in lsh.values()}
+    assert len(distinct) >= 140  # other problems' answers stay distinct records (a few may be alike)

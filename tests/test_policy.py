@@ -34,6 +34,7 @@ def test_default_policy_is_valid_and_its_hash_ignores_formatting(tmp_path):
         [consumers.rm]
         filters = [{name = "not_length_explained", where = "NOT coalesce(length_explained, false)"}]
         weight = "coalesce(group_weight, 1.0)"
+        balance_length = true
         [consumers.ranking]
         filters = [{name = "two_candidates", where = "len(candidates) >= 2"}]
         """,
@@ -131,3 +132,28 @@ def test_weight_that_is_null_for_kept_rows_is_refused_with_examples(real_store):
     ):
         build(store, parse_policy(data))
     assert not (store.root / "curated").exists()
+
+
+def test_near_duplicate_levels_and_balance_length_keys(tmp_path):
+    pol = load_policy(bundled_policy())
+    assert pol.dedup.near_duplicates == "drop" and pol.consumers.rm.balance_length is True
+    # drop: rm and ranking by record (pair), sft by prompt; drop_prompt: every consumer by prompt
+    assert [pol.dedup.near_level(c) for c in ("sft", "rm", "ranking")] == ["prompt", "record", "record"]
+    old_style = _write(
+        tmp_path,
+        """
+        name: old
+        dedup: {near_duplicates: keep}
+        consumers: {rm: {weight: "1.0"}}
+        """,
+    )
+    old = load_policy(old_style)  # a policy file from before both keys stays valid, balance off
+    assert old.dedup.near_level("rm") is None and old.consumers.rm.balance_length is False
+    by_prompt = parse_policy(
+        {"name": "p", "dedup": {"near_duplicates": "drop_prompt"}, "consumers": {"rm": {}}}
+    )
+    assert [by_prompt.dedup.near_level(c) for c in ("sft", "rm", "ranking")] == ["prompt"] * 3
+    with pytest.raises(PolicyError, match=r"dedup\.near_duplicates: Input should be 'drop', 'drop_prompt'"):
+        parse_policy({"name": "p", "dedup": {"near_duplicates": "drop_pair"}, "consumers": {"rm": {}}})
+    with pytest.raises(PolicyError, match=r"consumers\.sft\.balance_length: unknown key"):
+        parse_policy({"name": "p", "consumers": {"sft": {"balance_length": True}}})

@@ -24,13 +24,14 @@ FIGURES = (
     "margin_by_class",
     "reward_vs_length",
     "length_diff_vs_label",
+    "chosen_longer",
     "groups",
     "epsilon",
     "source_mix",
     "before_after",
 )
 #: figures whose data comes from scorers every checkout has, or from ingest and the build
-ALWAYS_FILLED = ("length_diff_vs_label", "source_mix", "before_after")
+ALWAYS_FILLED = ("length_diff_vs_label", "chosen_longer", "source_mix", "before_after")
 
 
 def _sections(page: str) -> dict[str, tuple[int, str]]:
@@ -72,9 +73,15 @@ def test_report_is_self_contained_with_every_figure(real_store, tmp_path):
     assert list(secs) == list(FIGURES)
     for key in ALWAYS_FILLED:
         assert secs[key][0] > 0, f"{key} has no data"
-    # the length figure reflects the real length_bias scores of this store
-    ((share,),) = store.connect().sql("SELECT avg((len_diff > 0)::INT) FROM scored_pairs").fetchall()
-    assert f"chosen is longer in {share:.1%} of pairs" in page
+    # the length figures use the one chosen-longer definition: characters of the responses, ties left out
+    pairs = store.read("pairs").to_pylist()
+    diffs = [len(p["chosen"][-1]["content"]) - len(p["rejected"][-1]["content"]) for p in pairs]
+    share = sum(d > 0 for d in diffs) / sum(d != 0 for d in diffs)
+    assert f"chosen is longer in {100 * share:.1f} % of pairs (ties left out)" in page
+    # the chosen-longer figure: raw and rm-shard bars per source (weighted and not), and how to read it
+    points, chosen_longer = secs["chosen_longer"]
+    assert points == 2 * 3  # two sources x (raw, rm shards, rm shards weighted); no quality classes yet
+    assert "rm shards, weighted" in chosen_longer and "ties are left out of every share" in chosen_longer
 
 
 @pytest.mark.slow
