@@ -91,13 +91,13 @@ def check_query(sql: str) -> str:
         inner_stmt = _one_statement(inner)
         if _type(inner_stmt) != duckdb.StatementType.SELECT:
             kind = _kind(inner_stmt)
-            raise SQLRefused(f"read-only SQL: EXPLAIN may only wrap a SELECT, not a {kind} statement")
+            raise SQLRefused(f"read-only SQL: EXPLAIN may only wrap a SELECT, not {_a(kind)} statement")
         _check_select(inner_stmt.query)
         return f"{prefix} {inner_stmt.query}"
     if _type(stmt) != duckdb.StatementType.SELECT:
         raise SQLRefused(
             "read-only SQL: only a SELECT (WITH, FROM, VALUES, DESCRIBE, SUMMARIZE, SHOW) or "
-            f"EXPLAIN [ANALYZE] of one may run, not a {_kind(stmt)} statement"
+            f"EXPLAIN [ANALYZE] of one may run, not {_a(_kind(stmt))} statement"
         )
     _check_select(stmt.query)
     return stmt.query
@@ -227,6 +227,10 @@ def _kind(stmt: duckdb.Statement) -> str:
     return "UNNAMED" if kind is None else getattr(kind, "name", str(kind))
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'AEIOU' else 'a'} {word}"
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
@@ -243,16 +247,16 @@ _PARSER_LOCK = threading.RLock()
 
 
 def _parser() -> tuple[duckdb.DuckDBPyConnection, frozenset[str]]:
-    """The parser connection and the names of every table function DuckDB has (call under _PARSER_LOCK)."""
+    """The parser connection and the names that only name table functions (call under _PARSER_LOCK)."""
     global _PARSER
     if _PARSER is None or _PARSER[0] != os.getpid():  # never a connection from before a fork
         con = duckdb.connect(":memory:")
         con.execute("SET temp_directory = ''")
         for setting in _LOCKS:
             con.execute(f"SET {setting}")
-        names = con.sql(
-            "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
-            "WHERE function_type IN ('table', 'table_macro')"
+        names = con.sql(  # table functions that are not also a scalar or aggregate (histogram is both)
+            "SELECT lower(function_name) FROM duckdb_functions() GROUP BY 1 "
+            "HAVING bool_and(function_type IN ('table', 'table_macro'))"
         ).fetchall()
         _PARSER = (os.getpid(), con, frozenset(n for (n,) in names))
     return _PARSER[1], _PARSER[2]
