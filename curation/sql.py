@@ -14,8 +14,8 @@ pass two independent locks:
    store folder reachable (DuckDB resolves links, so a link out of the store is refused); spill files in
    a fresh folder under the store's ``.sql-tmp/`` (never DuckDB's default ``./.tmp``, which it would
    allow whatever it links to), or no spilling where the store is read-only; no extension installed or
-   loaded; no Python variables read as tables; then the configuration locked, so no statement can undo
-   any of it or turn on a profiler or logger that writes files.
+   loaded; no Python variables read as tables; no progress bar printed; then the configuration locked, so
+   no statement can undo any of it or turn on a profiler or logger that writes files.
 
 What the second lock cannot do: DuckDB allows a directory for reading and writing alike, so inside the
 store it is the first lock that keeps a statement from writing. docs/reliability.md ("Round two: user
@@ -269,6 +269,7 @@ _LOCKS = (
     "autoload_known_extensions = false",
     "allow_community_extensions = false",
     "python_enable_replacements = false",
+    "enable_progress_bar = false",
     "enable_external_access = false",
     "lock_configuration = true",
 )

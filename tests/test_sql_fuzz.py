@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -650,7 +651,7 @@ TOKENS = [
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=14))
+@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=12))
 def test_token_soup_is_refused_or_harmless(arena, engine, tokens):
     """Random SQL from the tokens above: check_query refuses it, or what it lets through is one statement
     that runs without returning the secret (and the module's fingerprint check finds nothing written)."""
@@ -662,15 +663,30 @@ def test_token_soup_is_refused_or_harmless(arena, engine, tokens):
     else:
         (stmt,) = engine.extract_statements(text)
         assert stmt.type in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
-        with contextlib.suppress(duckdb.Error):
-            assert SECRET not in str(engine.sql(text).fetchall())
+        assert SECRET not in first_rows(engine, text)
     try:
         expr = check_expression(sql)
     except SQLRefused:
         return
     composed = check_query(f"SELECT id FROM pairs WHERE ({expr}) LIMIT 3")  # as load_records composes it
-    with contextlib.suppress(duckdb.Error):
-        assert SECRET not in str(engine.sql(composed).fetchall())
+    assert SECRET not in first_rows(engine, composed)
+
+
+def first_rows(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """The first rows of ``sql`` as text ('' if it fails); interrupted after 2 s (random SQL can be a cross
+    join of the views)."""
+    timer = threading.Timer(2.0, con.interrupt)
+    timer.start()
+    try:
+        reader = con.sql(sql).to_arrow_reader(16)
+        try:
+            return str(next(iter(reader), pa.table({})).to_pylist())
+        finally:
+            reader.close()  # a reader holds the connection until closed
+    except duckdb.Error:
+        return ""
+    finally:
+        timer.cancel()
 
 
 # ------------------------------------------------------------------ the end
