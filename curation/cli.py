@@ -251,8 +251,9 @@ def _report_unit(r) -> None:
 def sql(
     query: str = typer.Argument(
         ...,
-        help="A read-only SQL query over the views (sft, pairs, rankings, quarantine, "
-        "duplicates, ingest_runs, near_duplicates, scored_*).",
+        help="One read-only statement (SELECT, WITH, FROM, VALUES, DESCRIBE, SUMMARIZE, SHOW, or EXPLAIN "
+        "[ANALYZE] of one) over the views (sft, pairs, rankings, quarantine, duplicates, ingest_runs, "
+        "near_duplicates, scored_*); files are read only through the views.",
     ),
     store: str | None = StoreOpt,
     out: Path | None = typer.Option(
@@ -260,7 +261,8 @@ def sql(
     ),
     limit: int = typer.Option(50, help="Rows to print (0 = all)."),
 ) -> None:
-    """Query the store with DuckDB SQL (read-only; never blocks a running writer)."""
+    """Query the store with DuckDB SQL: one read-only statement, run in the store's sandbox (curation/sql.py);
+    never blocks a running writer. Exit code 2 when the statement is refused or fails."""
     from curation.sql import SQLRefused
     from curation.sql import query as run_query
 

@@ -34,6 +34,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from curation.sql import SQLRefused, check_expression
 from curation.store import StoreError, safe_name
 
 POLICY_VERSION = 1
@@ -287,9 +288,9 @@ def check_expressions(con: duckdb.DuckDBPyConnection, policy: Policy, relations:
     problems = []
     for cname, label, expr, want in expressions(policy):
         try:
-            duckdb.SQLExpression(expr)  # exactly one expression: no statement can be smuggled in
-        except duckdb.Error as exc:
-            problems.append(f"  {label} `{expr}`: {_first_line(exc)}")
+            check_expression(expr)  # the sandbox's one check: one expression, no file, no statement
+        except SQLRefused as exc:
+            problems.append(f"  {label} `{expr}`: {exc.reason}")
             continue
         try:
             desc = con.sql(f"DESCRIBE SELECT ({expr}) AS x FROM {relations[cname]} LIMIT 0").fetchall()

@@ -13,6 +13,7 @@ Layout (every name below is created by the code in this package)::
       curated/<name>/           shards + manifest.json (see curation.build)
       catalog.duckdb            views over the Parquet files, for ad-hoc SQL
       .staging/                 work in progress; never read by any view
+      .sql-tmp/                 DuckDB's spill files, one folder per open connection (see curation.sql)
       .lock                     the writer lock (holds the writer's PID)
 
 Atomicity: a unit is written into ``.staging`` and renamed into ``ingest/``
@@ -39,6 +40,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import sql as sql_sandbox
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMAS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
@@ -177,11 +179,9 @@ class Store:
         return views.all_views(self)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with every view defined; never locks the store."""
-        con = duckdb.connect(":memory:")
-        for name, sql in self.view_sql().items():
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
-        return con
+        """An in-memory DuckDB connection with every view defined, sandboxed to this store by
+        ``curation.sql`` (no file outside it, no extensions, configuration locked); never locks the store."""
+        return sql_sandbox.connect(self)
 
     def read(self, view: str) -> pa.Table:
         """A whole view as an Arrow table."""
@@ -192,13 +192,14 @@ class Store:
         """Rewrite catalog.duckdb (atomically) with views over the current files.
 
         The file is for users who open the store with the duckdb CLI or a BI tool;
-        the project itself reads through ``connect()``.
+        the project itself reads through ``connect()``. Built on the same sandbox as ``connect()``.
         """
         target = self.root / "catalog.duckdb"
         tmp = self.root / f".catalog-{uuid.uuid4().hex}.duckdb"
         try:
             con = duckdb.connect(str(tmp))
             try:
+                sql_sandbox.sandbox(con, self.root)
                 for name, sql in self.view_sql().items():
                     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             finally:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from curation.sql import check_expression, query
 
 if TYPE_CHECKING:
     from curation.store import Store
@@ -20,17 +21,21 @@ _VIEW = {"pair": "pairs", "sft": "sft", "ranking": "rankings"}
 
 
 def load_records(store: Store, kind: str, where: str | None = None, limit: int | None = None) -> list[dict]:
-    """Records of one kind as dicts, in id order (deterministic). ``where`` is a SQL filter over the view."""
+    """Records of one kind as dicts, in id order (deterministic).
+
+    ``where`` (the user's ``--where``) is one SQL boolean expression over the kind's view; it is checked
+    and run by the read-only sandbox (curation.sql), which raises SQLError (a ValueError) naming it."""
     if kind not in _VIEW:
         raise ValueError(f"unknown kind {kind!r}: use pair, sft or ranking")
     q = f"SELECT {_COLUMNS[kind]} FROM {_VIEW[kind]}"
+    what = "query"
     if where:
-        q += f" WHERE {where}"
+        q += f" WHERE ({check_expression(where, '--where')})"
+        what = f"--where {where!r}"
     q += " ORDER BY id"
     if limit:
         q += f" LIMIT {int(limit)}"
-    with contextlib.closing(store.connect()) as con:
-        return con.sql(q).to_arrow_table().to_pylist()
+    return query(store, q, what).to_pylist()
 
 
 def plain_render(messages: Messages) -> str:

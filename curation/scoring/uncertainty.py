@@ -21,6 +21,7 @@ Per-record values (embeddings, judge scores, entropies) are cached; the rescalin
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ from curation.scoring.cache import (
 )
 from curation.scoring.schemas import UNCERTAINTY_SCHEMA
 from curation.scoring.texts import final_response_of_sft, load_records, plain_render, prompt_of_sft, render
+from curation.sql import check_expression, query
 
 if TYPE_CHECKING:
     from curation.store import Store
@@ -267,9 +269,12 @@ def run(
                 raise ValueError(
                     "source column needs --param column=EXPR (a DuckDB expression over the sft view)"
                 )
-            q = f"SELECT id, CAST(({column}) AS DOUBLE) / {float(column_scale)} AS u FROM sft"
-            with contextlib.closing(store.connect()) as con:
-                vals = dict(con.sql(q).fetchall())
+            if not (math.isfinite(float(column_scale)) and float(column_scale) > 0):
+                raise ValueError(f"column_scale {column_scale!r}: must be a finite number > 0")
+            expr = check_expression(column, "--param column")
+            q = f"SELECT id, CAST(({expr}) AS DOUBLE) / {float(column_scale)!r} AS u FROM sft"
+            res = query(store, q, f"--param column={column!r}")
+            vals = dict(zip(res.column("id").to_pylist(), res.column("u").to_pylist(), strict=True))
             u = np.array([np.nan if vals.get(i) is None else vals[i] for i in ids], dtype=np.float64)
             bad = [(i, v) for i, v in zip(ids, u, strict=True) if not (0.0 <= v <= 1.0)]
             if bad:
