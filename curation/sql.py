@@ -12,7 +12,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from curation.store import Store
+from curation.store import Store, duckdb_dirs, sql_string
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -23,8 +23,8 @@ class SQLRefused(ValueError):
 
 def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
     con = store.connect()
-    root = str(store.root.resolve()).replace("'", "''")
-    con.execute(f"SET allowed_directories=['{root}/']")
+    dirs = ", ".join(sql_string(d) for d in duckdb_dirs(store.root.resolve()))
+    con.execute(f"SET allowed_directories=[{dirs}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET autoinstall_known_extensions=false")
     con.execute("SET autoload_known_extensions=false")

@@ -21,7 +21,7 @@ from curation.scoring.schemas import (
     SPURIOUS_SCHEMA,
     UNCERTAINTY_SCHEMA,
 )
-from curation.store import empty_select
+from curation.store import empty_select, sql_files
 
 if TYPE_CHECKING:
     from curation.store import Store
@@ -41,9 +41,9 @@ def _result(store: Store, scorer: str) -> str:
     key = active_key(store, scorer)
     if key is None:
         return empty_select(schema)
-    path = str(store.root / "scores" / scorer / key / "result.parquet").replace("'", "''")
+    path = sql_files([store.root / "scores" / scorer / key / "result.parquet"])
     cols = ", ".join(f'"{n}"' for n in schema.names)
-    return f"SELECT {cols} FROM read_parquet('{path}')"
+    return f"SELECT {cols} FROM read_parquet({path})"
 
 
 def _cols(alias: str, schema: pa.Schema, skip: tuple[str, ...] = ("id",)) -> str:
