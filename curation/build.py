@@ -29,9 +29,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +53,7 @@ from curation.policy import (
     resolve_policy,
 )
 from curation.sql import readonly_connection
-from curation.store import KIND_VIEW, Store, StoreError
+from curation.store import KIND_VIEW, Store, StoreError, safe_name, sql_files
 from schemas.ids import text_id
 from schemas.shards import SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
@@ -504,9 +502,8 @@ def build(
     if not isinstance(policy, Policy):
         policy = load_policy(resolve_policy(str(policy)))
     say = progress or (lambda _msg: None)
-    name = name or policy.name
-    target_rel = f"curated/{name}"
-    store.path("curated", name)  # validates the name
+    name = safe_name(policy.name if name is None else name, "build name")
+    store.path("curated", name)  # and not a symlink out of the store
     with store.writer_lock("build"):
         refreshed = refresh_near_duplicates(store)  # units an ingest committed but died before marking
         if refreshed:
@@ -537,7 +534,7 @@ def build(
                 (staged / "manifest.json").write_bytes(
                     orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
                 )
-                path = _commit(store, staged, target_rel)
+                path = _commit(store, staged, name)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
@@ -613,45 +610,40 @@ def _manifest(
     }
 
 
-def _commit(store: Store, staged: Path, rel: str) -> Path:
-    """Rename the staged build into place; an existing build of that name is moved away first."""
-    target = store.path(rel)
-    old = None
-    if target.exists():
-        old = store.staging / f"old-{uuid.uuid4().hex}"
-        os.rename(target, old)
-    try:
-        path = store.commit_dir(staged, rel)
-    except StoreError:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+def _commit(store: Store, staged: Path, name: str) -> Path:
+    """Move the staged build to ``curated/<name>``; an older build of that name is swapped out in one
+    step (``Store.replace_dir``): a kill at any instant leaves the old build or the new one visible."""
+    return store.replace_dir(staged, "curated", name)
 
 
 def read_manifest(store: Store, name: str) -> dict:
-    path = store.path("curated", name, "manifest.json")
+    path = store.path("curated", safe_name(name, "build name"), "manifest.json")
     if not path.is_file():
         raise StoreError(f"no build {name!r} in {store.root} (run `curate build` first)")
     return orjson.loads(path.read_bytes())
 
 
 def build_names(store: Store) -> list[str]:
-    return sorted(p.parent.name for p in store.files("curated/*/manifest.json"))
+    """The builds in the store: folders ``curated/<plain name>`` holding a manifest.json file."""
+    names = []
+    for p in store.files("curated/*/manifest.json"):
+        try:
+            names.append(safe_name(p.parent.name))
+        except StoreError:
+            continue  # not ours (a folder someone made by hand); never read as a build
+    return sorted(names)
 
 
 def curated_views(store: Store) -> dict[str, str]:
     """View ``curated_accounting``: every build's accounting rows with a ``build`` column (for `curate sql`)."""
-    glob = "curated/*/accounting.parquet"
-    if not store.files(glob):
+    files = [store.root / "curated" / n / "accounting.parquet" for n in build_names(store)]
+    files = [f for f in files if f.is_file()]
+    if not files:
         schema = pa.schema([pa.field("build", pa.string()), *ACCOUNTING_SCHEMA])
         from curation.store import empty_select
 
         return {"curated_accounting": empty_select(schema)}
-    pattern = str(store.root / glob).replace("'", "''")
     return {
         "curated_accounting": "SELECT regexp_extract(filename, '/curated/([^/]+)/accounting\\.parquet$', 1) AS build, "
-        f"* EXCLUDE (filename) FROM read_parquet('{pattern}', filename = true)"
+        f"* EXCLUDE (filename) FROM read_parquet({sql_files(files)}, filename = true)"
     }

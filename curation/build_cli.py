@@ -9,7 +9,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add build, explain and report to the `curate` app."""
-    from curation.cli import StoreOpt
+    from curation.cli_options import StoreOpt
 
     @app.command()
     def build(
@@ -25,9 +25,12 @@ def register(app: typer.Typer) -> None:
         from curation.build import open_connection, relation_name
         from curation.cli import console, fail, open_store
         from curation.policy import PolicyError, check_expressions, load_policy, resolve_policy
-        from curation.store import StoreError
+        from curation.store import StoreError, safe_name
+        from curation.terminal import esc
 
         try:
+            if name is not None:
+                safe_name(name, "build name")
             pol = load_policy(resolve_policy(policy))
             st = open_store(store)
             if check:
@@ -36,9 +39,9 @@ def register(app: typer.Typer) -> None:
                     check_expressions(con, pol, {c: relation_name(c) for c in pol.active()})
                 finally:
                     con.close()
-                console.print(f"policy {pol.name!r} is valid against {st.root}")
+                console.print(f"policy {esc(repr(pol.name))} is valid against {esc(st.root)}")
                 return
-            result = run_build(st, pol, name, progress=lambda m: console.print(f"[dim]{m}[/]"))
+            result = run_build(st, pol, name, progress=lambda m: console.print(f"[dim]{esc(m)}[/]"))
         except (PolicyError, StoreError) as exc:
             fail(str(exc))
             return
@@ -51,18 +54,19 @@ def register(app: typer.Typer) -> None:
         build: str | None = typer.Option(None, help="Only this build (default: every build in the store)."),
     ) -> None:
         """What happened to one record and why: provenance, scores, class, group, and per build its outcome."""
-        from rich.markup import escape
-
         from curation.cli import console, fail, open_store
         from curation.explain import explain as run_explain
-        from curation.store import StoreError
+        from curation.store import StoreError, safe_name
+        from curation.terminal import esc as escape
 
         try:
+            if build is not None:
+                safe_name(build, "build name")
             e = run_explain(open_store(store), record_id, build)
         except StoreError as exc:
             fail(str(exc))
             return
-        console.print(f"[bold]{e.id}[/] ({e.kind or 'unknown kind'})")
+        console.print(f"[bold]{escape(e.id)}[/] ({escape(e.kind or 'unknown kind')})")
         for k, v in e.record.items():
             console.print(f"  {k}: {escape(str(v))}")
         if e.scores:
@@ -82,7 +86,10 @@ def register(app: typer.Typer) -> None:
             console.print("[dim]no build holds this record yet (run `curate build`)[/]")
         for b in e.builds:
             where = escape(f"{b['source_file']} row {b['source_row']}")
-            line = f"[bold]build {b['build']}[/] / {b['consumer']}: [bold]{escape(b['outcome'])}[/] ({where})"
+            line = (
+                f"[bold]build {escape(b['build'])}[/] / {escape(b['consumer'])}: "
+                f"[bold]{escape(b['outcome'])}[/] ({where})"
+            )
             console.print(line)
             if b["status"] == "kept":
                 extras = "weight={weight:.4g}".format(**b)
@@ -92,7 +99,7 @@ def register(app: typer.Typer) -> None:
                     )
                 if b["consumer"] == "sft":
                     extras += " label_smoothing={label_smoothing:.4g}".format(**b)
-                console.print(f"  {extras}")
+                console.print(f"  {escape(extras)}")
             if b.get("clause"):
                 console.print(f"  because: {escape(b['clause'])}")
 
@@ -107,22 +114,25 @@ def register(app: typer.Typer) -> None:
         """A self-contained HTML quality report with plots of scores, lengths, groups, ε and source mix."""
         from curation.cli import console, fail, open_store
         from curation.report import render_report
-        from curation.store import StoreError
+        from curation.store import StoreError, safe_name
+        from curation.terminal import esc
 
         try:
-            path = render_report(open_store(store), out, build=build)
+            if build is not None:
+                safe_name(build, "build name")
+            st = open_store(store)
+            path = render_report(st, st.output_path(out), build=build)
         except StoreError as exc:
             fail(str(exc))
             return
-        console.print(f"report → {path}")
+        console.print(f"report → {esc(path)}")
 
 
 def _print_length(length: dict) -> None:
     """A pair's chosen-longer standing: its own lengths, and its source's shares (raw, class, builds)."""
-    from rich.markup import escape
-
     from curation.cli import console
     from curation.length_diagnostics import pct
+    from curation.terminal import esc
 
     side = {True: "chosen is longer", False: "chosen is shorter", None: "a tie"}[length["chosen_longer"]]
     console.print(
@@ -141,16 +151,16 @@ def _print_length(length: dict) -> None:
             parts.append(
                 f"build {name} rm shards {pct(c.get('share'))} (weighted {pct(c.get('weighted_share'))})"
             )
-    console.print(f"  source {escape(length['source'])}: " + "; ".join(escape(p) for p in parts))
+    console.print(f"  source {esc(length['source'])}: " + "; ".join(esc(p) for p in parts))
 
 
 def _print_summary(manifest: dict, path: Path) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from curation.cli import console
+    from curation.terminal import esc, text
 
-    t = Table(title=f"build {manifest['name']} → {path}")
+    t = Table(title=text(f"build {manifest['name']} → {path}"))
     for col in (
         "consumer",
         "records",
@@ -166,7 +176,7 @@ def _print_summary(manifest: dict, path: Path) -> None:
     for consumer, tot in manifest["accounting"]["totals"].items():
         s = tot["by_status"]
         t.add_row(
-            consumer,
+            text(consumer),
             str(tot["records"]),
             *(
                 str(s[k])
@@ -184,9 +194,9 @@ def _print_summary(manifest: dict, path: Path) -> None:
     console.print(t)
     for consumer, tot in manifest["accounting"]["totals"].items():
         for reason, n in tot["dropped_by"].items():
-            console.print(f"  {consumer}: {reason}: {n}")
+            console.print(f"  {esc(consumer)}: {esc(reason)}: {n}")
     for warning in (manifest.get("length_diagnostics") or {}).get("warnings", []):
-        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+        console.print(f"[bold yellow]warning:[/] {esc(warning)}")
     console.print(
         f"[dim]policy sha256 {manifest['policy_sha256'][:16]}…, lineage {manifest['lineage_sha256'][:16]}…[/]"
     )

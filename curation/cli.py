@@ -15,8 +15,12 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from curation.store import Store, StoreError
+from curation.cli_options import STORE_HELP, StoreOpt, default_store, open_store  # noqa: F401 (shared)
+from curation.models import ModelError
+from curation.store import StoreError
+from curation.terminal import esc, text
 
 app = typer.Typer(
     name="curate",
@@ -28,33 +32,22 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-STORE_HELP = "Store folder (Parquet files + catalog.duckdb). Default: $CURATE_STORE or ./store."
-
-
-def default_store() -> str:
-    return os.environ.get("CURATE_STORE", "store")
-
-
-StoreOpt = typer.Option(None, "--store", "-s", help=STORE_HELP, show_default=False)
-
-
-def open_store(path: str | None, create: bool = False) -> Store:
-    return Store(path or default_store(), create=create)
-
 
 def fail(message: str, code: int = 1) -> None:
-    """Print ``message`` as data (no markup, one line however long) to stderr and exit with ``code``."""
-    from rich.markup import escape
-
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    """Print one error (its text as data: no markup, no control codes, one line however long) and exit."""
+    print_error(message)
     raise typer.Exit(code)
 
 
+def print_error(message: object) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", text(message)), soft_wrap=True)
+
+
 def print_table(table, limit: int | None = 50, title: str | None = None) -> None:
-    """Pretty-print an Arrow table (first ``limit`` rows)."""
-    t = Table(title=title, show_lines=False)
+    """Pretty-print an Arrow table (first ``limit`` rows); names and values are printed as data."""
+    t = Table(title=text(title) if title is not None else None, show_lines=False)
     for name in table.column_names:
-        t.add_column(name, overflow="fold", max_width=60)
+        t.add_column(text(name), overflow="fold", max_width=60)
     rows = table.slice(0, limit).to_pylist() if limit else table.to_pylist()
     for row in rows:
         t.add_row(*[_cell(v) for v in row.values()])
@@ -63,13 +56,13 @@ def print_table(table, limit: int | None = 50, title: str | None = None) -> None
         console.print(f"[dim]{table.num_rows - limit} more rows (use --limit 0 or --out FILE)[/]")
 
 
-def _cell(v) -> str:
+def _cell(v) -> Text:
     if v is None:
-        return "[dim]null[/]"
+        return text("null", "dim")
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return text(f"{v:.4g}")
     s = str(v)
-    return s if len(s) <= 300 else s[:300] + "…"
+    return text(s if len(s) <= 300 else s[:300] + "…")
 
 
 def parse_pairs(items: list[str], option: str) -> dict[str, str]:
@@ -152,7 +145,7 @@ def ingest(
     except (SourceError, DetectError, StoreError, ValueError) as exc:
         fail(str(exc))
         return
-    t = Table(title=f"ingest → {st.root}")
+    t = Table(title=text(f"ingest → {st.root}"))
     for col in (
         "source",
         "file",
@@ -175,8 +168,8 @@ def ingest(
         if r.error:
             continue
         t.add_row(
-            r.source,
-            Path(r.source_file).name,
+            text(r.source),
+            text(Path(r.source_file).name),
             r.reader,
             r.kind,
             str(r.rows_read),
@@ -228,7 +221,7 @@ class _RowsProgress:
 
     def update(self, r) -> None:
         if r.source_file not in self.tasks:
-            self.tasks[r.source_file] = self.bar.add_task(Path(r.source_file).name, total=None)
+            self.tasks[r.source_file] = self.bar.add_task(esc(Path(r.source_file).name), total=None)
         self.bar.update(self.tasks[r.source_file], completed=r.rows_read)
 
     def done(self, r) -> None:
@@ -240,10 +233,10 @@ class _RowsProgress:
 
 def _report_unit(r) -> None:
     if r.error:
-        err.print(f"[bold red]not ingested:[/] {r.error}")
+        err.print(f"[bold red]not ingested:[/] {esc(r.error)}")
     else:
         state = "skipped (already ingested)" if r.skipped else "ingested"
-        err.print(f"[dim]{state}[/] {r.source_file} [dim]as {r.reader} → {r.kind}[/]")
+        err.print(f"[dim]{state}[/] {esc(r.source_file)} [dim]as {r.reader} → {r.kind}[/]")
 
 
 # ------------------------------------------------------------------------ sql
@@ -278,8 +271,8 @@ def sql(
     if out is None:
         print_table(table, limit or None)
         return
-    write_table(table, out)
-    console.print(f"{table.num_rows} rows → {out}")
+    write_table(table, st.output_path(out))  # never over a file of the store
+    console.print(f"{table.num_rows} rows → {esc(out)}")
 
 
 def write_table(table, out: Path) -> None:
@@ -406,8 +399,8 @@ def main() -> None:  # pragma: no cover - console entry point
     configure_allocators()  # this module does not import polars; its commands do, when they run
     try:
         app()
-    except StoreError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+    except (StoreError, ModelError) as exc:  # a command that did not catch its own
+        print_error(exc)
         sys.exit(1)
     finally:
         # The process is about to exit: spare the interpreter's final garbage collection over the

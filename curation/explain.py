@@ -25,7 +25,7 @@ import polars as pl
 from curation.build import build_names, open_connection, read_manifest, relation_name
 from curation.length_diagnostics import chars_sql, raw_diagnostics
 from curation.policy import CONSUMER_VIEWS
-from curation.store import Store, StoreError
+from curation.store import Store, StoreError, duckdb_path
 
 _HEX = re.compile(r"^[0-9a-f]{6,32}$")
 _NESTED = ("messages", "prompt", "chosen", "rejected", "candidates")
@@ -142,7 +142,7 @@ def _build_outcomes(store: Store, name: str, rid: str) -> list[dict[str, Any]]:
     try:
         rel = con.execute(
             "SELECT * EXCLUDE (id) FROM read_parquet(?) WHERE id = ? ORDER BY source_file, source_row",
-            [str(acc_path), rid],
+            [duckdb_path(acc_path), rid],
         )
         cols = [d[0] for d in rel.description]
         rows = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]

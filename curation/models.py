@@ -71,18 +71,92 @@ def resolve(model: str, allow_network: bool = False) -> Path:
         ) from exc
 
 
+INDEX = "model.safetensors.index.json"
+
+
 def check_safetensors(folder: Path) -> None:
-    """Refuse folders whose weights exist only as pickle checkpoints."""
-    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists():
-        return
-    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-    if pickles:
+    """Refuse, before transformers or sentence-transformers see the folder, anything that would load
+    weights other than safetensors: a folder with only pickle checkpoints; an index
+    (model.safetensors.index.json) naming any file that is not a .safetensors file in the folder (a
+    ``.bin`` there went to ``torch.load``); a .safetensors file whose header does not parse; and a
+    sentence-transformers module folder (modules.json) outside the folder or with only pickle weights."""
+    weights = sorted(folder.glob("*.safetensors"))
+    if (folder / INDEX).exists():
+        weights += [folder / name for name in _index_files(folder / INDEX)]
+    if not weights:
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelError(
+                f"{folder}: only pickle checkpoints found ({', '.join(sorted(pickles))}). Loading a pickle can "
+                "run arbitrary code, so curate loads safetensors only. Convert it once in a trusted environment "
+                "(model.save_pretrained(dir, safe_serialization=True)) and point curate at the result."
+            )
+        raise ModelError(f"{folder}: no model weights (*.safetensors) found")
+    for module in _module_folders(folder):
+        if (
+            any(p.suffix in PICKLE_SUFFIXES for p in module.iterdir())
+            and not (module / "model.safetensors").exists()
+        ):
+            raise ModelError(
+                f"{module}: this sentence-transformers module has only pickle weights; curate loads "
+                "safetensors only (save it with safe_serialization=True in a trusted environment)"
+            )
+        weights += sorted(module.glob("*.safetensors"))
+    for path in dict.fromkeys(weights):
+        _check_header(path)
+
+
+def _index_files(index: Path) -> set[str]:
+    """The files a safetensors index names; each must be a plain .safetensors file name in its folder."""
+    try:
+        files = set(json.loads(index.read_bytes())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{index}: not a safetensors index with a weight_map ({exc!r:.100})") from None
+    for name in sorted(files, key=str):
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ModelError(f"{index}: names {name!r}; every weight file must be in the model folder itself")
+        if not name.endswith(".safetensors"):
+            raise ModelError(
+                f"{index}: names {name!r}; curate loads .safetensors weights only (a pickle checkpoint can "
+                "run arbitrary code)"
+            )
+        if not (index.parent / name).is_file():
+            raise ModelError(f"{index}: names {name!r}, which is not in {index.parent}")
+    return files
+
+
+def _module_folders(folder: Path) -> list[Path]:
+    """The sub-folders a sentence-transformers modules.json names (each must stay inside ``folder``)."""
+    spec = folder / "modules.json"
+    if not spec.is_file():
+        return []
+    try:
+        paths = [m.get("path", "") for m in json.loads(spec.read_bytes())]
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{spec}: not a sentence-transformers module list ({exc!r:.100})") from None
+    out = []
+    for rel in paths:
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ModelError(f"{spec}: module path {rel!r} leaves the model folder")
+        sub = folder / rel
+        if folder.resolve() not in (sub.resolve(), *sub.resolve().parents):
+            raise ModelError(f"{spec}: module path {rel!r} leads out of the model folder")
+        if rel and sub.is_dir():
+            out.append(sub)
+    return out
+
+
+def _check_header(path: Path) -> None:
+    """A .safetensors file whose header parses and whose tensors fill the file (safetensors checks)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as exc:
         raise ModelError(
-            f"{folder}: only pickle checkpoints found ({', '.join(sorted(pickles))}). Loading a pickle can run "
-            "arbitrary code, so curate loads safetensors only. Convert it once in a trusted environment "
-            "(model.save_pretrained(dir, safe_serialization=True)) and point curate at the result."
-        )
-    raise ModelError(f"{folder}: no model weights (*.safetensors) found")
+            f"{path}: not a valid safetensors file ({exc}); curate loads safetensors only"
+        ) from None
 
 
 def fingerprint(folder: Path) -> str:

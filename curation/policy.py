@@ -227,18 +227,78 @@ def parse_policy(data: Any, where: str = "policy") -> Policy:
         raise PolicyError(f"{where}: {len(lines)} problem(s):\n" + "\n".join(lines)) from None
 
 
+#: Largest policy file read (the bundled default is 3 KB).
+MAX_POLICY_BYTES = 1 << 20
+#: Most YAML nodes a policy may have once every alias is expanded (the bundled default has 74).
+#: Aliases of aliases grow as a power: a 472-byte file of nested aliases expanded to tens of millions
+#: of values and took 15 s and 917 MB to refuse (issue 23).
+MAX_YAML_NODES = 10_000
+
+
 def load_policy(path: str | Path) -> Policy:
-    """Read a .yaml/.yml or .toml policy file (safe loaders only) and validate it."""
+    """Read a .yaml/.yml or .toml policy file (safe loaders only, bounded size and alias expansion) and
+    validate it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{path}: larger than {MAX_POLICY_BYTES} bytes; a policy is a short file")
+    is_toml = path.suffix.lower() == ".toml"
     try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text) if is_toml else _load_yaml(text, path)
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise PolicyError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+        raise PolicyError(f"{path}: not valid {'TOML' if is_toml else 'YAML'}: {exc}") from exc
+    except RecursionError:
+        raise PolicyError(f"{path}: nested too deeply") from None
     return parse_policy(data, str(path))
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.safe_load``, refusing a document whose aliases would expand past ``MAX_YAML_NODES``
+    nodes (or refer to themselves) before anything is built from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set()) > MAX_YAML_NODES:
+            raise PolicyError(
+                f"{path}: its YAML aliases expand to more than {MAX_YAML_NODES} values (or refer to "
+                "themselves); write the policy out without nested aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes under ``node`` with every alias expanded (each shared node counted where it is used)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:  # an alias inside the node it names: endless
+        return MAX_YAML_NODES + 1
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, sizes, open_)
+            if size > MAX_YAML_NODES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
+            if size > MAX_YAML_NODES:
+                break
+    open_.discard(key)
+    sizes[key] = size
+    return size
 
 
 def bundled_policy(name: str = "default") -> Path:

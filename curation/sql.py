@@ -277,8 +277,11 @@ _LOCKS = (
 
 def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckDBPyConnection:
     """Lock a fresh connection to the store at ``root`` (see the module doc); returns ``con``."""
+    from curation.store import duckdb_dirs  # the store imports this module
+
     real = Path(root).resolve()
-    con.execute(f"SET allowed_directories = [{_literal(str(real) + os.sep)}]")
+    dirs = ", ".join(_literal(d) for d in duckdb_dirs(real))  # escaped too where the path holds [ * ?
+    con.execute(f"SET allowed_directories = [{dirs}]")
     con.execute(f"SET temp_directory = {_literal(spill_folder(real))}")
     for setting in _LOCKS:
         con.execute(f"SET {setting}")

@@ -26,14 +26,17 @@ same views, so `curate sql` works while a writer runs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import re
 import shutil
+import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -66,43 +69,124 @@ class StoreLocked(StoreError):
 
 
 def safe_name(name: str, what: str = "name") -> str:
-    """Validate a store-relative name (dataset, shard, build): no separators, no '..'."""
-    if not _NAME.match(name) or ".." in name:
+    """The one check of every name a user gives for a place in the store (build, source, report file) and
+    of every path component the code joins under the root: one plain name of letters, digits and
+    ``. _ - =``, starting with a letter or digit, without '..', at most 200 characters. So ".", "",
+    "a/b", "a\\b", a trailing newline, NUL, look-alike letters and globs are all refused."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise StoreError(
-            f"invalid {what} {name!r}: use letters, digits, '.', '_', '-' or '=' "
-            "(no path separators, no '..', at most 200 characters)"
+            f"invalid {what} {name!r}: use one plain name of letters, digits, '.', '_', '-' or '=', "
+            "starting with a letter or digit (no path separators, no '..', at most 200 characters)"
         )
     return name
+
+
+def plain_name(text: str, default: str = "input") -> str:
+    """A name that passes ``safe_name``, made from any text (a file's stem): ``text`` itself when it
+    passes, else with every other character (and each '.' of a '..') as '_', led by a letter or digit."""
+    with contextlib.suppress(StoreError):
+        return safe_name(text)
+    name = re.sub(r"[^A-Za-z0-9._=-]", "_", text).replace("..", "__")[:200]
+    if not name[:1].isalnum():
+        name = (default + name)[:200]
+    return safe_name(name, "derived name")
+
+
+#: Characters DuckDB reads as a glob in any file path it is given (measured with duckdb 2.0.1).
+_DUCKDB_GLOB = re.compile(r"[*?\[]")
+
+
+def duckdb_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as DuckDB must be given it to open exactly that file, never a glob.
+
+    DuckDB globs every path holding ``*``, ``?`` or ``[`` (a store at ``a[1]`` read the store ``a1``);
+    each is put in brackets (``[*]``, ``[?]``, ``[[]``), which its glob matches literally. A path that
+    also holds a backslash cannot be named at all (DuckDB's glob splits paths at backslashes), so
+    ``Store`` refuses such roots."""
+    return _DUCKDB_GLOB.sub(lambda m: f"[{m.group()}]", os.fspath(path))
+
+
+def sql_string(text: str) -> str:
+    """A SQL string literal holding ``text``."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_files(files: list[Path]) -> str:
+    """A DuckDB list literal naming exactly these files (for ``read_parquet``)."""
+    return "[" + ", ".join(sql_string(duckdb_path(f)) for f in files) + "]"
+
+
+def duckdb_dirs(folder: Path) -> list[str]:
+    """``allowed_directories`` entries that let a sandboxed DuckDB read the files under ``folder``: the
+    folder as it is and, when it holds glob characters, as ``duckdb_path`` writes it (DuckDB checks the
+    pattern it is given against the list before it globs)."""
+    real = f"{folder}/"
+    return list(dict.fromkeys([real, duckdb_path(real)]))
+
+
+def check_root(root: Path) -> None:
+    """Refuse a store folder whose files DuckDB cannot name (see ``duckdb_path``), before anything is written."""
+    text = str(root)
+    if "\\" in text and _DUCKDB_GLOB.search(text):
+        raise StoreError(
+            f"store folder {text!r}: DuckDB cannot read files under a path that holds a backslash together "
+            "with '*', '?' or '['; use another folder name"
+        )
 
 
 class Store:
     """A curated-data store rooted at one folder."""
 
     def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
-        self.root = Path(root).expanduser().absolute()
-        if create:
-            try:
+        try:
+            self.root = Path(root).expanduser().absolute()
+            check_root(self.root)
+            if create:
                 self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create store folder {self.root}: {exc.strerror}") from exc
-        elif not self.root.is_dir():
-            raise StoreError(f"no store at {self.root} (run `curate ingest` first)")
+            elif not self.root.is_dir():
+                raise StoreError(f"no store at {self.root} (run `curate ingest` first)")
+        except OSError as exc:
+            doing = "create" if create else "open"
+            raise StoreError(f"cannot {doing} store folder {os.fspath(root)}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # a NUL byte in the path
+            raise StoreError(f"invalid store folder {os.fspath(root)!r}: {exc}") from exc
 
     # ----------------------------------------------------------------- paths
-    def path(self, *parts: str) -> Path:
-        """Join names under the root; refuse anything that would leave the store (.., /abs, symlinks out)."""
-        for p in parts:
-            pieces = Path(p).parts if p else ("",)
-            if Path(p).is_absolute():
-                raise StoreError(f"{p!r}: absolute paths are not allowed inside the store")
-            for piece in pieces:
-                safe_name(piece, "path component")
-        full = self.root.joinpath(*parts)
+    def path(self, *names: str) -> Path:
+        """``root/names[0]/names[1]/...``, each argument one plain name (``safe_name``: "a/b", "." and ""
+        are refused, never split); refused too if it resolves outside the store (a symlink out)."""
+        for n in names:
+            safe_name(n, "name")
+        full = self.root.joinpath(*names)
         real_root = self.root.resolve()
         real = full.resolve()
         if real != real_root and real_root not in real.parents:
-            raise StoreError(f"{'/'.join(parts)!r} resolves to {real}, outside the store {real_root}")
+            raise StoreError(f"{'/'.join(names)!r} resolves to {real}, outside the store {real_root}")
         return full
+
+    def rel_path(self, rel: str) -> Path:
+        """``path`` of a '/'-joined relative path written by the code (``ingest/<unit>``); every part,
+        empty and '.' ones included, is checked as one name."""
+        return self.path(*rel.split("/"))
+
+    def output_path(self, out: str | os.PathLike[str], folder: str = "reports") -> Path:
+        """A file the user names for us to write (``curate report --out``). Outside the store it may be
+        anywhere; inside it only ``<root>/<folder>/<one plain name>``, so no output can overwrite a unit,
+        a shard, a manifest or the catalog."""
+        path = Path(os.path.normpath(Path(out).expanduser().absolute()))
+        real_root = self.root.resolve()
+        # as written and as resolved (a symlink on the way may lead into the store, or out of it)
+        both = ((path, self.root), (path.parent.resolve() / path.name, real_root))
+        if not any(p == r or r in p.parents for p, r in both):
+            if path.is_dir():
+                raise StoreError(f"{os.fspath(out)!r} is a folder; give a file name")
+            return path
+        if all(p.parent == r / folder for p, r in both):
+            return self.path(folder, path.name)
+        raise StoreError(
+            f"{os.fspath(out)!r} is inside the store {self.root}: write it outside the store, "
+            f"or as {self.root / folder}/<name>"
+        )
 
     @property
     def staging(self) -> Path:
@@ -140,6 +224,7 @@ class Store:
 
     def _clean_staging(self) -> None:
         """Remove leftovers of killed writers (only ever called under the lock)."""
+        self.restore_replaced()
         if self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -151,7 +236,7 @@ class Store:
 
     def commit_dir(self, staged: Path, rel: str) -> Path:
         """Atomically move a staged folder to ``rel`` (which must not exist yet)."""
-        target = self.path(rel)
+        target = self.rel_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         _fsync_tree(staged)
         try:
@@ -161,16 +246,65 @@ class Store:
         _fsync_dir(target.parent)
         return target
 
+    def replace_dir(self, staged: Path, *names: str) -> Path:
+        """Move a staged folder to ``root/names...``, replacing the folder there so that readers, and
+        a process killed at any instant, see the old folder or the new one, never neither.
+
+        Linux swaps the two in one ``renameat2(RENAME_EXCHANGE)``; the old folder, now at ``staged``,
+        is then deleted (a kill before that leaves it in ``.staging``, which the next writer clears).
+        Where the file system cannot exchange (NFS, non-Linux), the old folder is parked under
+        ``.replaced/`` for the moment between two renames, and the next writer puts it back if the
+        new one never arrived (``restore_replaced``)."""
+        target = self.path(*names)
+        if not target.exists():
+            return self.commit_dir(staged, "/".join(names))
+        _fsync_tree(staged)
+        if exchange_dirs(staged, target):
+            _fsync_dir(target.parent)
+            shutil.rmtree(staged, ignore_errors=True)
+            return target
+        parked = self.root / ".replaced" / Path(*names)
+        parked.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(parked, ignore_errors=True)
+        try:
+            os.rename(target, parked)
+        except OSError as exc:
+            raise StoreError(f"cannot replace {'/'.join(names)}: {exc.strerror}") from exc
+        try:
+            os.rename(staged, target)
+        except OSError as exc:
+            os.rename(parked, target)
+            raise StoreError(f"cannot commit {'/'.join(names)}: {exc.strerror}") from exc
+        _fsync_dir(target.parent)
+        shutil.rmtree(parked, ignore_errors=True)
+        return target
+
+    def restore_replaced(self) -> list[str]:
+        """Put back every folder that ``replace_dir`` parked and whose replacement never arrived (the
+        writer was killed between its two renames); drop the parked ones that were replaced. Only
+        ever called under the writer lock. Returns what was restored."""
+        parked_root = self.root / ".replaced"
+        restored = []
+        for parked in sorted(parked_root.glob("*/*")) if parked_root.is_dir() else []:
+            target = self.root / parked.relative_to(parked_root)
+            if target.exists():
+                shutil.rmtree(parked, ignore_errors=True)
+            else:
+                os.rename(parked, target)
+                restored.append(str(parked.relative_to(parked_root)))
+        return restored
+
     def write_parquet(self, table: pa.Table, rel: str, **kwargs) -> Path:
         """Write one Parquet file atomically (temporary name in the same folder, then rename)."""
-        target = self.path(rel)
+        target = self.rel_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, target, **kwargs)
         return target
 
     # --------------------------------------------------------------- reading
     def files(self, glob: str) -> list[Path]:
-        return sorted(p for p in self.root.glob(glob) if ".staging" not in p.parts)
+        """Committed files matching ``glob`` (relative to the root; the root itself is never a pattern)."""
+        return store_files(self.root, glob)
 
     def view_sql(self) -> dict[str, str]:
         """SQL for every view: base kinds plus whatever score/curation tables exist."""
@@ -196,19 +330,27 @@ class Store:
         """
         target = self.root / "catalog.duckdb"
         tmp = self.root / f".catalog-{uuid.uuid4().hex}.duckdb"
+        # DuckDB cannot open a database under a path with '?' (read as options) or '\\' (read as '/'):
+        # there the file is made in a temporary folder and copied in.
+        elsewhere = tempfile.mkdtemp(prefix="curate-catalog-") if re.search(r"[?\\]", str(tmp)) else None
+        made = Path(elsewhere) / "catalog.duckdb" if elsewhere else tmp
         try:
-            con = duckdb.connect(str(tmp))
+            con = duckdb.connect(str(made))
             try:
                 sql_sandbox.sandbox(con, self.root)
                 for name, sql in self.view_sql().items():
                     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             finally:
                 con.close()
+            if elsewhere:
+                shutil.copyfile(made, tmp)
             os.replace(tmp, target)
         finally:
             for leftover in (tmp, tmp.with_suffix(".duckdb.wal")):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+            if elsewhere:
+                shutil.rmtree(elsewhere, ignore_errors=True)
         return target
 
 
@@ -231,12 +373,28 @@ _TYPES_CON: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (pid, connect
 _TYPES_LOCK = threading.Lock()
 
 
+def store_files(root: Path, glob: str) -> list[Path]:
+    """Files under ``root`` matching ``glob`` (Python's glob: the root is taken literally), sorted; none
+    in work in progress (``.staging``, ``.replaced``) and none that a symlink leads out of the store."""
+    real_root = root.resolve()
+    out = []
+    for p in root.glob(glob):
+        rel = p.relative_to(root).parts
+        if rel[0] in (".staging", ".replaced") or not p.is_file():
+            continue
+        if real_root not in p.resolve().parents:
+            continue
+        out.append(p)
+    return sorted(out)
+
+
 def parquet_select(root: Path, glob: str, schema: pa.Schema) -> str:
-    files = [p for p in root.glob(glob) if ".staging" not in p.parts]
+    """SELECT over the store's files matching ``glob``, listed here and named to DuckDB one by one
+    (``sql_files``): a root such as ``a[1]`` or ``q?x`` is a path, never a pattern."""
+    files = store_files(root, glob)
     if not files:
         return empty_select(schema)
-    pattern = str(root / glob).replace("'", "''")
-    return f"SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
+    return f"SELECT * FROM read_parquet({sql_files(files)}, union_by_name = true)"
 
 
 def write_parquet_atomic(table: pa.Table, target: Path, **kwargs) -> None:
@@ -268,6 +426,34 @@ def io_error(exc: OSError, doing: str) -> StoreError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(f"permission denied {doing}: {exc.strerror}; nothing was committed.")
     return StoreError(f"I/O error {doing}: {exc.strerror or exc}; nothing was committed.")
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """glibc's ``renameat2`` (2.28+), or None where the C library has none (non-Linux, musl < 1.2.4)."""
+    func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if func is not None:
+        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        func.restype = ctypes.c_int
+    return func
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``). False where
+    the system or the file system cannot (the caller falls back); other errors raise ``StoreError``."""
+    func = _renameat2()
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise StoreError(f"cannot replace {b}: {os.strerror(err)}")
 
 
 def _fsync_dir(path: Path) -> None:

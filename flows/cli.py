@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from curation.cli_options import StoreOpt, default_store
+
 
 def register(app: typer.Typer) -> None:
     """Add `curate demo` and `curate serve` to ``app``."""
@@ -15,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    store: str = typer.Option("store", "--store", "-s", help="Store folder to create or reuse."),
+    store: str | None = StoreOpt,
     policy: Path = typer.Option(
         None, help="Policy file for the build (default: curation/policies/default.yaml)."
     ),
@@ -34,9 +36,11 @@ def demo(
     from curation.cli import console, print_table
     from curation.sql import query
     from curation.store import Store
+    from curation.terminal import esc, text
     from flows.demo import DEFAULT_POLICY, run_demo, usable_queries
 
-    console.print(f"[bold]curate demo[/] → {Path(store).absolute()}  (Prefect temporary local API)")
+    store = store or default_store()
+    console.print(f"[bold]curate demo[/] → {esc(Path(store).absolute())}  (Prefect temporary local API)")
     result = run_demo(store, policy or DEFAULT_POLICY, quiet=not verbose)
     st = Store(result.store)
 
@@ -45,7 +49,7 @@ def demo(
         t.add_column(col, justify="left" if col in ("source", "kind", "reader") else "right")
     for r in result.flow["ingest"]["files"]:
         t.add_row(
-            r["source"],
+            text(r["source"]),
             r["kind"],
             r["reader"],
             *(str(r[k]) for k in ("rows_read", "accepted", "quarantined", "duplicates")),
@@ -57,18 +61,18 @@ def demo(
     steps.add_column("state")
     for s in result.flow["steps"]:
         colour = "green" if s["state"] == "Completed" else "cyan" if s["state"] == "Cached" else "red"
-        steps.add_row(s["task"], f"[{colour}]{s['state']}[/]")
+        steps.add_row(text(s["task"]), text(s["state"], colour))
     console.print(steps)
     for line in result.skipped:
-        console.print(f"[yellow]skipped:[/] {line}")
+        console.print(f"[yellow]skipped:[/] {esc(line)}")
 
-    console.print(f"\n[bold]store:[/]  {st.root}")
-    console.print(f"[bold]report:[/] {result.report or '(no report: the report step is not available)'}")
+    console.print(f"\n[bold]store:[/]  {esc(st.root)}")
+    console.print(f"[bold]report:[/] {esc(result.report or '(no report: the report step is not available)')}")
     console.print(f"[bold]time:[/]   {result.seconds:.1f} s")
     store_arg = shlex.quote(str(st.root))
     console.print("\n[bold]Try these queries:[/]")
     for what, sql in usable_queries(st):
-        console.print(f"\n[dim]# {what}[/]\ncurate sql {shlex.quote(sql)} --store {store_arg}")
+        console.print(f"\n[dim]# {esc(what)}[/]\ncurate sql {esc(shlex.quote(sql))} --store {esc(store_arg)}")
         print_table(query(st, sql), 10)
 
 
@@ -76,7 +80,7 @@ def serve(
     file: Path = typer.Option(
         None, "--file", "-f", help="Deployments file (default: the repository's prefect.yaml)."
     ),
-    store: str = typer.Option(None, "--store", "-s", help="Override the deployments' store parameter."),
+    store: str | None = StoreOpt,
     landing: str = typer.Option(None, help="Override the landing folder parameter."),
     policy: str = typer.Option(None, help="Override the policy file parameter."),
     only: list[str] = typer.Option([], "--only", help="Serve only these deployments (repeatable)."),
@@ -85,11 +89,13 @@ def serve(
     """Serve the schedules of prefect.yaml from this process (Ctrl-C to stop; schedules pause on exit).
 
     Uses PREFECT_API_URL when set (a Prefect server or Cloud), otherwise Prefect's
-    temporary local server for the life of this process.
+    temporary local server for the life of this process. ``--store`` (or $CURATE_STORE) overrides the
+    deployments' store parameter; without either, each deployment keeps the store of its file.
     """
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    store = store or os.environ.get("CURATE_STORE")
     from curation.cli import fail
     from flows.deploy import DEFAULT_FILE, DeploymentFileError
     from flows.deploy import serve as serve_deployments

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import shutil
 
 import pytest
@@ -104,3 +107,136 @@ def test_whole_texts_are_encoded_without_the_overlong_warning(minilm):
         assert any("indexing errors" in m for m in warned)
     finally:
         logger.removeHandler(handler)
+
+
+# ------------------------------------------- safetensors only, enforced by curate (issue 23 item 13)
+def _copy_config(minilm, folder):
+    folder.mkdir()
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ):
+        shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+def _index(folder, target: str) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(folder.parent / "real.safetensors"), framework="numpy") as fh:
+        keys = list(fh.keys())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": dict.fromkeys(keys, target)})
+    )
+
+
+def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
+    """Model folders curate must refuse, each with the part of the message that says why."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(minilm / "model.safetensors"))
+    shutil.copy(minilm / "model.safetensors", tmp_path / "real.safetensors")
+    out = {}
+    f = _copy_config(minilm, tmp_path / "pickle_only")
+    torch.save(state, f / "pytorch_model.bin")
+    out["pickle_only"] = (f, r"only pickle checkpoints found \(pytorch_model\.bin\)")
+    f = _copy_config(minilm, tmp_path / "fake")
+    (f / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    out["fake"] = (f, r"model\.safetensors: not a valid safetensors file")
+    f = _copy_config(minilm, tmp_path / "truncated")
+    data = (minilm / "model.safetensors").read_bytes()
+    (f / "model.safetensors").write_bytes(data[: len(data) // 2])
+    out["truncated"] = (f, r"model\.safetensors: not a valid safetensors file")
+    f = _copy_config(minilm, tmp_path / "index_to_bin")
+    torch.save(state, f / "pytorch_model.bin")
+    _index(f, "pytorch_model.bin")
+    out["index_to_bin"] = (f, r"names 'pytorch_model\.bin'; curate loads \.safetensors weights only")
+    f = _copy_config(minilm, tmp_path / "index_out")
+    _index(f, "../real.safetensors")
+    out["index_out"] = (f, r"names '\.\./real\.safetensors'; every weight file must be in the model folder")
+    f = _copy_config(minilm, tmp_path / "index_missing")
+    _index(f, "model-00001-of-00002.safetensors")
+    out["index_missing"] = (f, r"names 'model-00001-of-00002\.safetensors', which is not in")
+    f = _copy_config(minilm, tmp_path / "index_garbage")
+    (f / "model.safetensors.index.json").write_text("[1, 2")
+    out["index_garbage"] = (f, r"not a safetensors index with a weight_map")
+    f = tmp_path / "st_module_out"
+    shutil.copytree(minilm, f)
+    (f / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "../pickle_only"}]))
+    out["st_module_out"] = (f, r"module path '\.\./pickle_only' leaves the model folder")
+    f = tmp_path / "st_module_pickle"
+    shutil.copytree(minilm, f)
+    (f / "2_Dense").mkdir()
+    torch.save({"linear.weight": torch.zeros(4, 384)}, f / "2_Dense" / "pytorch_model.bin")
+    modules = json.loads((f / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (f / "modules.json").write_text(json.dumps(modules))
+    out["st_module_pickle"] = (f, r"2_Dense: this sentence-transformers module has only pickle weights")
+    return out
+
+
+def test_every_unsafe_folder_is_refused_before_transformers_sees_it(tmp_path, minilm, monkeypatch):
+    """An index naming a .bin reached torch.load; a fake safetensors file reached transformers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    def never(*_a, **_k):
+        raise AssertionError("transformers was given a folder curate should have refused")
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", never)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", never)
+    for name, (folder, why) in refused_models(tmp_path, minilm).items():
+        with pytest.raises(ModelError, match=why):
+            load_sequence_classifier(ModelSpec(str(folder)))
+        with pytest.raises(ModelError, match=why):
+            load_tokenizer(ModelSpec(str(folder)))
+        assert name
+
+
+def test_safetensors_behind_symlinks_still_load(tmp_path, minilm):
+    """The Hugging Face cache keeps weights as symlinks into blobs/: those are fine."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    shutil.copy(minilm / "model.safetensors", blobs / "abc123")
+    snap = _copy_config(minilm, tmp_path / "snapshot")
+    os.symlink(blobs / "abc123", snap / "model.safetensors")
+    assert load_sequence_classifier(ModelSpec(str(snap))).config.num_labels == 1
+
+
+def test_score_and_train_print_one_line_for_a_refused_model(tmp_path, minilm, shared_data):
+    from typer.testing import CliRunner
+
+    from curation.build import build
+    from curation.cli import app
+    from curation.store import Store
+    from tests.test_build_helpers import ingest, subset_lines
+
+    store = Store(tmp_path / "store")
+    ingest(
+        store,
+        [subset_lines(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", tmp_path / "hh.jsonl", 12)],
+    )
+    shards = build(store, "default", "v1").path
+    runner = CliRunner()
+    (tmp_path / "models").mkdir()
+    for name, (folder, why) in refused_models(tmp_path / "models", minilm).items():
+        for args in (
+            ["score", "reward_margin", "--model", str(folder), "--store", str(store.root), "--no-progress"],
+            [
+                "train",
+                "rm",
+                "--shards",
+                str(shards),
+                "--model",
+                str(folder),
+                "--output_dir",
+                str(tmp_path / "o"),
+            ],
+        ):
+            res = runner.invoke(app, args)
+            assert res.exit_code == 1, (name, args[0], res.output)
+            assert res.output.startswith("error: ") and "Traceback" not in res.output, (name, res.output)
+            assert re.search(why, " ".join(res.output.split())), (name, args[0], res.output)

@@ -58,24 +58,22 @@ def parse_config(kind: str, argv: list[str]):
 
 
 def _run(kind: str, argv: list[str]) -> None:
-    from rich.console import Console
-
     if any(a in ("-h", "--help") for a in argv):
         _, parser = parse_config(kind, ["--shards", "x", "--model", "x"])
         print(parser.format_help())
         return
     import importlib
 
+    from curation.cli import fail
     from curation.models import ModelError
     from training.shards import ShardError
 
-    err = Console(stderr=True)
     try:
         config, _ = parse_config(kind, argv)
         result = importlib.import_module(TRAINERS[kind][0]).train(config)
     except (ShardError, ModelError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
+        fail(str(exc))  # one line, printed as data
+        return
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun only the main process reports
         return
     summary = {k: v for k, v in result.items() if k != "log_history"}

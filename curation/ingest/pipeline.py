@@ -60,7 +60,7 @@ from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader,
 from curation.ingest.readers.base import meta_json
 from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
-from curation.store import Store, StoreError, io_error, safe_name
+from curation.store import Store, StoreError, io_error, plain_name, safe_name
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
 
 BATCH_ROWS = 50_000
@@ -123,13 +123,13 @@ def make_reader(opts: IngestOptions, sample: list[dict[str, Any]], where: str) -
 
 
 def _source_name(path: Path, opts: IngestOptions) -> str:
-    if opts.source:
+    if opts.source is not None:
         return safe_name(opts.source, "source name")
     name = path.name
     for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv"):
         name = name.removesuffix(suffix)
     name = name or "input"
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:100]
+    return plain_name("".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:100])
 
 
 def ingest_paths(

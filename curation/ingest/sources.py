@@ -59,10 +59,17 @@ class RawRow:
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
-    """Files named directly, by glob, or inside folders (recursively), sorted, without repeats."""
+    """Files named directly, by glob, or inside folders (recursively), sorted, without repeats.
+
+    A path that exists is that file or folder, whatever characters its name holds (``data[1].jsonl``
+    is the file of that name, never ``data1.jsonl``); only a path that names nothing is tried as a glob.
+    """
     out: list[Path] = []
     for p in paths:
-        matches = [Path(m) for m in sorted(glob.glob(p, recursive=True))] if glob.has_magic(p) else [Path(p)]
+        if os.path.lexists(p) or not glob.has_magic(p):
+            matches = [Path(p)]
+        else:
+            matches = [Path(m) for m in sorted(glob.glob(p, recursive=True))]
         if not matches:
             raise SourceError(f"{p}: no file matches this pattern")
         for m in matches:

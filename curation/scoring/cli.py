@@ -7,6 +7,8 @@ import json
 
 import typer
 
+from curation.cli_options import StoreOpt
+
 
 def _value(text: str):
     try:
@@ -25,7 +27,7 @@ def register(app: typer.Typer) -> None:
             help="length_bias, reward_margin, uncertainty, spurious_groups, semantic_dedup, embeddings, "
             "or all (every view scorer that runs offline with defaults).",
         ),
-        store: str | None = typer.Option(None, "--store", "-s", help="Store folder (default $CURATE_STORE)."),
+        store: str | None = StoreOpt,
         model: list[str] = typer.Option(
             [],
             "--model",
@@ -60,9 +62,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score records; cached per record, so reruns compute only what is new. Killed runs resume."""
         from curation.cli import console, fail, open_store, print_table
+        from curation.models import ModelError
         from curation.scoring import RESULT_SCORERS, SCORERS, run_scorer
         from curation.scoring.chat_client import JudgeError
         from curation.store import StoreError
+        from curation.terminal import esc
 
         st = open_store(store)
         params: dict = {
@@ -97,9 +101,9 @@ def register(app: typer.Typer) -> None:
                 fail(f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted)[1:])}")
             try:
                 summary = run_scorer(st, name, **{k: v for k, v in given.items() if k in accepted})
-            except (StoreError, ValueError, JudgeError) as exc:
+            except (StoreError, ModelError, ValueError, JudgeError) as exc:
                 if scorer == "all" and str(exc).startswith("no "):
-                    console.print(f"[dim]{name}: skipped, {exc}[/]")
+                    console.print(f"[dim]{name}: skipped, {esc(exc)}[/]")
                     continue
                 fail(f"{name}: {exc}")
                 return
@@ -132,4 +136,6 @@ def register(app: typer.Typer) -> None:
                     None,
                     f"{s.scorer} report",
                 )
-        console.print(f"[dim]views: scored_pairs, scored_sft, scored_rankings, score_groups in {st.root}[/]")
+        console.print(
+            f"[dim]views: scored_pairs, scored_sft, scored_rankings, score_groups in {esc(st.root)}[/]"
+        )

@@ -22,7 +22,7 @@ from curation.scoring.schemas import (
     SPURIOUS_SCHEMA,
     UNCERTAINTY_SCHEMA,
 )
-from curation.store import empty_select
+from curation.store import empty_select, sql_files
 
 if TYPE_CHECKING:
     from curation.store import Store
@@ -43,7 +43,7 @@ def _result(store: Store, scorer: str) -> str:
     if key is None:
         return empty_select(schema)
     path = store.root / "scores" / scorer / key / "result.parquet"
-    src = "read_parquet('{}')".format(str(path).replace("'", "''"))
+    src = f"read_parquet({sql_files([path])})"
     if not set(schema.names) <= set(pq.read_schema(path).names):  # written before a column was added
         src = f"({empty_select(schema)} UNION ALL BY NAME SELECT * FROM {src})"  # NULL in the new ones
     cols = ", ".join(f'"{n}"' for n in schema.names)
