@@ -375,7 +375,8 @@ _TYPES_LOCK = threading.Lock()
 
 def store_files(root: Path, glob: str) -> list[Path]:
     """Files under ``root`` matching ``glob`` (Python's glob: the root is taken literally), sorted; none
-    in work in progress (``.staging``, ``.replaced``) and none that a symlink leads out of the store."""
+    in work in progress (``.staging``, ``.replaced``). A file that a symlink leads out of the store is
+    an error naming it: never read, and never silently left out of a view either."""
     real_root = root.resolve()
     out = []
     for p in root.glob(glob):
@@ -383,7 +384,10 @@ def store_files(root: Path, glob: str) -> list[Path]:
         if rel[0] in (".staging", ".replaced") or not p.is_file():
             continue
         if real_root not in p.resolve().parents:
-            continue
+            raise StoreError(
+                f"{p} links outside the store (to {p.resolve()}); curate reads no file outside the store "
+                f"{root}: remove the link, or move the data into the store"
+            )
         out.append(p)
     return sorted(out)
 
