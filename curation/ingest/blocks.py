@@ -61,6 +61,7 @@ import pyarrow.parquet as pq
 
 from curation.ingest.readers.base import RowError, extra_meta, meta_json
 from curation.ingest.sources import (
+    BATCH_BYTES,
     BOM,
     MAX_ROW_BYTES,
     RAW_KEEP,
@@ -71,6 +72,7 @@ from curation.ingest.sources import (
     overlong_row,
     parquet_record_batches,
     parquet_rows,
+    text_bytes,
 )
 
 #: Bytes read from the file at a time (a batch is cut at whole lines, whatever the chunk).
@@ -155,6 +157,7 @@ def read_batches(
     digest: Any = None,
     parse_threads: bool = False,
     limit: int = MAX_ROW_BYTES,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring. Fields besides
     ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then line by line).
@@ -162,7 +165,8 @@ def read_batches(
     taken. ``parse_threads``: parse each batch on Arrow's thread pool (for a caller that does nothing
     else meanwhile; when the batches are prepared, validated and written on other threads, one more
     pool only competes with them for the cores). A line over ``limit`` bytes is an error row, of which
-    only the first ``RAW_KEEP`` bytes are ever held, as in the line path."""
+    only the first ``RAW_KEEP`` bytes are ever held, as in the line path; a batch ends early where its lines
+    reach ``batch_bytes``, as the line path's ``_batches`` ends it."""
     tap = HashingFile(path, digest) if digest is not None else None
     with open_bytes(path, tap) as fh:
         lines = _Lines(limit)
@@ -170,11 +174,11 @@ def read_batches(
         lines.append(b"" if head == BOM else head)  # as the line path: a BOM is not content
         eof = False
         while True:
-            while not eof and lines.rows < batch_rows:
+            while not eof and lines.rows < batch_rows and lines.held < batch_bytes:
                 if not lines.read(fh):
                     eof = True
                     lines.finish()
-            batch = lines.take(batch_rows)
+            batch = lines.take(batch_rows, batch_bytes)
             if batch is None:
                 if tap is not None:
                     tap.read_to_end()  # what a gzip reader leaves after its last member
@@ -219,6 +223,7 @@ class _Lines:
         self.open = 0  # offset where the unfinished line starts
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (starts, ends, rows)
         self.rows = 0  # lines in parts
+        self.held = 0  # bytes of the lines in parts (without their newlines)
         self.limit = limit
         self.cut: dict[int, int] = {}  # row -> length in bytes, of the over-long lines in parts
         self.skip: _Cut | None = None
@@ -332,6 +337,13 @@ class _Lines:
     def _add(self, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray) -> None:
         self.parts.append((starts, ends, rows))
         self.rows += len(starts)
+        self.held += int(self._weights(starts, ends).sum())
+
+    def _weights(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Bytes each line counts for in a batch, as in the line path: an over-long line its first
+        ``RAW_KEEP`` (all that is held of it once cut)."""
+        sizes = ends - starts
+        return np.where(sizes > self.limit, np.minimum(sizes, RAW_KEEP), sizes)
 
     def finish(self) -> None:
         """At EOF: the last line, if it has no newline, is a line too (unless it is blank)."""
@@ -349,14 +361,15 @@ class _Lines:
         self.open = self.size
 
     def take(
-        self, batch_rows: int
+        self, batch_rows: int, batch_bytes: int = BATCH_BYTES
     ) -> tuple[memoryview, np.ndarray, np.ndarray, np.ndarray, dict[int, int]] | None:
-        """The first ``batch_rows`` lines (or all), as (data, starts, ends, rows, {row: length of the
-        over-long ones})."""
+        """The first ``batch_rows`` lines (or all), fewer if their bytes reach ``batch_bytes`` first, as
+        (data, starts, ends, rows, {row: length of the over-long ones})."""
         if not self.parts:
             return None
         starts, ends, rows = (np.concatenate(x) for x in zip(*self.parts, strict=True))
-        n = min(batch_rows, len(starts))
+        held = np.cumsum(self._weights(starts, ends))
+        n = min(batch_rows, len(starts), int(np.searchsorted(held, batch_bytes)) + 1)
         cut = min(int(ends[n - 1]) + 1, self.size)  # the last line may have no newline
         data, size = self.buf, self.size
         # the batch keeps this buffer; the next one starts in a new one, about this batch's size
@@ -366,6 +379,7 @@ class _Lines:
         self.open = max(self.open - cut, 0)
         self.parts = [(starts[n:] - cut, ends[n:] - cut, rows[n:])] if n < len(starts) else []
         self.rows = len(starts) - n
+        self.held = int(held[-1] - held[n - 1])
         last = int(rows[n - 1])
         over = {r: size for r, size in self.cut.items() if r <= last}
         for r in over:
@@ -483,11 +497,16 @@ def _same_values(values: pa.Array, depth: int) -> bool:
 
 # ------------------------------------------------------------------ Parquet
 def read_parquet_batches(
-    path: Path, batch_rows: int, schema: pa.Schema, reads: frozenset[str] = frozenset()
+    path: Path,
+    batch_rows: int,
+    schema: pa.Schema,
+    reads: frozenset[str] = frozenset(),
+    limit: int = MAX_ROW_BYTES,
 ) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring. Columns besides
     ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then row by row);
-    a column of ``schema`` the file lacks is null, as a missing JSON field is."""
+    a column of ``schema`` the file lacks is null, as a missing JSON field is. A batch with a row of more
+    than ``limit`` bytes of text goes row by row (where that row is an error row)."""
     file_schema = pq.read_schema(path)
     others = [n for n in file_schema.names if n not in schema.names]
     fits = not set(others) & reads and all(
@@ -495,8 +514,9 @@ def read_parquet_batches(
     )
     row = 0
     for table in _exactly(parquet_record_batches(path, batch_rows), batch_rows):
-        block = _parquet_block(table, row, schema, others) if fits else None
-        yield block if block is not None else list(parquet_rows(table, row))
+        fit = fits and bool((text_bytes(table) <= limit).all())
+        block = _parquet_block(table, row, schema, others) if fit else None
+        yield block if block is not None else list(parquet_rows(table, row, limit))
         row += table.num_rows
 
 

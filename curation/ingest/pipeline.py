@@ -71,6 +71,7 @@ from curation.ingest.overlap import Alongside, Behind, ahead, default_enabled, o
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.readers.base import meta_json
 from curation.ingest.sources import (
+    BATCH_BYTES,
     MAX_JSON_BYTES,
     READ_ERRORS,
     RawRow,
@@ -104,6 +105,8 @@ class IngestOptions:
     #: A JSON document (not JSON Lines) larger than this, decompressed, is refused whole (see sources.py).
     max_json_bytes: int = MAX_JSON_BYTES
     batch_rows: int = BATCH_ROWS
+    #: ... or fewer rows when their text reaches this many bytes (JSONL and CSV; see sources.BATCH_BYTES).
+    batch_bytes: int = BATCH_BYTES
     #: Take JSONL and Parquet batches as Arrow columns where the reader has a columnar path (same output;
     #: see ingest/blocks.py).
     block_path: bool = True
@@ -301,12 +304,19 @@ def _ingest_file(
             # overlapped, the reading thread parses on its own: Arrow's pool on top of the preparing and
             # writing threads was slower on the 1M-row file (benchmarks/ingest/README.md)
             batches = read_batches(
-                path, opts.batch_rows, schema, reader.reads, digest, parse_threads=not overlap, limit=limit
+                path,
+                opts.batch_rows,
+                schema,
+                reader.reads,
+                digest,
+                parse_threads=not overlap,
+                limit=limit,
+                batch_bytes=opts.batch_bytes,
             )
         else:
-            batches = read_parquet_batches(path, opts.batch_rows, schema, reader.reads)
+            batches = read_parquet_batches(path, opts.batch_rows, schema, reader.reads, limit)
     else:
-        batches = _batches(_chain(head, rows), opts.batch_rows)
+        batches = _batches(_chain(head, rows), opts.batch_rows, opts.batch_bytes)
     batches = guarded(path, batches, len)  # a damaged file: SourceError, as from read_rows
     hashing = Alongside(
         lambda stop: sha or _sha256(path, stop), enabled=overlap and sha is None and digest is None
@@ -569,13 +579,16 @@ def _chain(head: list[RawRow], rest: Iterator[RawRow]) -> Iterator[RawRow]:
     yield from rest
 
 
-def _batches(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
+def _batches(rows: Iterator[RawRow], size: int, max_bytes: int = BATCH_BYTES) -> Iterator[list[RawRow]]:
+    """Lists of ``size`` rows, or fewer when their text (``RawRow.size``) reaches ``max_bytes``."""
     batch: list[RawRow] = []
+    held = 0
     for r in rows:
         batch.append(r)
-        if len(batch) >= size:
+        held += r.size
+        if len(batch) >= size or held >= max_bytes:
             yield batch
-            batch = []
+            batch, held = [], 0
     if batch:
         yield batch
 

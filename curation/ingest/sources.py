@@ -17,6 +17,7 @@ and runs of blank lines are skipped in C, a megabyte at a time.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import gzip
 import hashlib
@@ -30,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Formats a file can be read as (``auto`` looks at the extension, then the first byte).
 FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
@@ -54,6 +57,10 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
 #: Bytes read at a time by the JSONL and JSON row readers.
 READ_BYTES = 1 << 20
+#: A batch ends at this many bytes of its rows' text (JSONL lines, CSV records), even before it has its
+#: number of rows: a .jsonl.gz of long lines (each under the row limit) would otherwise hold gigabytes in
+#: one batch. Rows of 2.6 KB on average fill a batch of 50,000 rows first.
+BATCH_BYTES = 128 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -76,6 +83,9 @@ class RawRow:
     raw: str | None = None
     error: str | None = None
     field: str = "row"  # where the error is, when it is in one field
+    size: int = dataclasses.field(
+        default=0, compare=False
+    )  # bytes (characters for CSV) of its text held while read
 
     def raw_text(self) -> str:
         try:
@@ -89,8 +99,9 @@ class RawRow:
 
 # ------------------------------------------------------------------ damaged files
 #: What reading a damaged input raises: a truncated gzip stream (EOFError), a bad CRC or corrupt deflate
-#: data (BadGzipFile, an OSError; zlib.error), a damaged Parquet file (ArrowException), an I/O error.
-READ_ERRORS = (EOFError, OSError, zlib.error, pa.ArrowException)
+#: data (BadGzipFile, an OSError; zlib.error), a damaged Parquet file (ArrowInvalid, or ArrowIOError, an
+#: OSError), an I/O error. (Not Arrow's other errors: "not implemented" or a type error is a bug of ours.)
+READ_ERRORS = (EOFError, OSError, zlib.error, pa.ArrowInvalid)
 
 
 def why_unreadable(exc: BaseException) -> str:
@@ -242,7 +253,7 @@ def read_rows(
     elif fmt == "json":
         rows = _json(path, limit, max_json_bytes)
     elif fmt == "parquet":
-        rows = _parquet(path, batch_size)
+        rows = _parquet(path, batch_size, limit)
     elif fmt == "csv":
         rows = _csv(path, limit)
     else:
@@ -329,12 +340,13 @@ def _decode_object(data: bytes | str, row: int) -> RawRow:
 
 def overlong_row(row: int, head: bytes, size: int, limit: int) -> RawRow:
     """The error row of a line of ``size`` bytes, over ``limit``, of which ``head`` was kept."""
-    text = head[:RAW_KEEP].decode("utf-8", "replace")
+    head = head[:RAW_KEEP]
     return RawRow(
         row,
         None,
-        f"{text}... [{size - len(head[:RAW_KEEP])} more bytes, see the source file]",
+        f"{head.decode('utf-8', 'replace')}... [{size - len(head)} more bytes, see the source file]",
         f"row of {size} bytes is larger than the {limit}-byte limit; not parsed",
+        size=len(head),
     )
 
 
@@ -342,7 +354,9 @@ def decode_line(line: bytes, row: int, limit: int = MAX_ROW_BYTES) -> RawRow:
     """One non-blank JSONL line (without its newline) as the RawRow of row number ``row``."""
     if len(line) > limit:
         return overlong_row(row, line, len(line), limit)
-    return _decode_object(line.strip(), row)
+    raw = _decode_object(line.strip(), row)
+    raw.size = len(line)
+    return raw
 
 
 # ------------------------------------------------------------------ JSON Lines
@@ -424,7 +438,9 @@ def _jsonl(path: Path, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
             if line.size > limit:
                 yield overlong_row(line.row, line.data, line.size, limit)
             else:
-                yield _decode_object(line.data.strip(), line.row)
+                raw = _decode_object(line.data.strip(), line.row)
+                raw.size = len(line.data)
+                yield raw
 
 
 # ------------------------------------------------------------------ JSON documents
@@ -501,10 +517,10 @@ def _records(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ Parquet
-def _parquet(path: Path, batch_size: int) -> Iterator[RawRow]:
+def _parquet(path: Path, batch_size: int, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
     row = 0
     for batch in parquet_record_batches(path, batch_size):
-        yield from parquet_rows(batch, row)
+        yield from parquet_rows(batch, row, limit)
         row += batch.num_rows
 
 
@@ -525,11 +541,25 @@ def parquet_record_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBat
 PARQUET_ROWS_AT_ONCE = 1024
 
 
-def parquet_rows(batch: pa.RecordBatch | pa.Table, first_row: int) -> Iterator[RawRow]:
+def parquet_rows(
+    batch: pa.RecordBatch | pa.Table, first_row: int, limit: int = MAX_ROW_BYTES
+) -> Iterator[RawRow]:
     """The rows of a Parquet batch as RawRows. A string that is not UTF-8 (Parquet writers do not
-    check) makes its row an error row that names the column, instead of stopping the file."""
+    check) makes its row an error row that names the column, instead of stopping the file; so does a row
+    whose text is over ``limit`` bytes (not made into Python objects: Arrow has already decompressed it,
+    but it is not copied again)."""
     for start in range(0, batch.num_rows, PARQUET_ROWS_AT_ONCE):
         part = batch.slice(start, PARQUET_ROWS_AT_ONCE)
+        sizes = text_bytes(part)
+        if (sizes > limit).any():
+            for i in range(part.num_rows):
+                row = first_row + start + i
+                yield (
+                    _too_large(part, i, row, limit)
+                    if sizes[i] > limit
+                    else _parquet_row(part.slice(i, 1), row)
+                )
+            continue
         try:
             rows = part.to_pylist()
         except UnicodeDecodeError:
@@ -538,6 +568,64 @@ def parquet_rows(batch: pa.RecordBatch | pa.Table, first_row: int) -> Iterator[R
             continue
         for i, item in enumerate(rows):
             yield RawRow(first_row + start + i, item)
+
+
+def text_bytes(table: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """Bytes of text (strings and binaries, nested ones included) in each row of ``table``, by Arrow."""
+    total = np.zeros(table.num_rows, dtype=np.int64)
+    for column in table.columns:
+        total += _value_bytes(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return total
+
+
+def _value_bytes(values: pa.Array) -> np.ndarray:
+    t, n = values.type, len(values)
+    if t in (pa.string_view(), pa.binary_view()):  # no length kernel for views
+        values = values.cast(pa.large_string() if t == pa.string_view() else pa.large_binary())
+        t = values.type
+    if pa.types.is_dictionary(t):
+        return _value_bytes(values.dictionary)[values.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+    if t in (
+        pa.string(),
+        pa.large_string(),
+        pa.binary(),
+        pa.large_binary(),
+        pa.string_view(),
+        pa.binary_view(),
+    ):
+        return pc.binary_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_fixed_size_list(t)
+        or pa.types.is_map(t)
+    ):
+        child = values.flatten()
+        if not len(child):
+            return np.zeros(n, dtype=np.int64)
+        parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=_value_bytes(child), minlength=n).astype(np.int64)
+    if pa.types.is_struct(t):
+        out = np.zeros(n, dtype=np.int64)
+        for child in values.flatten():
+            out += _value_bytes(child)
+        return out
+    return np.zeros(n, dtype=np.int64)
+
+
+def _too_large(part: pa.RecordBatch | pa.Table, i: int, row: int, limit: int) -> RawRow:
+    """The error row of a Parquet row with more than ``limit`` bytes of text, without its values."""
+    one = part.slice(i, 1)
+    sizes = {name: int(text_bytes(one.select([name]))[0]) for name in one.column_names}
+    big = [f"{name!r} ({size} bytes)" for name, size in sizes.items() if size > RAW_KEEP] or [
+        repr(max(sizes))
+    ]
+    return RawRow(
+        row,
+        None,
+        f"[not read: its text is in column(s) {', '.join(big)}; see row {row} of the source file]",
+        f"row of {sum(sizes.values())} bytes of text is larger than the {limit}-byte limit; not parsed",
+    )
 
 
 def _parquet_row(one: pa.RecordBatch | pa.Table, row: int) -> RawRow:
@@ -681,12 +769,14 @@ def _csv(path: Path, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
                 span = (
                     f"lines {lines.first}-{lines.line}" if lines.line > lines.first else f"line {lines.first}"
                 )
-                yield RawRow(row, None, lines.raw(), f"malformed CSV ({span}): {why}")
+                yield RawRow(row, None, lines.raw(), f"malformed CSV ({span}): {why}", size=lines.kept)
                 row += 1
                 continue
             if not fields and not lines.longest:
                 continue  # a blank line
-            yield _csv_row(header, fields, lines, row, limit)
+            raw = _csv_row(header, fields, lines, row, limit)
+            raw.size = lines.kept
+            yield raw
             row += 1
 
 
