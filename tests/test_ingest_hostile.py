@@ -351,9 +351,11 @@ def test_csv_header_that_repeats_a_column_is_refused(tmp_path, store):
 
 
 # ----------------------------------------------------------------------------- item 9: memory
-def test_over_long_lines_and_blank_runs_agree_on_both_paths(shared_data, tmp_path):
+@pytest.mark.parametrize("batch_bytes", [128 << 20, 20_000])
+def test_over_long_lines_and_blank_runs_agree_on_both_paths(shared_data, tmp_path, batch_bytes):
     """With a small row limit: over-long lines are error rows from their first bytes on the line path and the
-    Arrow block path alike, and runs of blank lines (counted in the row numbers) are skipped by both."""
+    Arrow block path alike, runs of blank lines (counted in the row numbers) are skipped by both, and both
+    end a batch where its text reaches ``batch_bytes``."""
     with gzip.open(shared_data / HH, "rb") as fh:
         lines = fh.read().splitlines()[:300]
     body = [*lines[:50], b"\n" * 5000 + b" " * 9000, *lines[50:120], b'{"chosen": "' + b"x" * 20000 + b'"}']
@@ -361,9 +363,16 @@ def test_over_long_lines_and_blank_runs_agree_on_both_paths(shared_data, tmp_pat
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(body) + b"\n")
     limit = 6000  # some real HH lines are longer too
-    exact = list(_batches(read_rows(path, "jsonl", limit=limit), 40))
-    fast = list(read_batches(path, 40, HHReader.arrow_schema, HHReader.reads, limit=limit))
+    exact = list(_batches(read_rows(path, "jsonl", limit=limit), 40, batch_bytes))
+    fast = list(
+        read_batches(path, 40, HHReader.arrow_schema, HHReader.reads, limit=limit, batch_bytes=batch_bytes)
+    )
     assert [len(b) for b in fast] == [len(b) for b in exact] and any(isinstance(b, ArrowBlock) for b in fast)
+    if batch_bytes < 1 << 20:  # each batch ends at the line that brings its text to 20 KB, not at 40 lines
+        full = [b for b in exact[:-1] if len(b) < 40]
+        assert len(full) > 10 and all(
+            sum(r.size for r in b[:-1]) < 20_000 <= sum(r.size for r in b) for b in full
+        )
     flat = [r for b in exact for r in b]
     for got, want in zip(fast, exact, strict=True):
         assert [got.raw(i) for i in range(len(got))] == want if isinstance(got, ArrowBlock) else got == want
@@ -398,6 +407,19 @@ def test_a_256_mib_line_costs_no_more_than_a_chunk(case, tmp_path):
 
 
 @pytest.mark.slow
+def test_many_long_lines_do_not_make_memory_grow_with_the_file(tmp_path):
+    """Lines of 8 MiB, each under the row limit (a .jsonl.gz of 1 MB): batches end at --batch-mb of text, so
+    three times the lines cost no more memory (without the byte budget every line sat in one batch)."""
+    small = _hostile_memory("jsonl-gz-lines", 128, "--work", str(tmp_path), "--batch-mb", "16")
+    large = _hostile_memory(
+        "jsonl-gz-lines", 384, "--work", str(tmp_path), "--batch-mb", "16", "--no-baseline"
+    )
+    assert small["hostile"]["quarantined"] == 4 + 16 and large["hostile"]["quarantined"] == 4 + 48
+    assert large["hostile"]["peak_mb"] < small["hostile"]["peak_mb"] + 100, (small, large)
+    assert small["extra_mb"] < 600, small
+
+
+@pytest.mark.slow
 def test_a_json_document_over_the_cap_is_refused_before_it_is_held(tmp_path):
     """A .json.gz array holding one 256 MiB string (11.9 GB for 1 GiB before): refused with an error that
     names the file and the cap and suggests JSON Lines, having read no more than the cap (32 MiB here)."""
@@ -415,6 +437,25 @@ def test_blank_lines_are_skipped_in_constant_memory(case, tmp_path):
     r = _hostile_memory(case, 64, "--work", str(tmp_path))
     assert r["hostile"]["accepted"] == r["baseline"]["accepted"] == 2308, r
     assert r["extra_mb"] < 60, r
+
+
+@pytest.mark.parametrize("block_path", [True, False])
+def test_a_parquet_row_over_the_limit_is_quarantined_without_python_copies(shared_data, tmp_path, block_path):
+    """A Parquet row with more text than the row limit (here a 17 MiB instruction, 0.3 MB of zstd) is an
+    error row naming the column, on the Arrow block path and the row path alike; the other rows are read."""
+    rows = orjson.loads((shared_data / ALPACA).read_bytes())
+    rows.insert(500, {"instruction": "x" * (17 << 20), "input": "", "output": "y"})
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd", row_group_size=300)
+    store = Store(tmp_path / f"s{block_path}")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path, batch_rows=200))
+    (q,) = store.read("quarantine").to_pylist()
+    assert (res.accepted, res.quarantined, q["source_row"]) == (985, 1, 500)
+    assert (
+        q["reason"]
+        == f"row of {(17 << 20) + 1} bytes of text is larger than the 16777216-byte limit; not parsed"
+    )
+    assert "'instruction' (17825792 bytes)" in q["raw"] and len(q["raw"]) < 200
 
 
 def test_json_cap_error_names_the_file_and_lets_json_lines_through(shared_data, tmp_path):

@@ -4,10 +4,14 @@ Each case is real rows (from ../shared/data) with one hostile part of --size-mb 
 
   jsonl-gz-line        HH-RLHF .jsonl.gz with one line of SIZE MiB (1 MB compressed at 1 GiB); Arrow block path
   jsonl-gz-line-rows   the same file, row path (IngestOptions(block_path=False))
+  jsonl-gz-lines       HH-RLHF .jsonl.gz with SIZE MiB in lines of 8 MiB, each under the row limit: batches
+                       end at --batch-mb of text (IngestOptions.batch_bytes), not at 50,000 rows
   json-gz-string       Alpaca .json.gz array with one string of SIZE MiB (refused: the JSON cap)
   jsonl-blank-lines    HH-RLHF .jsonl with SIZE MiB of blank lines in the middle; Arrow block path
   jsonl-blank-rows     the same file, row path
   csv-line             GSM8K rows as CSV (quoted multi-line answers) with one line of SIZE MiB
+  parquet-string       Alpaca rows as zstd Parquet with one string of SIZE MiB (Arrow decompresses its row
+                       group; the row is an error row without Python copies)
 
 and its baseline: the same rows without the hostile part, read the same way. Every ingest runs in a child
 process of its own (a fresh interpreter; GX, polars and Arrow loaded as in `curate ingest`), which reports
@@ -69,10 +73,12 @@ MIB = 1 << 20
 CASES: dict[str, tuple[str, dict, str]] = {
     "jsonl-gz-line": ("hh_long_line", {}, "hh_gz"),
     "jsonl-gz-line-rows": ("hh_long_line", {"block_path": False}, "hh_gz"),
+    "jsonl-gz-lines": ("hh_long_lines", {}, "hh_gz"),
     "json-gz-string": ("alpaca_long_string", {}, "alpaca_gz"),
     "jsonl-blank-lines": ("hh_blank_lines", {}, "hh_plain"),
     "jsonl-blank-rows": ("hh_blank_lines", {"block_path": False}, "hh_plain"),
     "csv-line": ("gsm8k_csv_long_line", {"kind": "sft", "mapping": {"prompt": "question", "response": "answer"}}, "gsm8k_csv"),
+    "parquet-string": ("alpaca_parquet_long_string", {}, "alpaca_parquet"),
 }  # fmt: skip
 
 
@@ -92,23 +98,47 @@ def _repeat_into(write, piece: bytes, size: int) -> None:
 def build(name: str, work: Path, size: int) -> Path:
     """The input file ``name`` (written once, under a temporary name until complete)."""
     suffix = {"alpaca_long_string": ".json.gz", "alpaca_gz": ".json.gz", "hh_gz": ".jsonl.gz"}.get(name)
-    suffix = suffix or {"hh_long_line": ".jsonl.gz", "gsm8k_csv": ".csv", "gsm8k_csv_long_line": ".csv"}.get(
-        name, ".jsonl"
+    suffix = suffix or {"hh_long_line": ".jsonl.gz", "hh_long_lines": ".jsonl.gz", "gsm8k_csv": ".csv"}.get(
+        name
     )
-    sized = name in ("hh_long_line", "alpaca_long_string", "hh_blank_lines", "gsm8k_csv_long_line")
+    suffix = suffix or {"gsm8k_csv_long_line": ".csv", "alpaca_parquet": ".parquet"}.get(name)
+    suffix = suffix or {"alpaca_parquet_long_string": ".parquet"}.get(name, ".jsonl")
+    sized = name in (
+        "hh_long_line",
+        "hh_long_lines",
+        "alpaca_long_string",
+        "hh_blank_lines",
+        "gsm8k_csv_long_line",
+        "alpaca_parquet_long_string",
+    )
     path = work / (f"{name}-{size // MIB}mib{suffix}" if sized else f"{name}{suffix}")
     if path.exists():
         return path
     tmp = path.with_name(path.name + ".tmp")
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = json.loads((DATA / "llama-factory" / "alpaca_en_demo.json").read_bytes())
+        if name == "alpaca_parquet_long_string":
+            rows = [*rows[:500], {"instruction": "x" * size, "input": "", "output": "y"}, *rows[500:]]
+        pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+        os.replace(tmp, path)
+        return path
     opener = gzip.open if suffix.endswith(".gz") else open
     with opener(tmp, "wb") as out:  # type: ignore[operator]
-        if name in ("hh_gz", "hh_plain", "hh_long_line", "hh_blank_lines"):
+        if name in ("hh_gz", "hh_plain", "hh_long_line", "hh_long_lines", "hh_blank_lines"):
             lines = _hh_lines()
             for i, line in enumerate(lines):
                 if i == 1000 and name == "hh_long_line":
                     out.write(b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: ')
                     _repeat_into(out.write, b"x", size)
                     out.write(b'", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: no"}\n')
+                if i == 1000 and name == "hh_long_lines":
+                    for k in range(max(1, size // (8 * MIB))):
+                        out.write(b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: %d ' % k)
+                        _repeat_into(out.write, b"x", 8 * MIB - 100)
+                        out.write(b'", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: no"}\n')
                 if i == 1000 and name == "hh_blank_lines":
                     _repeat_into(out.write, b"\n", size)
                 out.write(line + b"\n")
@@ -185,8 +215,13 @@ def main() -> None:
     ap.add_argument(
         "--max-json-mb", type=float, help="the JSON cap (IngestOptions.max_json_bytes) of every case"
     )
+    ap.add_argument("--batch-mb", type=float, help="IngestOptions.batch_bytes of every case, in MiB")
+    ap.add_argument("--no-baseline", action="store_true", help="run the hostile files only")
     ap.add_argument("--json", action="store_true", help="print one JSON object per case, write no file")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS-hostile.md"))
+    ap.add_argument(
+        "--append", action="store_true", help="add this run's section to --out instead of replacing it"
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     size = args.size_mb * MIB
@@ -196,12 +231,16 @@ def main() -> None:
         builder, opts, base = CASES[case]
         if args.max_json_mb:
             opts = {**opts, "max_json_bytes": int(args.max_json_mb * MIB)}
-        hostile, baseline = build(builder, args.work, size), build(base, args.work, size)
+        if args.batch_mb:
+            opts = {**opts, "batch_bytes": int(args.batch_mb * MIB)}
+        hostile = build(builder, args.work, size)
         res = {
             "case": case,
             "file_mb": round(hostile.stat().st_size / 1e6, 2),
             "hostile": run_child(hostile, args.work, opts, args.code.resolve()),
-            "baseline": run_child(baseline, args.work, opts, args.code.resolve()),
+            "baseline": {}
+            if args.no_baseline
+            else run_child(build(base, args.work, size), args.work, opts, args.code.resolve()),
         }
         if "peak_mb" in res["hostile"] and "peak_mb" in res["baseline"]:
             res["extra_mb"] = round(res["hostile"]["peak_mb"] - res["baseline"]["peak_mb"], 1)
@@ -215,6 +254,8 @@ def main() -> None:
 def write(args, results: list[dict], load_before: str) -> None:
     lines = [
         "# Hostile inputs: peak memory of `curate ingest` (issue 23, item 9)",
+        "",
+        f"## {args.size_mb} MiB, code: {args.code.name if args.code.resolve() != REPO else 'this checkout'}",
         "",
         f"Command: `.venv/bin/python benchmarks/ingest/hostile_memory.py {shlex.join(sys.argv[1:])}`  ",
         f"Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}  ",
@@ -239,7 +280,9 @@ def write(args, results: list[dict], load_before: str) -> None:
             f"| {r['case']} | {r['file_mb']:,} | {h.get('peak_mb', '')} | {b.get('peak_mb', '')} | "
             f"{r.get('extra_mb', '')} | {h.get('seconds', h.get('process_seconds'))} | {outcome} |"
         )
-    lines += ["", "## Machine", "", "```", f"load before: {load_before}", machine(), "```", ""]
+    lines += ["", "Machine:", "", "```", f"load before: {load_before}", machine(), "```", ""]
+    if args.append and args.out.exists():
+        lines = [args.out.read_text().rstrip("\n"), "", *lines[2:]]
     args.out.write_text("\n".join(lines))
     print(f"results -> {args.out}")
 
