@@ -23,7 +23,7 @@ from curation.cli import app
 from curation.ingest.blocks import ArrowBlock, read_batches
 from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
 from curation.ingest.readers.hh import HHReader
-from curation.ingest.sources import SourceError, read_rows
+from curation.ingest.sources import BATCH_BYTES, SourceError, read_rows
 from curation.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,7 +351,7 @@ def test_csv_header_that_repeats_a_column_is_refused(tmp_path, store):
 
 
 # ----------------------------------------------------------------------------- item 9: memory
-@pytest.mark.parametrize("batch_bytes", [128 << 20, 20_000])
+@pytest.mark.parametrize("batch_bytes", [BATCH_BYTES, 20_000])
 def test_over_long_lines_and_blank_runs_agree_on_both_paths(shared_data, tmp_path, batch_bytes):
     """With a small row limit: over-long lines are error rows from their first bytes on the line path and the
     Arrow block path alike, runs of blank lines (counted in the row numbers) are skipped by both, and both

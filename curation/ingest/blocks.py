@@ -271,7 +271,11 @@ class _Lines:
             if self.skip is not None:
                 return removed
         base = self.size
-        nl = np.flatnonzero(self.buf[base:stop] == _NL).astype(np.int64) + base
+        newline = self.buf[base:stop] == _NL
+        many = int(np.count_nonzero(newline))
+        if many > (stop - base) // 8 and _IS_SPACE[self.buf[base:stop]].all():
+            return removed + self._blank_slice(newline, stop, end)
+        nl = np.flatnonzero(newline).astype(np.int64) + base
         if len(nl):
             starts = np.empty(len(nl), dtype=np.int64)
             starts[0] = self.open
@@ -302,6 +306,21 @@ class _Lines:
             removed += gone
             self.size = stop - gone
         return removed
+
+    def _blank_slice(self, newline: np.ndarray, stop: int, end: int) -> int:
+        """Scan ``size:stop``, all spaces and newlines (``newline`` marks these): only the line it ends may
+        hold anything; the other lines are dropped without an offset apiece. Returns the bytes removed."""
+        base = self.size
+        first = base + int(np.argmax(newline))
+        last = base + len(newline) - 1 - int(np.argmax(newline[::-1]))
+        row = self.line
+        self.line += int(np.count_nonzero(newline))
+        if (~_IS_SPACE[self.buf[self.open : base]]).any():  # the unfinished line ends here, not blank
+            self._add(*(np.array([x], dtype=np.int64) for x in (self.open, first, row)))
+            self.open = first + 1
+        gone = self._drop(self.open, last + 1, end)
+        self.size = stop - gone
+        return gone
 
     def _skip_slice(self, stop: int, end: int) -> tuple[int, int, int, int]:
         """Read past the over-long line in ``size:stop``; (base, removed, stop, end) after it."""
