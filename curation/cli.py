@@ -15,6 +15,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from curation.store import Store, StoreError
 
@@ -193,9 +194,10 @@ def ingest_table(results: list, title: str) -> Table:
             t.add_column(name, justify="left" if i < 4 else "right")
     t.add_column("note")
     for r, (source, file) in zip(results, names, strict=True):
-        counts = ["" if r.error else str(getattr(r, attr)) for _, attr in INGEST_COLUMNS[2:]]
+        counts = ["" if r.error else str(getattr(r, attr)) for _, attr in INGEST_COLUMNS[3:]]
         note = "NOT INGESTED" if r.error else "already ingested" if r.skipped else ""
-        t.add_row(source, file, *counts, note)
+        reader = "" if r.error else r.reader
+        t.add_row(Text(source), Text(file), Text(reader), *counts, note)  # names are data, not markup
     return t
 
 
@@ -236,11 +238,12 @@ class _RowsProgress:
 
 
 def _report_unit(r) -> None:
+    """One line per file on stderr; its name and error are printed as data (never read as markup)."""
     if r.error:
-        err.print(f"[bold red]not ingested:[/] {r.error}")
+        err.print(Text.assemble(("not ingested: ", "bold red"), r.error))
     else:
         state = "skipped (already ingested)" if r.skipped else "ingested"
-        err.print(f"[dim]{state}[/] {r.source_file} [dim]as {r.reader} → {r.kind}[/]")
+        err.print(Text.assemble((state, "dim"), " ", r.source_file, (f" as {r.reader} → {r.kind}", "dim")))
 
 
 # ------------------------------------------------------------------------ sql

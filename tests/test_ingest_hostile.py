@@ -569,3 +569,20 @@ def test_accounting_columns_reconcile_in_the_table_and_stats(shared_data, tmp_pa
         assert read - rows_q == records and records == accepted + records_q + dups and cells[6] == note
     stats = " ".join(runner.invoke(app, ["stats", "--store", store]).output.split())
     assert "rows_quarantined" in stats and "records_quarantined" in stats
+
+
+def test_odd_file_names_are_ingested_and_printed_as_data(shared_data, tmp_path):
+    """A file name that starts with a bracket or holds non-ASCII letters used to make a source name the
+    store refuses, which stopped the run; a name that looks like terminal markup is printed as it is."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "[bold]x.jsonl").write_bytes((shared_data / SFT).read_bytes())
+    (folder / "données.jsonl").write_bytes((shared_data / SFT).read_bytes()[:20_000].rsplit(b"\n", 1)[0])
+    bad, _ = _damaged("truncated .jsonl.gz", shared_data, tmp_path)
+    (folder / "[red]cut.jsonl.gz").write_bytes(bad.read_bytes())
+    res = CliRunner().invoke(app, ["ingest", str(folder), "--store", str(tmp_path / "s"), "--no-near-dedup"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "[bold]x.jsonl" in text and "[red]cut.jsonl.gz" in text, res.output
+    assert "not ingested: " in text and "NOT INGESTED" in text
+    sources = {r.source for r in ingest_paths(Store(tmp_path / "s"), [str(folder)])}
+    assert sources == {"bold_x", "donn_es", "red_cut"}

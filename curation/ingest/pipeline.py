@@ -166,8 +166,9 @@ def _source_name(path: Path, opts: IngestOptions) -> str:
     name = path.name
     for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv"):
         name = name.removesuffix(suffix)
-    name = name or "input"
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:100]
+    # what safe_name accepts: ASCII letters, digits, '.', '_', '-', starting with a letter or digit
+    name = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "._-" else "_" for ch in name)
+    return name.lstrip("._-")[:100] or "input"
 
 
 def ingest_paths(
