@@ -103,7 +103,12 @@ def ingest(
         help="For --map label=...: RAW=a|b|tie, e.g. model_a=a (repeatable; replaces the defaults).",
     ),
     max_chars: int = typer.Option(
-        20000, help="Upper bound on a record's characters; longer rows are quarantined."
+        20000,
+        help="Upper bound on a record's characters; longer rows are quarantined. A JSONL or CSV line over "
+        "max(16 MiB, 64 bytes per character) is quarantined unread.",
+    ),
+    max_json_mb: float = typer.Option(
+        256, help="Largest JSON document (not JSON Lines) read, in MiB once decompressed: it is parsed whole."
     ),
     near_threshold: float | None = typer.Option(
         None,
@@ -129,7 +134,10 @@ def ingest(
         mapping=parse_pairs(map_, "--map"),
         label_values=parse_pairs(label_value, "--label-value") or None,
         max_chars=max_chars,
+        max_json_bytes=int(max_json_mb * 2**20),
     )
+    if max_json_mb <= 0:
+        fail("--max-json-mb must be positive")
     st = open_store(store, create=True)
     try:
         with _RowsProgress() as bar:
@@ -145,43 +153,10 @@ def ingest(
     except (SourceError, DetectError, StoreError, ValueError) as exc:
         fail(str(exc))
         return
-    t = Table(title=text(f"ingest → {st.root}"))
-    for col in (
-        "source",
-        "file",
-        "reader",
-        "kind",
-        "rows read",
-        "records",
-        "accepted",
-        "quarantined",
-        "duplicates",
-        "note",
-    ):
-        t.add_column(
-            col,
-            justify="right"
-            if col in ("rows read", "records", "accepted", "quarantined", "duplicates")
-            else "left",
-        )
-    for r in results:
-        if r.error:
-            continue
-        t.add_row(
-            text(r.source),
-            text(Path(r.source_file).name),
-            r.reader,
-            r.kind,
-            str(r.rows_read),
-            str(r.records_out),
-            str(r.accepted),
-            str(r.quarantined),
-            str(r.duplicates),
-            "already ingested" if r.skipped else "",
-        )
-    console.print(t)
+    console.print(ingest_table(results, f"ingest → {st.root}"))
     console.print(
-        "[dim]rows read = rows converted + rows quarantined at read; records = accepted + quarantined + duplicates[/]"
+        "[dim]rows read = rows quarantined + rows converted (a row gives one record, or several: OASST trees); "
+        "records = accepted + records quarantined + duplicates[/]"
     )
     if near:
         counts = near_counts(st)
@@ -192,7 +167,44 @@ def ingest(
         )
     failed = [r for r in results if r.error]
     if failed:
-        fail(f"{len(failed)} file(s) not ingested; see the messages above")
+        names = ", ".join(Path(r.source_file).name for r in failed)
+        fail(
+            f"{len(failed)} of {len(results)} file(s) not ingested ({names}); see the reasons above. "
+            "The other files are committed: after fixing or removing these, the same command skips them."
+        )
+
+
+#: Columns of the ingest table: (title, UnitResult attribute); the counts right-aligned.
+INGEST_COLUMNS = (
+    ("source", "source"),
+    ("file", "source_file"),
+    ("reader", "reader"),
+    ("kind", "kind"),
+    ("rows\nread", "rows_read"),
+    ("rows\nquarantined", "rows_quarantined"),
+    ("records", "records_out"),
+    ("accepted", "accepted"),
+    ("records\nquarantined", "records_quarantined"),
+    ("duplicates", "duplicates"),
+)
+
+
+def ingest_table(results: list, title: str) -> Table:
+    """One line per input file, names in full; a file that was not ingested says so."""
+    t = Table(title=text(title))
+    names = [(r.source, Path(r.source_file).name) for r in results]
+    for i, (name, _) in enumerate(INGEST_COLUMNS):
+        if i < 2:  # source and file names are never cut
+            t.add_column(name, min_width=max((len(n[i]) for n in names), default=4), overflow="fold")
+        else:
+            t.add_column(name, justify="left" if i < 4 else "right")
+    t.add_column("note")
+    for r, (source, file) in zip(results, names, strict=True):
+        counts = ["" if r.error else str(getattr(r, attr)) for _, attr in INGEST_COLUMNS[3:]]
+        note = "NOT INGESTED" if r.error else "already ingested" if r.skipped else ""
+        reader = "" if r.error else r.reader
+        t.add_row(text(source), text(file), text(reader), *counts, note)  # names are data, not markup
+    return t
 
 
 class _RowsProgress:
@@ -232,11 +244,14 @@ class _RowsProgress:
 
 
 def _report_unit(r) -> None:
+    """One line per file on stderr; its name and error are printed as data (never read as markup)."""
     if r.error:
-        err.print(f"[bold red]not ingested:[/] {esc(r.error)}")
+        err.print(Text.assemble(("not ingested: ", "bold red"), text(r.error)))
     else:
         state = "skipped (already ingested)" if r.skipped else "ingested"
-        err.print(f"[dim]{state}[/] {esc(r.source_file)} [dim]as {r.reader} → {r.kind}[/]")
+        err.print(
+            Text.assemble((state, "dim"), " ", text(r.source_file), (f" as {r.reader} → {r.kind}", "dim"))
+        )
 
 
 # ------------------------------------------------------------------------ sql
@@ -311,8 +326,10 @@ def stats(store: str | None = StoreOpt) -> None:
         run_query(
             st,
             """
-        SELECT source, kind, sum(rows_read) AS rows_read, sum(records_out) AS records, sum(accepted) AS accepted,
-               sum(quarantined) AS quarantined, sum(duplicates) AS duplicates
+        SELECT source, kind, sum(rows_read) AS rows_read,
+               sum(accepted + quarantined + duplicates - records_out) AS rows_quarantined,
+               sum(records_out) AS records, sum(accepted) AS accepted,
+               sum(records_out - accepted - duplicates) AS records_quarantined, sum(duplicates) AS duplicates
         FROM ingest_runs GROUP BY ALL ORDER BY kind, source""",
         ),
         None,

@@ -83,13 +83,12 @@ def safe_name(name: str, what: str = "name") -> str:
 
 def plain_name(text: str, default: str = "input") -> str:
     """A name that passes ``safe_name``, made from any text (a file's stem): ``text`` itself when it
-    passes, else with every other character (and each '.' of a '..') as '_', led by a letter or digit."""
+    passes, else with every other character (and each '.' of a '..') as '_' and what leads it up to the
+    first letter or digit left out (``default`` when nothing is left)."""
     with contextlib.suppress(StoreError):
         return safe_name(text)
-    name = re.sub(r"[^A-Za-z0-9._=-]", "_", text).replace("..", "__")[:200]
-    if not name[:1].isalnum():
-        name = (default + name)[:200]
-    return safe_name(name, "derived name")
+    name = re.sub(r"[^A-Za-z0-9._=-]", "_", text).replace("..", "__").lstrip("._=-")[:200]
+    return safe_name(name or default, "derived name")
 
 
 #: Characters DuckDB reads as a glob in any file path it is given (measured with duckdb 2.0.1).
@@ -199,9 +198,13 @@ class Store:
 
         The lock is an advisory ``flock`` on ``.lock``: it is released by the
         kernel when the holder dies, so a SIGKILLed writer never leaves a stale lock.
+        A store that cannot be written (read-only, full, not ours) fails here, in one line.
         """
         lock_path = self.root / ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise io_error(exc, f"taking the writer lock {lock_path}", "nothing was written") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,8 +216,11 @@ class Store:
                     f"store {self.root} is locked by PID {holder}; "
                     "another curate command is writing to it. Wait for it to finish, or stop it."
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} ({purpose})".encode(), 0)
+            with contextlib.suppress(
+                OSError
+            ):  # only tells a second writer who holds it; a full disk refuses it
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} ({purpose})".encode(), 0)
             self._clean_staging()
             yield
         finally:
@@ -420,16 +426,22 @@ def write_parquet_atomic(table: pa.Table, target: Path, **kwargs) -> None:
         raise
 
 
-def io_error(exc: OSError, doing: str) -> StoreError:
-    """A StoreError that says what failed and what the user can do; nothing was committed."""
+def io_error(
+    exc: OSError, doing: str, done: str = "nothing was committed, the store is unchanged"
+) -> StoreError:
+    """A StoreError in one line: what failed, what was left (``done``) and what the user can do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(
-            f"disk full while {doing}; nothing was committed, the store is unchanged. "
-            "Free some space and run the command again: it resumes."
+            f"disk full while {doing}; {done}. Free some space and run the command again: it resumes."
         )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(f"permission denied {doing}: {exc.strerror}; nothing was committed.")
-    return StoreError(f"I/O error {doing}: {exc.strerror or exc}; nothing was committed.")
+    if exc.errno == errno.EROFS:
+        return StoreError(
+            f"read-only file system while {doing}; {done}. "
+            "Use a writable store folder (--store) or remount it read-write, and run the command again."
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(f"permission denied {doing}: {exc.strerror}; {done}.")
+    return StoreError(f"I/O error {doing}: {exc.strerror or exc}; {done}.")
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -19,9 +19,10 @@ def test_ingest_prints_accounting_and_is_idempotent(demo_data, tmp_path):
     assert first.exit_code == 0, first.output
     out = first.output
     assert "toy_chat_fine_tuning" in out and "alpaca_en_demo" in out and "dpo_en_demo" in out
-    # rows read, records, accepted, quarantined, duplicates for the cookbook file: 5 = 3 + 2 + 0
+    # rows read, rows quarantined, records, accepted, records quarantined, duplicates for the cookbook
+    # file: 5 = 0 + 5 rows, 5 = 3 + 2 + 0 records
     line = next(x for x in out.splitlines() if "toy_chat_fine_tuning" in x and "│" in x)
-    assert [c.strip() for c in line.split("│") if c.strip()][-5:] == ["5", "5", "3", "2", "0"]
+    assert [c.strip() for c in line.split("│") if c.strip()][-6:] == ["5", "0", "5", "3", "2", "0"]
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and again.output.count("skipped (already ingested)") == 3
     stats = runner.invoke(app, ["stats", "--store", store])

@@ -219,7 +219,7 @@ EXTRA_FIELDS = {
     "nested lists of floats": (b'"xs": [[0.5], [1.5, 2.25], []], "n": -3', True),
     "escapes and UTF-8": (b'"note": "caf\\u00e9 \xc3\xa9 \\ud83d\\ude00 \\"q\\""', True),
     "a whole float": (b'"score": 1.0', False),  # 1 and 1.0 both parse as 1.0
-    "a big integer": (b'"id": 99999999999999999999', False),  # beyond int64: a float
+    "an unsigned 64-bit integer": (b'"id": 18446744073709551615', False),  # Arrow: a float; orjson: exact
     "objects and lists in objects": (
         b'"info": {"k": 1, "b": {"c": "x", "d": [0.5]}, "a": [[1], [2, 3]]}',
         True,
@@ -248,6 +248,26 @@ def test_other_fields_become_meta(hh_lines, tmp_path, name):
     # a field some rows lack (Arrow reads null there): the meta comes from the lines
     mixed = _write(tmp_path / "mixed.jsonl", [*lines[:5], *hh_lines[5:10]], bom=False, gz=False)
     assert all(isinstance(b, ArrowBlock) for b in assert_same_batches(mixed, 10))
+
+
+@pytest.mark.parametrize(
+    "extra", [b'"id": 99999999999999999999', b'"ids": [1, -9223372036854775809]', b'"x": {"y": 1e400000}']
+)
+def test_integers_beyond_64_bits_are_quarantined_on_both_paths(hh_lines, tmp_path, extra):
+    """An integer outside 64 bits, which orjson and Arrow both read as a float (a silent change of the
+    value), quarantines its row with the path of the field, the same on the line and Arrow paths; the other
+    rows of the batch keep the Arrow path's batches. (Until 2026-12 it was kept in meta as a float.)"""
+    lines = [*hh_lines[:12]]
+    lines[4] = lines[4][:-1] + b", " + extra + b"}"
+    path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
+    fast = assert_same_batches(path, 6)
+    (bad,) = [r for b in fast if not isinstance(b, ArrowBlock) for r in b if r.error]
+    if b"1e400000" in extra:  # a float literal too large: orjson refuses it, not an integer
+        assert bad.row == 4 and "malformed JSON" in bad.error
+        return
+    assert bad.row == 4 and bad.field in ("id", "ids[1]") and "does not fit in 64 bits" in bad.error
+    assert extra.split(b": ", 1)[1].strip(b"[]").split(b", ")[-1].decode() in bad.error  # the exact digits
+    assert isinstance(fast[1], ArrowBlock)  # the next batch is plain again
 
 
 def test_ingest_with_other_fields_identical(hh_lines, tmp_path):
@@ -525,7 +545,9 @@ ALPACA_HOSTILE = [
     b'{"instruction": "Name a colour.", "input": null, "output": "Red."}',
     b'{"instruction": "Name a colour.", "input": "", "output": " \\u3000 "}',  # blank output: RowError
     b'{"instruction": "\\u001c", "input": "", "output": "x"}',  # Python strips \x1c, Rust does not
-    b'{"instruction": "Add.", "input": 5, "output": "6"}',  # a number: the row path makes it text
+    b'{"instruction": "Add.", "input": 5, "output": "6"}',  # a number: quarantined, never made text
+    b'{"instruction": 5, "input": "", "output": "6"}',
+    b'{"instruction": "Hi.", "input": "", "output": "Hello.", "system": 12}',  # never dropped silently
     b'{"instruction": "Hi.", "input": "", "output": "Hello.", "system": "Be brief."}',  # extra field
     b'{"instruction": "Hi.", "input": "", "output": "Hello.", "history": [["a", "b"]]}',
     b'{"instruction": null, "input": "", "output": "x"}',
@@ -571,8 +593,12 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
     assert {"empty text", "expected text, got null"} <= {
         r["reason"] for r in units[jsonl]["quarantine.parquet"]
     }
-    sft = units[jsonl]["sft.parquet"]
-    assert any(orjson.loads(r["meta"]) == {} and r["messages"][0]["content"] == "Add.\n\n5" for r in sft)
+    # a number where text is due is quarantined by name, not turned into text (until 2026-12: "Add.\n\n5")
+    assert any(
+        r["field"] == "input" and r["reason"].startswith("expected text, got int 5")
+        for r in units[jsonl]["quarantine.parquet"]
+    )
+    assert not any("Add." in r["messages"][0]["content"] for r in units[jsonl]["sft.parquet"])
     assert all(" -> " in orjson.loads(r["meta"])["text"] for r in units[parquet]["sft.parquet"])
     assert sum(r["messages"][0]["role"] == "system" for r in units[system]["sft.parquet"]) >= 50
 

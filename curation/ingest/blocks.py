@@ -7,12 +7,19 @@ all plain objects comes back as an ``ArrowBlock``: the columns of the reader's
 ``schema`` (strings, or lists of {role, content} strings) parsed by
 ``pyarrow.json`` with that explicit schema, no Python object per row.
 
+Blank lines are squeezed out of the buffer as the bytes are scanned (vectorised,
+a megabyte at a time; their numbers still count, so a block carries the row number
+of each line), and a line longer than the row limit keeps only its first
+``RAW_KEEP`` bytes while the rest is read and dropped: memory follows the batch's
+rows, never the file's blank lines or its longest line. A batch holding such a
+line goes line by line, where it is the line path's error row.
+
 A batch takes the Arrow path only when every check below holds; otherwise it
 is decoded line by line (``sources.decode_line``, the exact path), so bad lines
 are quarantined with their row number and raw text as before:
 
-- every line starts with ``{`` and ends with ``}`` (no blank or whitespace-only
-  line, no CR, so line i is row ``first_row + i`` and ``bytes.strip`` is a no-op);
+- every line starts with ``{`` and ends with ``}`` (no whitespace-padded line,
+  no CR, so ``bytes.strip`` is a no-op);
 - ``pyarrow.json`` parses the block strictly: a repeated key, a value of another
   type (a number, bool, object or array where a string is due, ...), a raw control
   character, a bad escape or lone surrogate is an error (it never converts), and a
@@ -54,19 +61,29 @@ import pyarrow.parquet as pq
 
 from curation.ingest.readers.base import RowError, extra_meta, meta_json
 from curation.ingest.sources import (
+    BATCH_BYTES,
     BOM,
     MAX_ROW_BYTES,
+    RAW_KEEP,
     HashingFile,
     RawRow,
     decode_line,
     open_bytes,
+    overlong_row,
     parquet_record_batches,
     parquet_rows,
+    text_bytes,
 )
 
 #: Bytes read from the file at a time (a batch is cut at whole lines, whatever the chunk).
 CHUNK_BYTES = 4 << 20
+#: Bytes scanned for newlines at a time: the arrays of line offsets stay small even for a chunk of
+#: nothing but newlines (4 MB of them would be 4M lines, 96 MB of offsets at once).
+SCAN_BYTES = 1 << 20
 _LBRACE, _RBRACE, _NL = ord("{"), ord("}"), ord("\n")
+#: The bytes ``bytes.strip()`` removes: a line of nothing else is blank.
+_IS_SPACE = np.zeros(256, dtype=bool)
+_IS_SPACE[list(b" \t\n\r\x0b\x0c")] = True
 
 
 @dataclass
@@ -93,15 +110,22 @@ class ArrowBatch:
 
 @dataclass
 class ArrowBlock(ArrowBatch):
-    """JSONL rows, one per line, with the lines they were parsed from."""
+    """JSONL rows, one per line, with the lines they were parsed from (``rows``: their line numbers, which
+    skip the blank lines between them)."""
 
     data: memoryview  # the batch's lines (not changed after the batch is made)
     starts: np.ndarray
     ends: np.ndarray
+    rows: np.ndarray
+    limit: int = MAX_ROW_BYTES
     other: list[str] | None = None  # the JSON ``meta`` of each row, from its other fields
 
+    def row_numbers(self) -> np.ndarray:
+        return self.rows
+
     def raw(self, i: int) -> RawRow:
-        return decode_line(bytes(self.data[int(self.starts[i]) : int(self.ends[i])]), self.first_row + i)
+        line = bytes(self.data[int(self.starts[i]) : int(self.ends[i])])
+        return decode_line(line, int(self.rows[i]), self.limit)
 
     def meta(self) -> list[str] | None:
         return self.other
@@ -132,55 +156,77 @@ def read_batches(
     reads: frozenset[str] = frozenset(),
     digest: Any = None,
     parse_threads: bool = False,
+    limit: int = MAX_ROW_BYTES,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a JSONL(.gz) file; see the module docstring. Fields besides
     ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then line by line).
     ``digest`` (a hashlib object), if given, has hashed the file's bytes (as stored) when the last batch is
     taken. ``parse_threads``: parse each batch on Arrow's thread pool (for a caller that does nothing
     else meanwhile; when the batches are prepared, validated and written on other threads, one more
-    pool only competes with them for the cores)."""
+    pool only competes with them for the cores). A line over ``limit`` bytes is an error row, of which
+    only the first ``RAW_KEEP`` bytes are ever held, as in the line path; a batch ends early where its lines
+    reach ``batch_bytes``, as the line path's ``_batches`` ends it."""
     tap = HashingFile(path, digest) if digest is not None else None
     with open_bytes(path, tap) as fh:
-        lines = _Lines()
+        lines = _Lines(limit)
         head = fh.read(len(BOM))
         lines.append(b"" if head == BOM else head)  # as the line path: a BOM is not content
         eof = False
         while True:
-            while not eof and lines.rows < batch_rows:
+            while not eof and lines.rows < batch_rows and lines.held < batch_bytes:
                 if not lines.read(fh):
                     eof = True
                     lines.finish()
-            batch = lines.take(batch_rows)
+            batch = lines.take(batch_rows, batch_bytes)
             if batch is None:
                 if tap is not None:
                     tap.read_to_end()  # what a gzip reader leaves after its last member
                 return
-            data, s, e, row, nonblank = batch
-            block = _arrow_block(data, s, e, row, nonblank, schema, reads, parse_threads)
+            data, s, e, rows, cut = batch
+            block = None if cut else _arrow_block(data, s, e, rows, schema, reads, parse_threads, limit)
             if block is not None:
                 yield block
             else:
                 yield [
-                    decode_line(bytes(data[a:b]), row + i)
-                    for i, (a, b) in enumerate(zip(s.tolist(), e.tolist(), strict=True))
-                    if nonblank[i]
+                    overlong_row(r, bytes(data[a:b]), cut[r], limit)
+                    if r in cut
+                    else decode_line(bytes(data[a:b]), r, limit)
+                    for a, b, r in zip(s.tolist(), e.tolist(), rows.tolist(), strict=True)
                 ]
 
 
+@dataclass
+class _Cut:
+    """An over-long line being read past: its first bytes stay in the buffer, the rest is dropped."""
+
+    row: int
+    size: int  # bytes of it so far
+    kept: int  # bytes of it in the buffer (at most RAW_KEEP)
+    blank: bool  # nothing but spaces so far
+
+
 class _Lines:
-    """The bytes read so far and the lines found in them, scanned once as each chunk arrives.
+    """The bytes read so far and the non-blank lines found in them, scanned once as each chunk arrives.
 
     Chunks are read straight into the batch's buffer (``readinto``, outside the GIL): no bytes object
     per chunk and no copy while holding the GIL. Each batch gets a buffer of its own, sized after the
-    last batch, which it keeps (``ArrowBlock.data`` is a view of it)."""
+    last batch, which it keeps (``ArrowBlock.data`` is a view of it). Blank lines are squeezed out of the
+    buffer as they are found (their numbers still count), and a line longer than ``limit`` keeps only
+    its first ``RAW_KEEP`` bytes (``cut`` holds its length), so memory follows the batch's rows, not the
+    file's lines or the longest line."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_ROW_BYTES) -> None:
         self.buf = np.empty(4 * CHUNK_BYTES, dtype=np.uint8)  # uninitialised: pages are touched by the read
         self.size = 0  # bytes of buf in use
-        self.row = 0  # line number of buf[0]
-        self.open = 0  # offset where the first unterminated line starts
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (starts, ends, nonblank)
-        self.rows = 0  # nonblank lines in parts
+        self.line = 0  # line number of the line that starts at ``open``
+        self.open = 0  # offset where the unfinished line starts
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (starts, ends, rows)
+        self.rows = 0  # lines in parts
+        self.held = 0  # bytes of the lines in parts (without their newlines)
+        self.limit = limit
+        self.cut: dict[int, int] = {}  # row -> length in bytes, of the over-long lines in parts
+        self.skip: _Cut | None = None
 
     def _room(self, n: int) -> memoryview:
         """The next ``n`` free bytes of the buffer (grown if needed)."""
@@ -205,48 +251,159 @@ class _Lines:
         self._scan(len(more))
 
     def _scan(self, n: int) -> None:
-        """Find the lines ended in the ``n`` bytes just added."""
+        """Find the lines ended in the ``n`` bytes just added, a slice at a time."""
+        end = self.size + n
+        while self.size < end:
+            stop = min(self.size + SCAN_BYTES, end)
+            end -= self._scan_slice(stop, end)
+
+    def _drop(self, lo: int, hi: int, end: int) -> int:
+        """Remove bytes ``lo:hi`` of the buffer (what follows, up to ``end``, moves down); their number."""
+        if hi > lo:
+            self.buf[lo : end - (hi - lo)] = self.buf[hi:end]
+        return hi - lo
+
+    def _scan_slice(self, stop: int, end: int) -> int:
+        """Scan ``size:stop`` (bytes up to ``end`` are read but not scanned yet); returns the bytes removed."""
+        base = removed = 0
+        if self.skip is not None:
+            base, removed, stop, end = self._skip_slice(stop, end)
+            if self.skip is not None:
+                return removed
         base = self.size
-        self.size += n
-        nl = np.flatnonzero(self.buf[base : self.size] == _NL).astype(np.int64) + base
+        newline = self.buf[base:stop] == _NL
+        many = int(np.count_nonzero(newline))
+        if many > (stop - base) // 8 and _IS_SPACE[self.buf[base:stop]].all():
+            return removed + self._blank_slice(newline, stop, end)
+        nl = np.flatnonzero(newline).astype(np.int64) + base
         if len(nl):
             starts = np.empty(len(nl), dtype=np.int64)
             starts[0] = self.open
             starts[1:] = nl[:-1] + 1
-            self._add(starts, nl)
-            self.open = int(nl[-1]) + 1
+            rows = np.arange(self.line, self.line + len(nl), dtype=np.int64)
+            self.line += len(nl)
+            keep = _nonblank(self.buf, starts, nl)
+            if keep.all():
+                self._add(starts, nl, rows)
+                self.open = int(nl[-1]) + 1
+            else:  # squeeze the blank lines out: the kept lines (with their newlines) move down
+                lengths = (nl - starts + 1)[keep]
+                last = int(nl[-1]) + 1
+                region = self.buf[self.open : last]
+                squeezed = region[np.repeat(keep, nl - starts + 1)]
+                region[: len(squeezed)] = squeezed
+                new_starts = self.open + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+                if len(lengths):
+                    self._add(new_starts, new_starts + lengths - 1, rows[keep])
+                gone = self._drop(self.open + len(squeezed), last, end)
+                removed, stop, end = removed + gone, stop - gone, end - gone
+                self.open += len(squeezed)
+        self.size = stop
+        if stop - self.open > self.limit:  # the unfinished line is over-long: keep its head only
+            blank = not (~_IS_SPACE[self.buf[self.open : stop]]).any()
+            self.skip = _Cut(self.line, stop - self.open, min(RAW_KEEP, stop - self.open), blank)
+            gone = self._drop(self.open + self.skip.kept, stop, end)
+            removed += gone
+            self.size = stop - gone
+        return removed
 
-    def _add(self, starts: np.ndarray, ends: np.ndarray) -> None:
-        nonblank = _nonblank(self.buf, starts, ends)
-        self.parts.append((starts, ends, nonblank))
-        self.rows += int(nonblank.sum())
+    def _blank_slice(self, newline: np.ndarray, stop: int, end: int) -> int:
+        """Scan ``size:stop``, all spaces and newlines (``newline`` marks these): only the line it ends may
+        hold anything; the other lines are dropped without an offset apiece. Returns the bytes removed."""
+        base = self.size
+        first = base + int(np.argmax(newline))
+        last = base + len(newline) - 1 - int(np.argmax(newline[::-1]))
+        row = self.line
+        self.line += int(np.count_nonzero(newline))
+        if (~_IS_SPACE[self.buf[self.open : base]]).any():  # the unfinished line ends here, not blank
+            self._add(*(np.array([x], dtype=np.int64) for x in (self.open, first, row)))
+            self.open = first + 1
+        gone = self._drop(self.open, last + 1, end)
+        self.size = stop - gone
+        return gone
+
+    def _skip_slice(self, stop: int, end: int) -> tuple[int, int, int, int]:
+        """Read past the over-long line in ``size:stop``; (base, removed, stop, end) after it."""
+        skip = self.skip
+        assert skip is not None
+        base = self.size
+        found = np.flatnonzero(self.buf[base:stop] == _NL)
+        seg = int(found[0]) if len(found) else stop - base  # bytes of the line in this slice
+        skip.size += seg
+        skip.blank = skip.blank and not (~_IS_SPACE[self.buf[base : base + seg]]).any()
+        keep = min(seg, RAW_KEEP - skip.kept)
+        skip.kept += keep
+        removed = self._drop(base + keep, base + seg, end)
+        stop, end = stop - removed, end - removed
+        self.size = base + keep
+        if not len(found):
+            self.size = stop
+            return base, removed, stop, end
+        # the line ends at the newline now at self.size
+        if skip.blank:
+            gone = self._drop(self.open, self.size + 1, end)
+            removed, stop, end = removed + gone, stop - gone, end - gone
+        else:
+            row = np.array([skip.row], dtype=np.int64)
+            self._add(np.array([self.open], dtype=np.int64), np.array([self.size], dtype=np.int64), row)
+            self.cut[skip.row] = skip.size
+            self.open = self.size + 1
+        self.size = self.open
+        self.line += 1
+        self.skip = None
+        return self.open, removed, stop, end
+
+    def _add(self, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray) -> None:
+        self.parts.append((starts, ends, rows))
+        self.rows += len(starts)
+        self.held += int(self._weights(starts, ends).sum())
+
+    def _weights(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Bytes each line counts for in a batch, as in the line path: an over-long line its first
+        ``RAW_KEEP`` (all that is held of it once cut)."""
+        sizes = ends - starts
+        return np.where(sizes > self.limit, np.minimum(sizes, RAW_KEEP), sizes)
 
     def finish(self) -> None:
-        """At EOF: the last line, if it has no newline, is a line too."""
-        if self.open < self.size:
-            self._add(np.array([self.open], dtype=np.int64), np.array([self.size], dtype=np.int64))
-            self.open = self.size
+        """At EOF: the last line, if it has no newline, is a line too (unless it is blank)."""
+        skip, self.skip = self.skip, None
+        if skip is not None:
+            if not skip.blank:
+                self._add(*(np.array([x], dtype=np.int64) for x in (self.open, self.size, skip.row)))
+                self.cut[skip.row] = skip.size
+            else:
+                self.size = self.open
+        elif self.open < self.size and (~_IS_SPACE[self.buf[self.open : self.size]]).any():
+            self._add(*(np.array([x], dtype=np.int64) for x in (self.open, self.size, self.line)))
+        else:
+            self.size = self.open
+        self.open = self.size
 
-    def take(self, batch_rows: int) -> tuple[memoryview, np.ndarray, np.ndarray, int, np.ndarray] | None:
-        """The first lines holding ``batch_rows`` nonblank ones (or all), as (data, starts, ends, row, nonblank)."""
+    def take(
+        self, batch_rows: int, batch_bytes: int = BATCH_BYTES
+    ) -> tuple[memoryview, np.ndarray, np.ndarray, np.ndarray, dict[int, int]] | None:
+        """The first ``batch_rows`` lines (or all), fewer if their bytes reach ``batch_bytes`` first, as
+        (data, starts, ends, rows, {row: length of the over-long ones})."""
         if not self.parts:
             return None
-        starts, ends, nonblank = (np.concatenate(x) for x in zip(*self.parts, strict=True))
-        cum = np.cumsum(nonblank)
-        n = len(starts) if cum[-1] < batch_rows else int(np.searchsorted(cum, batch_rows)) + 1
-        if cum[n - 1] == 0:  # only blank lines left
-            return None
+        starts, ends, rows = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+        held = np.cumsum(self._weights(starts, ends))
+        n = min(batch_rows, len(starts), int(np.searchsorted(held, batch_bytes)) + 1)
         cut = min(int(ends[n - 1]) + 1, self.size)  # the last line may have no newline
-        data, size, row = self.buf, self.size, self.row
+        data, size = self.buf, self.size
         # the batch keeps this buffer; the next one starts in a new one, about this batch's size
         self.buf = np.empty(max(cut, size - cut) + 2 * CHUNK_BYTES, dtype=np.uint8)
         self.buf[: size - cut] = data[cut:size]
         self.size = size - cut
-        self.row += n
         self.open = max(self.open - cut, 0)
-        self.parts = [(starts[n:] - cut, ends[n:] - cut, nonblank[n:])] if n < len(starts) else []
-        self.rows = int(nonblank[n:].sum())
-        return memoryview(data)[:cut], starts[:n], ends[:n], row, nonblank[:n]
+        self.parts = [(starts[n:] - cut, ends[n:] - cut, rows[n:])] if n < len(starts) else []
+        self.rows = len(starts) - n
+        self.held = int(held[-1] - held[n - 1])
+        last = int(rows[n - 1])
+        over = {r: size for r, size in self.cut.items() if r <= last}
+        for r in over:
+            del self.cut[r]
+        return memoryview(data)[:cut], starts[:n], ends[:n], rows[:n], over
 
 
 def _plain(data: Buffer, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -259,10 +416,16 @@ def _plain(data: Buffer, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 def _nonblank(data: Buffer, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Lines the line path turns into a row (``line.strip()`` is not empty)."""
+    """Lines the line path turns into a row (``line.strip()`` is not empty), without a Python step per line."""
     out = _plain(data, starts, ends)
-    for i in np.flatnonzero(~out).tolist():
-        out[i] = bool(bytes(data[starts[i] : ends[i]]).strip())
+    other = np.flatnonzero(~out)
+    if len(other):
+        buf = np.frombuffer(data, dtype=np.uint8)
+        lo, hi = int(starts[other[0]]), int(ends[other[-1]])
+        # non-space bytes before each offset: a line is blank when its start and end count the same
+        count = np.zeros(hi - lo + 1, dtype=np.int32)
+        np.cumsum(~_IS_SPACE[buf[lo:hi]], dtype=np.int32, out=count[1:])
+        out[other] = count[ends[other] - lo] > count[starts[other] - lo]
     return out
 
 
@@ -270,18 +433,14 @@ def _arrow_block(
     data: Buffer,
     starts: np.ndarray,
     ends: np.ndarray,
-    row: int,
-    nonblank: np.ndarray,
+    rows: np.ndarray,
     schema: pa.Schema,
     reads: frozenset[str],
     threads: bool = False,
+    limit: int = MAX_ROW_BYTES,
 ) -> ArrowBlock | None:
-    if (
-        not nonblank.all()
-        or not _plain(data, starts, ends).all()
-        or int((ends - starts).max()) > MAX_ROW_BYTES
-    ):
-        return None  # the line path decides (and quarantines over-long lines unparsed)
+    if not _plain(data, starts, ends).all() or int((ends - starts).max()) > limit:
+        return None  # the line path decides
     body = pa.py_buffer(memoryview(data)[: int(ends[-1])])  # no copy; starts[0] == 0
     longest = int((ends - starts).max())
     opts = paj.ParseOptions(
@@ -309,7 +468,7 @@ def _arrow_block(
         meta = [meta_json(r) for r in fields.to_pylist()] if same else _line_meta(data, starts, ends, reads)
         if meta is None:
             return None
-    return ArrowBlock(row, table, data, starts, ends, meta)
+    return ArrowBlock(int(rows[0]), table, data, starts, ends, rows, limit, meta)
 
 
 def _line_meta(data: Buffer, starts: np.ndarray, ends: np.ndarray, reads: frozenset[str]) -> list[str] | None:
@@ -357,11 +516,16 @@ def _same_values(values: pa.Array, depth: int) -> bool:
 
 # ------------------------------------------------------------------ Parquet
 def read_parquet_batches(
-    path: Path, batch_rows: int, schema: pa.Schema, reads: frozenset[str] = frozenset()
+    path: Path,
+    batch_rows: int,
+    schema: pa.Schema,
+    reads: frozenset[str] = frozenset(),
+    limit: int = MAX_ROW_BYTES,
 ) -> Iterator[Batch]:
     """Batches of ``batch_rows`` rows of a Parquet file; see the module docstring. Columns besides
     ``schema``'s become each row's ``meta``, unless the reader ``reads`` one of them (then row by row);
-    a column of ``schema`` the file lacks is null, as a missing JSON field is."""
+    a column of ``schema`` the file lacks is null, as a missing JSON field is. A batch with a row of more
+    than ``limit`` bytes of text goes row by row (where that row is an error row)."""
     file_schema = pq.read_schema(path)
     others = [n for n in file_schema.names if n not in schema.names]
     fits = not set(others) & reads and all(
@@ -369,8 +533,9 @@ def read_parquet_batches(
     )
     row = 0
     for table in _exactly(parquet_record_batches(path, batch_rows), batch_rows):
-        block = _parquet_block(table, row, schema, others) if fits else None
-        yield block if block is not None else list(parquet_rows(table, row))
+        fit = fits and bool((text_bytes(table) <= limit).all())
+        block = _parquet_block(table, row, schema, others) if fit else None
+        yield block if block is not None else list(parquet_rows(table, row, limit))
         row += table.num_rows
 
 

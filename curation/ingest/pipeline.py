@@ -6,10 +6,20 @@ The unit key hashes the file's bytes, the reader, its options, the source name
 and the schema version, so ingesting the same file twice adds nothing, and a
 killed ingest resumes by skipping the units already committed.
 
-Accounting per unit: every input row produces records or one quarantine row;
-every record is accepted, quarantined (failed validation) or a duplicate
-(its content id is already in the store or earlier in the file). So
-``records_out + rows_failed == accepted + quarantined + duplicates``.
+Accounting per unit: every input row produces records or one quarantine row
+(quarantined at read: not a JSON object, not well-formed CSV, or no records can
+be made of it); every record is accepted, quarantined (failed validation) or a
+duplicate (its content id is already in the store or earlier in the file). So
+``records_out + rows_failed == accepted + quarantined + duplicates``, where
+``quarantined`` counts both kinds of quarantine rows (``UnitResult`` splits them).
+
+A file that cannot be read to its end (a truncated or corrupt .gz, a damaged
+Parquet file, a JSON document over the size cap) commits nothing of itself: the
+rows read before the error are dropped with its staging folder, the file is
+reported by name with the reason, and the other files of the run are ingested.
+A rerun skips the committed files and reports the bad one again. An error
+writing the store (disk full, read-only) stops the run, saying which files were
+committed.
 
 Work is done a batch at a time (``batch_rows`` input rows, so memory does not
 grow with the file): a reader converts what it can column-at-a-time
@@ -31,6 +41,7 @@ import datetime as dt
 import glob
 import hashlib
 import json
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import orjson
 import polars as pl
@@ -58,7 +70,20 @@ from curation.ingest.columnar import (
 from curation.ingest.overlap import Alongside, Behind, ahead, default_enabled, ordered_map
 from curation.ingest.readers import BY_NAME, DetectError, MappingReader, Reader, RowError, detect
 from curation.ingest.readers.base import meta_json
-from curation.ingest.sources import RawRow, SourceError, detect_format, expand_paths, file_sha256, read_rows
+from curation.ingest.sources import (
+    BATCH_BYTES,
+    MAX_JSON_BYTES,
+    READ_ERRORS,
+    RawRow,
+    SourceError,
+    detect_format,
+    expand_paths,
+    file_sha256,
+    guarded,
+    read_rows,
+    row_byte_limit,
+    why_unreadable,
+)
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
 from curation.store import Store, StoreError, io_error, plain_name, safe_name
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
@@ -77,7 +102,11 @@ class IngestOptions:
     mapping: dict[str, str] = field(default_factory=dict)
     label_values: dict[str, str] | None = None
     max_chars: int = DEFAULT_MAX_CHARS
+    #: A JSON document (not JSON Lines) larger than this, decompressed, is refused whole (see sources.py).
+    max_json_bytes: int = MAX_JSON_BYTES
     batch_rows: int = BATCH_ROWS
+    #: ... or fewer rows when their text reaches this many bytes (JSONL and CSV; see sources.BATCH_BYTES).
+    batch_bytes: int = BATCH_BYTES
     #: Take JSONL and Parquet batches as Arrow columns where the reader has a columnar path (same output;
     #: see ingest/blocks.py).
     block_path: bool = True
@@ -102,12 +131,21 @@ class UnitResult:
     duplicates: int = 0
     skipped: bool = False
     rows_converted: int = 0
-    error: str | None = None  # the whole file could not be read (format unknown, not JSON ...)
+    error: str | None = None  # the whole file could not be read (format unknown, not JSON, damaged ...)
+
+    @property
+    def rows_quarantined(self) -> int:
+        """Input rows quarantined as they were read (no records could be made of them)."""
+        return self.rows_read - self.rows_converted
+
+    @property
+    def records_quarantined(self) -> int:
+        """Records quarantined by validation (``quarantined`` counts these and ``rows_quarantined``)."""
+        return self.quarantined - self.rows_quarantined
 
     @property
     def reconciles(self) -> bool:
-        failed_rows = self.rows_read - self.rows_converted
-        return self.records_out + failed_rows == self.accepted + self.quarantined + self.duplicates
+        return self.records_out + self.rows_quarantined == self.accepted + self.quarantined + self.duplicates
 
 
 def make_reader(opts: IngestOptions, sample: list[dict[str, Any]], where: str) -> Reader:
@@ -155,7 +193,7 @@ def ingest_paths(
         for path in files:
             try:
                 res = _ingest_file(store, path, opts, run_id, seen, validators, on_batch)
-            except (SourceError, DetectError) as exc:
+            except (SourceError, DetectError) as exc:  # this file only: the others go on
                 res = UnitResult(
                     source=_source_name(path, opts),
                     source_file=str(path),
@@ -164,14 +202,42 @@ def ingest_paths(
                     unit="",
                     error=str(exc),
                 )
-            except OSError as exc:
-                raise io_error(exc, f"ingesting {path}") from exc
+            except OSError as exc:  # writing the store: the files after this one would fail too
+                raise io_error(exc, f"ingesting {path}", _committed(results, path)) from exc
+            except StoreError as exc:  # e.g. the commit's rename: say what happened to the run
+                if isinstance(exc.__cause__, OSError):
+                    raise io_error(exc.__cause__, f"committing {path}", _committed(results, path)) from exc
+                raise StoreError(f"{exc} ({_committed(results, path)})") from exc
             results.append(res)
             if progress:
                 progress(res)
-        if any(r.unit and not r.skipped for r in results) or not store.path("catalog.duckdb").exists():
-            store.refresh_catalog()
+        if any(r.unit and not r.skipped for r in results) or _catalog_stale(store):
+            try:
+                store.refresh_catalog()
+            except (OSError, duckdb.Error) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split())
+                raise StoreError(
+                    f"cannot write {store.root / 'catalog.duckdb'} ({why}); every file ingested is committed "
+                    "and `curate sql` reads it; the catalog is rewritten by the next `curate ingest`"
+                ) from exc
     return results
+
+
+def _committed(results: list[UnitResult], path: Path) -> str:
+    """What a run stopped at ``path`` leaves in the store, in words."""
+    done = [r for r in results if r.unit and not r.skipped]
+    if not done:
+        return "nothing was committed, the store is unchanged"
+    names = ", ".join(Path(r.source_file).name for r in done[:5]) + (", ..." if len(done) > 5 else "")
+    return f"{path.name} was not committed; the {len(done)} file(s) before it were and are kept ({names})"
+
+
+def _catalog_stale(store: Store) -> bool:
+    """catalog.duckdb is missing, or older than the last unit committed (its refresh failed or was killed)."""
+    catalog, units = store.root / "catalog.duckdb", store.root / "ingest"
+    if not catalog.exists():
+        return True
+    return units.exists() and units.stat().st_mtime_ns > catalog.stat().st_mtime_ns
 
 
 def _ingest_file(
@@ -183,7 +249,8 @@ def _ingest_file(
     validators: dict[str, Validator],
     on_batch: Callable[[UnitResult], None] | None = None,
 ) -> UnitResult:
-    rows = read_rows(path, opts.format, opts.batch_rows)
+    limit = row_byte_limit(opts.max_chars)
+    rows = read_rows(path, opts.format, opts.batch_rows, limit, opts.max_json_bytes)
     head: list[RawRow] = []
     for raw in rows:
         head.append(raw)
@@ -216,7 +283,7 @@ def _ingest_file(
     res = UnitResult(source=source, source_file=str(path), reader=reader.name, kind=reader.kind, unit="")
     sha: str | None = None
     if any(store.path("ingest").glob(f"{glob.escape(source)}-*")):
-        sha = file_sha256(path)
+        sha = _sha256(path)
         res.unit = unit_of(sha)  # type: ignore[arg-type]
         if store.path("ingest", res.unit).exists():
             rows.close()  # type: ignore[attr-defined]
@@ -237,14 +304,22 @@ def _ingest_file(
             # overlapped, the reading thread parses on its own: Arrow's pool on top of the preparing and
             # writing threads was slower on the 1M-row file (benchmarks/ingest/README.md)
             batches = read_batches(
-                path, opts.batch_rows, schema, reader.reads, digest, parse_threads=not overlap
+                path,
+                opts.batch_rows,
+                schema,
+                reader.reads,
+                digest,
+                parse_threads=not overlap,
+                limit=limit,
+                batch_bytes=opts.batch_bytes,
             )
         else:
-            batches = read_parquet_batches(path, opts.batch_rows, schema, reader.reads)
+            batches = read_parquet_batches(path, opts.batch_rows, schema, reader.reads, limit)
     else:
-        batches = _batches(_chain(head, rows), opts.batch_rows)
+        batches = _batches(_chain(head, rows), opts.batch_rows, opts.batch_bytes)
+    batches = guarded(path, batches, len)  # a damaged file: SourceError, as from read_rows
     hashing = Alongside(
-        lambda stop: sha or file_sha256(path, stop), enabled=overlap and sha is None and digest is None
+        lambda stop: sha or _sha256(path, stop), enabled=overlap and sha is None and digest is None
     )
     # one thread reads and parses, starting now: the first batches are ready when the known ids and the
     # Great Expectations suite (about 3 s of Python on first use) are loaded. (Preparing batches while
@@ -302,9 +377,18 @@ def _ingest_file(
         parsed.close()  # type: ignore[attr-defined]  (stops the reader if the loop never started)
         hashing.cancel()
         writers.abort()
+        shutil.rmtree(staged, ignore_errors=True)  # nothing of this file stays behind, not even in staging
         seen.pop(kind, None)  # this unit's ids were not committed: reload from the store if needed
         raise
     return res
+
+
+def _sha256(path: Path, stop: Any = None) -> str | None:
+    """``file_sha256``; an error reading the input is the input's (SourceError), not the store's."""
+    try:
+        return file_sha256(path, stop)
+    except READ_ERRORS as exc:
+        raise SourceError(f"{path}: cannot be read: {why_unreadable(exc)}") from exc
 
 
 def _skipped(store: Store, res: UnitResult) -> UnitResult:
@@ -312,6 +396,8 @@ def _skipped(store: Store, res: UnitResult) -> UnitResult:
     prior = pq.read_table(store.path("ingest", res.unit, "run.parquet")).to_pylist()[0]
     for k in ("rows_read", "records_out", "accepted", "quarantined", "duplicates"):
         setattr(res, k, prior[k])
+    # run.parquet does not hold it; the accounting identity gives it
+    res.rows_converted = res.rows_read - (res.accepted + res.quarantined + res.duplicates - res.records_out)
     res.skipped = True
     return res
 
@@ -363,7 +449,7 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
             fast = fast.with_columns(pos.gather(fast.get_column("_i")).alias("_i"))
         slow = {live[j] for j in rest}
         pending = [(i, raw) for i, raw in enumerate(batch) if raw.error is not None or i in slow]
-    quarantine = [ctx.q(raw, "row", raw.error) for _, raw in pending if raw.error is not None]
+    quarantine = [ctx.q(raw, raw.field, raw.error) for _, raw in pending if raw.error is not None]
     frames = []
     if fast is not None and fast.height:
         frames.append(fast)
@@ -493,13 +579,16 @@ def _chain(head: list[RawRow], rest: Iterator[RawRow]) -> Iterator[RawRow]:
     yield from rest
 
 
-def _batches(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
+def _batches(rows: Iterator[RawRow], size: int, max_bytes: int = BATCH_BYTES) -> Iterator[list[RawRow]]:
+    """Lists of ``size`` rows, or fewer when their text (``RawRow.size``) reaches ``max_bytes``."""
     batch: list[RawRow] = []
+    held = 0
     for r in rows:
         batch.append(r)
-        if len(batch) >= size:
+        held += r.size
+        if len(batch) >= size or held >= max_bytes:
             yield batch
-            batch = []
+            batch, held = [], 0
     if batch:
         yield batch
 

@@ -9,7 +9,16 @@ import polars as pl
 import pyarrow as pa
 
 from curation.ingest.columnar import blank_text, indexed, string_rows_columnar, string_schema
-from curation.ingest.readers.base import Message, Reader, Record, RowError, extra_meta, msg, text
+from curation.ingest.readers.base import (
+    Message,
+    Reader,
+    Record,
+    RowError,
+    extra_meta,
+    msg,
+    optional_text,
+    text,
+)
 
 _USED = {"instruction", "input", "output", "system", "history", "chosen", "rejected"}
 
@@ -21,8 +30,8 @@ def alpaca_prompt(row: Mapping[str, Any]) -> list[Message]:
         instruction if extra in (None, "") else f"{instruction}\n\n{text(extra, 'input', allow_empty=True)}"
     )
     messages: list[Message] = []
-    system = row.get("system")
-    if isinstance(system, str) and system.strip():
+    system = optional_text(row.get("system"), "system")
+    if system is not None:
         messages.append(msg("system", system))
     history = row.get("history") or []
     if not isinstance(history, list):

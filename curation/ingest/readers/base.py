@@ -82,16 +82,31 @@ def require(row: Mapping[str, Any], field: str) -> Any:
 
 
 def text(value: Any, field: str, allow_empty: bool = False) -> str:
-    """A string field; numbers are accepted as text, anything else is an error."""
-    if isinstance(value, bool) or value is None:
-        raise RowError(field, f"expected text, got {type(value).__name__ if value is not None else 'null'}")
-    if isinstance(value, int | float):
-        value = str(value)
+    """A string field. Anything else is an error, numbers too: ``5`` would become ``"5"`` and ``1.50``
+    ``"1.5"``, a change nobody asked for; the reason says how to keep the value."""
     if not isinstance(value, str):
-        raise RowError(field, f"expected text, got {type(value).__name__}")
+        raise RowError(field, f"expected text, got {describe(value)}")
     if not allow_empty and not value.strip():
         raise RowError(field, "empty text")
     return value
+
+
+def optional_text(value: Any, field: str) -> str | None:
+    """An optional string field (a system prompt): None when absent, null or blank; an error when it is
+    not text (it is never dropped without a trace)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return text(value, field)
+
+
+def describe(value: Any) -> str:
+    """A value's JSON type for an error message, with the value itself when it is a short scalar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        return f"{type(value).__name__} {shown} (write it as a JSON string to keep it as text)"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
 
 
 def msg(role: str, content: str) -> Message:

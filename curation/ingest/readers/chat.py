@@ -22,6 +22,7 @@ from curation.ingest.readers.base import (
     RowError,
     extra_meta,
     msg,
+    optional_text,
     pair_from_conversations,
     split_prompt,
     text,
@@ -120,8 +121,11 @@ def turn_extras(turns: list[Any], role_key: str = "role", content_key: str = "co
 
 
 def with_system(system: Any, messages: list[Message]) -> list[Message]:
-    if isinstance(system, str) and system.strip() and (not messages or messages[0]["role"] != "system"):
-        return [msg("system", system), *messages]
+    """``messages`` after the ``system`` field (none when absent, null or blank; an error when not text),
+    unless they open with a system turn of their own."""
+    prompt = optional_text(system, "system")
+    if prompt is not None and (not messages or messages[0]["role"] != "system"):
+        return [msg("system", prompt), *messages]
     return messages
 
 

@@ -3,10 +3,14 @@
 Targets per kind (paths may be nested: ``instances[0].output`` or ``meta.text``):
 
 sft      prompt, response, [input], [system]  — or messages (+ role_key/content_key)
-pair     prompt, chosen, rejected, [system], [strength]
+pair     prompt, chosen, rejected, [input], [system], [strength]
          or prompt, response_a, response_b, label with ``label_values`` saying which
          raw label values mean "a", "b" or "tie" (ties never become pairs)
-ranking  prompt, candidates (a list), candidate_text, candidate_grade
+ranking  prompt, candidates (a list), candidate_text, candidate_grade, [input], [system]
+
+``input`` is appended to a text prompt after a blank line, as the Alpaca reader does. The row's
+top-level fields that no mapped path reads from are kept in each record's ``meta`` (as every reader
+keeps the fields it does not read), so records can be joined back on the source's own ids.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from curation.ingest.readers.base import Reader, Record, RowError, msg, text
+from curation.ingest.readers.base import Reader, Record, RowError, extra_meta, msg, optional_text, text
 from curation.ingest.readers.chat import normalize_messages
 from curation.ingest.readers.rankings import candidate, dense_grades
 from schemas import Kind
@@ -38,9 +42,21 @@ DEFAULT_LABEL_VALUES = {
 }
 TARGETS: dict[str, set[str]] = {
     "sft": {"prompt", "response", "input", "system", "messages", "role_key", "content_key"},
-    "pair": {"prompt", "chosen", "rejected", "system", "strength", "response_a", "response_b", "label"},
-    "ranking": {"prompt", "candidates", "candidate_text", "candidate_grade", "system"},
+    "pair": {
+        "prompt",
+        "chosen",
+        "rejected",
+        "input",
+        "system",
+        "strength",
+        "response_a",
+        "response_b",
+        "label",
+    },
+    "ranking": {"prompt", "candidates", "candidate_text", "candidate_grade", "input", "system"},
 }
+#: Targets that name keys inside each turn or candidate, not paths into the row.
+_INNER = {"role_key", "content_key", "candidate_text", "candidate_grade"}
 
 
 def get_path(row: Any, path: str) -> Any:
@@ -90,6 +106,10 @@ class MappingReader(Reader):
         if not any(n <= set(mapping) for n in need):
             options = " or ".join("{" + ", ".join(sorted(n)) + "}" for n in need)
             raise ValueError(f"--map for kind {kind} needs {options}; got {sorted(mapping)}")
+        #: the top-level fields the mapped paths read from; the others go to meta
+        self.reads = frozenset(
+            steps[0][0] for t, p in self.mapping.items() if t not in _INNER and (steps := _STEP.findall(p))
+        )
 
     @classmethod
     def sniff(cls, row: Mapping[str, Any]) -> bool:
@@ -113,13 +133,13 @@ class MappingReader(Reader):
                     user = f"{user}\n\n{text(extra, self.mapping['input'], allow_empty=True)}"
             prompt = [msg("user", user)]
         if "system" in self.mapping:
-            system = get_path(row, self.mapping["system"])
-            if isinstance(system, str) and system.strip():
+            system = optional_text(get_path(row, self.mapping["system"]), self.mapping["system"])
+            if system is not None:
                 prompt = [msg("system", system), *prompt]
         return prompt
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
-        meta = {"mapped_from": self.mapping}
+        meta = extra_meta(row, self.reads)
         if self.kind == "sft":
             if "messages" in self.mapping:
                 messages = normalize_messages(
