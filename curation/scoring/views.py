@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.scoring.cache import active_key, active_meta
 from curation.scoring.schemas import (
@@ -35,14 +36,22 @@ RESULTS: dict[str, pa.Schema] = {
 }
 
 
+_SQL_TYPES = {pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
+
+
 def _result(store: Store, scorer: str) -> str:
     """SELECT over the active result of ``scorer`` with exactly its schema's columns (typed-empty if none)."""
     schema = RESULTS[scorer]
     key = active_key(store, scorer)
     if key is None:
         return empty_select(schema)
-    path = str(store.root / "scores" / scorer / key / "result.parquet").replace("'", "''")
-    cols = ", ".join(f'"{n}"' for n in schema.names)
+    file = store.root / "scores" / scorer / key / "result.parquet"
+    have = set(pq.read_schema(file).names)  # a result of an older scorer version may lack new columns
+    cols = ", ".join(
+        f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"'
+        for f in schema
+    )
+    path = str(file).replace("'", "''")
     return f"SELECT {cols} FROM read_parquet('{path}')"
 
 
