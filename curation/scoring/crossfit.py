@@ -117,12 +117,14 @@ def _fit_logistic(dx: np.ndarray, c: float, seed: int, bias: np.ndarray | None =
     """
     from sklearn.linear_model import LogisticRegression
 
-    x = dx
-    if bias is not None:
-        x = np.hstack([dx, bias * np.sqrt(c_bias / c)])
+    x, solver = dx, "lbfgs"
+    if bias is not None:  # the scaled columns slow L-BFGS down 4x; Newton steps do not mind them
+        x, solver = np.hstack([dx, bias * np.sqrt(c_bias / c)]), "newton-cholesky"
     x = np.vstack([x, -x])
     y = np.r_[np.ones(len(dx)), np.zeros(len(dx))]
-    clf = LogisticRegression(C=c, fit_intercept=False, max_iter=2000, random_state=seed).fit(x, y)
+    clf = LogisticRegression(C=c, fit_intercept=False, max_iter=2000, random_state=seed, solver=solver).fit(
+        x, y
+    )
     w = clf.coef_[0][: dx.shape[1]]
     return lambda f: f @ w
 

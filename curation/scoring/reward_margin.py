@@ -242,7 +242,9 @@ def length_inputs(store: Store, records: list[dict], progress: bool = True) -> t
     return pair_length_features(lc, lr, mc, mr), lc - lr
 
 
-def length_make_up(cls: np.ndarray, features: np.ndarray, len_diff: np.ndarray, raw, mu) -> dict[str, float]:
+def length_make_up(
+    cls: np.ndarray, features: np.ndarray, len_diff: np.ndarray, raw: np.ndarray, mu: np.ndarray
+) -> dict[str, float]:
     """What the flagged set is made of, and how much length the margins still carry (for the report)."""
     flagged = cls == "incorrect"
 
