@@ -63,6 +63,7 @@ CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
         "reward_chosen": "DOUBLE",
         "reward_rejected": "DOUBLE",
         "margin": "DOUBLE",
+        "margin_raw": "DOUBLE",
         "margin_std": "DOUBLE",
         "n_models": "INTEGER",
         "quality_class": "VARCHAR",

@@ -181,23 +181,36 @@ def test_logprob_margins_ask_both_orders_cancel_position_bias_and_rerun_from_cac
         for r in rows:
             f = length_log_odds(r)
             # x_cr = f + b, x_rc = f - b: the mean is f, the position bias cancels
-            assert r["margin"] == pytest.approx(f, abs=1e-9)
-            assert r["margin_std"] == pytest.approx(math.sqrt(2) * BIAS, abs=1e-9)
+            assert r["margin_raw"] == pytest.approx(f, abs=1e-9)
             assert r["reward_chosen"] == pytest.approx(f / 2) and r["reward_rejected"] == pytest.approx(
                 -f / 2
             )
             assert r["n_models"] == 2
             assert r["judge_swap_inconsistent"] == (abs(f) < BIAS)
-            assert r["adaptive_margin"] == pytest.approx(max(f, 0.0), abs=1e-9)
+            assert r["adaptive_margin"] == pytest.approx(max(r["margin"], 0.0), abs=1e-9)
         assert any(r["judge_swap_inconsistent"] for r in rows) and not all(
             r["judge_swap_inconsistent"] for r in rows
         )
         assert s.report["judge_margin_from"] == "logprobs"
         assert s.report["judge_position_bias"] == pytest.approx(BIAS, abs=1e-9)
+        # this judge prefers the longer answer and nothing else: length control leaves its margin nothing
+        # (residualised out of fold on the length features) and its flagged set the whole set's make-up
+        assert s.report["max_abs_corr_margin_raw_length_features"] > 0.9
+        # (linear, out of fold, on 40 pairs: much of this judge's non-linear length rule goes, not all)
+        assert (
+            s.report["max_abs_corr_margin_length_features"]
+            < s.report["max_abs_corr_margin_raw_length_features"] - 0.25
+        )
+        assert abs(s.report["chosen_longer_share_incorrect"] - s.report["chosen_longer_share"]) <= 0.15
+        raw = judge(hh, srv.url, "longer", length_control=False)  # the judge's own margins: cached replies
+        assert raw.computed == 0 and len(srv.requests) == 2 * N
+        rows = scored(hh)
         quantile_cut = np.quantile([length_log_odds(r) for r in rows], 0.2)  # classes by quantile (default)
         assert {r["quality_class"] == "incorrect" for r in rows if length_log_odds(r) < quantile_cut} == {
             True
         }
+        assert all(r["margin"] == pytest.approx(length_log_odds(r), abs=1e-9) for r in rows)
+        assert all(r["margin_std"] == pytest.approx(math.sqrt(2) * BIAS, abs=1e-9) for r in rows)
 
         n = len(srv.requests)
         again = judge(hh, srv.url, "longer", concurrency=4)
@@ -291,7 +304,7 @@ def test_failed_run_resumes_from_committed_chunks(tmp_path, shared_data):
         assert s.cached == 10 and s.computed == N - 10
         assert sum(1 for r in srv.new_requests(before)) == 2 * (N - 10)  # only the pairs not yet cached
         for r in scored(st):
-            assert r["margin"] == pytest.approx(length_log_odds(r), abs=1e-9)
+            assert r["margin_raw"] == pytest.approx(length_log_odds(r), abs=1e-9)
 
 
 def _cli(store, *args, env=None, timeout=240):
@@ -336,7 +349,7 @@ def test_killed_cli_run_resumes_from_cached_chunks(tmp_path, shared_data):
         assert len(srv.requests) == 2 * N  # the rerun asked only for the 30 pairs not cached
         assert "judge_swap_inconsistent_share" in resumed.stdout
     for r in scored(st):
-        assert r["margin"] == pytest.approx(length_log_odds(r), abs=1e-9)
+        assert r["margin_raw"] == pytest.approx(length_log_odds(r), abs=1e-9)
         assert r["judge_swap_inconsistent"] == (abs(length_log_odds(r)) < BIAS)
 
 

@@ -44,8 +44,8 @@ def test_pretrained_rm_margin_classes_and_independent_forward(tmp_path, shared_d
     n = len(t)
     assert s.records == n and s.computed == n
     assert all(r["n_models"] == 1 and r["margin_std"] == 0 for r in t)
-    for r in t:
-        assert r["margin"] == pytest.approx(r["reward_chosen"] - r["reward_rejected"])
+    for r in t:  # margin_raw is the models' own difference; margin and the classes are length-controlled
+        assert r["margin_raw"] == pytest.approx(r["reward_chosen"] - r["reward_rejected"])
         assert r["adaptive_margin"] == pytest.approx(max(r["margin"], 0.0))
     classes = [r["quality_class"] for r in t]
     assert classes.count("incorrect") == pytest.approx(0.2 * n, abs=1)
@@ -109,7 +109,7 @@ def test_killed_run_resumes_recomputing_at_most_one_chunk(tmp_path, shared_data,
 
 
 def test_crossfit_is_out_of_fold():
-    from curation.scoring.reward_margin import crossfit_rewards, fold_of
+    from curation.scoring.crossfit import crossfit_rewards, fold_of
 
     rng = np.random.default_rng(0)
     n, d = 300, 400

@@ -364,7 +364,7 @@ def stack_with_features(margins: np.ndarray, records: list[dict], keys: list[str
     the given labels on the other folds (folds by prompt, a repeat the models did not use), so it learns
     how much the cheap features (length, refusals, lists, overlap) add to the model's margin.
     """
-    from curation.scoring.reward_margin import _fit_logistic, dialogue_feature_pairs, fold_of
+    from curation.scoring.crossfit import _fit_logistic, dialogue_feature_pairs, fold_of
 
     fc, fr = dialogue_feature_pairs(records)
     dx = np.column_stack([margins, fc - fr])
@@ -388,7 +388,7 @@ def noise(
     from sklearn.metrics import roc_auc_score
 
     from curation.models import ModelSpec, load_tokenizer
-    from curation.scoring.reward_margin import finetune_rewards
+    from curation.scoring.crossfit import finetune_rewards
     from curation.scoring.runner import RunnerConfig
     from curation.scoring.texts import plain_render, response_text
     from schemas.ids import text_id

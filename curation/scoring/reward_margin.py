@@ -1,43 +1,78 @@
-"""reward_margin: preference strength per pair (methods.md section 3, Secrets of RLHF II).
+"""reward_margin: preference strength per pair (methods.md section 3, Secrets of RLHF II), length-controlled.
 
-For M reward models m: d_im = r_m(x, y_chosen) - r_m(x, y_rejected); margin (mu) = mean_m d_im,
-margin_std (sigma) = std_m d_im (sample std, 0 for one model). Classes: ``incorrect`` below the
-first threshold, ``ambiguous`` below the second, else ``clean``. Thresholds are quantiles of mu
-by default (bottom 20 % incorrect, next 20 % ambiguous) or values (``incorrect_below``,
-``ambiguous_below``). ``adaptive_margin`` = margin_scale * clip(mu, 0, max_margin): the margin a
-trainer puts inside the sigmoid (L = -log sigma(dr - m)); 0 for pairs the models do not support.
+For M reward models m: d_im = r_m(x, y_chosen) - r_m(x, y_rejected); the raw strength is
+``margin_raw`` = mean_m d_im. ``margin`` (mu) is the same strength with the pair's length and format
+difference controlled for (below; ``length_control=False`` makes it equal ``margin_raw``), and
+``margin_std`` (sigma) is the sample std over the M controlled margins (0 for one model).
+``reward_chosen`` and ``reward_rejected`` are the raw rewards (means over models): their difference is
+``margin_raw``.
+
+Classes (on the controlled margin): ``incorrect`` = the label goes against what the models read in the
+content of the two responses, more so than for 80 % of the pairs of a similar length difference;
+``ambiguous`` = the next 20 %; else ``clean``. Thresholds are quantiles by default (bottom 20 %
+incorrect, next 20 % ambiguous), taken within length strata: the sign of the token-length difference
+(chosen longer, shorter, equal) crossed with up to ``length_strata`` quantile bins of its size (default
+5, fewer on small sets so that a bin holds 25 pairs or more). Each stratum gives up its share of pairs
+(``lowest_per_stratum``), so the flagged set holds long and short chosen responses in the proportions of
+the data set. ``length_strata=0`` takes the quantiles over all pairs. Value thresholds
+(``incorrect_below``, ``ambiguous_below``) compare the controlled margin itself, in every stratum alike.
+``adaptive_margin`` = margin_scale * clip(mu, 0, max_margin): the margin a trainer puts inside the
+sigmoid (L = -log sigma(dr - m)); 0 for pairs the models do not support.
+
+What "controlled" means (``length_control``, default true): the part of the preference that the
+length and format features of curation/length_features.py explain (log length ratio, signed log length
+difference, its sign, the ratio scaled by the pair's mean log length, and differences in list items,
+headings, code blocks, table rows and bold spans; token lengths from length_bias's cached
+``pair_lengths``) is taken out of mu. Why: a head cross-fitted on a data set learns whichever length
+direction the data leans to and then flags the pairs that go against it (on HH harmless + the
+LLaMA-Factory demo, chosen was longer in 63 % of "incorrect" pairs against 44 % overall), which says
+nothing about their labels. How, per backend:
+- ``crossfit`` (frozen embeddings): a product of experts. A linear bias expert on the length features
+  is trained jointly with the content head (Bradley-Terry on the sum; logistic head: the bias expert
+  penalised 200x less, ``c_bias`` 1.0 against ``c`` 0.005; MLP head: it starts at the length-only fit
+  and learns 3x faster, without weight decay), and only the content head gives mu. The content head
+  sees the embeddings and ``content_features`` (refusal phrase, question back, question-word recall):
+  no word or sentence counts, no list or markdown cues. ``margin_raw`` is the uncontrolled head of
+  version 1 (embeddings + ``dialogue_features``), fitted on the same folds.
+- ``models`` and ``crossfit`` with ``finetune`` (pretrained models cannot be retrained with a bias
+  expert, and a fine-tune per fold is too dear to run twice for ``margin_raw``): each model's margins are residualised on the length features by a ridge regression without intercept,
+  cross-fitted by prompt hash (``folds``): a pair whose responses look alike keeps its margin, and what
+  is left is linearly uncorrelated with the features out of fold.
+The strata then remove what a linear expert leaves of the length make-up of the flagged set. Turning
+the control off (``--param length_control=false``) gives version 1's margins and classes exactly.
 
 Backends
 - ``models``: any number of pretrained reward models (AutoModelForSequenceClassification with one
   output, e.g. the folder training/rm saves). Rewards are cached per (pair, model fingerprint),
   so adding a model or new pairs scores only what is new. Input: the dialogue rendered with the
   tokenizer's chat template (else "role: content" lines), truncated from the left.
-- ``crossfit``: reward models trained on the data itself, out of fold: pairs are split into K folds
-  by a hash of their prompt (so no model sees the pair or its prompt), one model per fold scores
-  the held-out fold, and ``repeats`` different fold assignments give M = repeats margins per pair.
-  Default head on CPU: a Bradley-Terry reward head on frozen MiniLM embeddings of (last user turn +
-  response) plus cheap dialogue features (``head`` = logistic (default; C = 0.005 was best in
-  benchmarks/noise) | mlp). ``finetune=True`` instead
-  fine-tunes the whole encoder per fold (for GPUs; by default 2 epochs at ``finetune_lr`` 5e-5, 3
-  repeats, and soft labels ``finetune_soft_label`` 0.1, which make the loss robust to flipped labels:
-  on HH harmless with 20 % flips, MiniLM on an H200 ranks the flips at AUROC 0.64-0.67 per repeat and
-  0.673-0.683 for 3-5 repeats, against 0.595 for the length difference; benchmarks/gpu/RESULTS.md).
+- ``crossfit``: reward models trained on the data itself, out of fold (curation/scoring/crossfit.py):
+  pairs are split into K folds by a hash of their prompt (so no model sees the pair or its prompt), one
+  model per fold scores the held-out fold, and ``repeats`` different fold assignments give
+  M = repeats margins per pair. Default head on CPU: a Bradley-Terry reward head on frozen MiniLM
+  embeddings of (last user turn + response) plus cheap dialogue features (``head`` = logistic
+  (default; C = 0.005 was best in benchmarks/noise) | mlp). ``finetune=True`` instead fine-tunes the
+  whole encoder per fold (for GPUs; by default 2 epochs at ``finetune_lr`` 5e-5, 3 repeats, and soft
+  labels ``finetune_soft_label`` 0.1, which make the loss robust to flipped labels: on HH harmless
+  with 20 % flips, MiniLM on an H200 ranks the flips at AUROC 0.64-0.67 per repeat and 0.673-0.683
+  for 3-5 repeats, against 0.595 for the length difference; benchmarks/gpu/RESULTS.md).
 - ``judge``: an LLM judge behind an OpenAI-compatible endpoint (``--model NAME --param base_url=URL``)
   asks about each pair in both orders; the two orders are the models axis, so mu is the mean of the
   judge's per-order log-odds (or votes) that chosen is better, and ``judge_swap_inconsistent`` marks
   pairs whose orders disagree (NULL for the other backends). Formula, cache and options:
   curation/scoring/pairwise_judge.py.
+What the control costs and buys on real data: benchmarks/noise/RESULTS.md.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from curation.length_features import markdown_matrix, pair_length_features
 from curation.models import DEFAULT_ENCODER, ModelSpec
 from curation.scoring.base import ScoreSummary, Timer, add_stats
 from curation.scoring.cache import (
@@ -49,33 +84,91 @@ from curation.scoring.cache import (
     ids_fingerprint,
 )
 from curation.scoring.cache import result_done as _done
+from curation.scoring.crossfit import (
+    crossfit_features,
+    crossfit_rewards,
+    finetune_rewards,
+    residualise,
+    response_embeddings,
+)
 from curation.scoring.schemas import REWARD_MARGIN_SCHEMA
-from curation.scoring.texts import last_user_turn, load_records, plain_render, render, response_text
+from curation.scoring.texts import load_records, plain_render, render, response_text
 from schemas.ids import text_id
 
 if TYPE_CHECKING:
     from curation.store import Store
 
 NAME = "reward_margin"
-VERSION = "1"
+VERSION = "2"  # 2: length control (margin_raw; margin and classes controlled by default)
 REWARDS_VERSION = "1"
 
 
 # ------------------------------------------------------------------ combine
+#: A size bin of the length strata holds at least this many pairs on average (fewer bins on small sets).
+MIN_STRATUM = 25
+
+
+def length_stratum(len_diff: np.ndarray, bins: int = 5, min_size: int = MIN_STRATUM) -> np.ndarray:
+    """Stratum per pair: the sign of the length difference (shorter, equal, longer chosen) x up to
+    ``bins`` quantile bins of its size within that sign, as many as keep ``min_size`` pairs per bin."""
+    d = np.asarray(len_diff, dtype=np.float64)
+    out = np.zeros(len(d), dtype=np.int64)  # 0: equal lengths
+    for k, side in enumerate((d < 0, d > 0)):
+        a = np.abs(d[side])
+        n_bins = max(1, min(bins, len(a) // max(1, min_size)))
+        edges = np.quantile(a, np.linspace(0, 1, n_bins + 1)[1:-1]) if len(a) else np.zeros(0)
+        out[side] = 1 + k * max(1, bins) + np.searchsorted(edges, a, side="right")
+    return out
+
+
+def lowest_per_stratum(mu: np.ndarray, strata: np.ndarray, share: float) -> np.ndarray:
+    """Mask of the round(share x pairs) lowest margins, taken lowest-first within each stratum, the count
+    of each stratum in proportion to its size (largest remainders), so the strata give up equal shares."""
+    k = int(round(share * len(mu)))
+    labels, sizes = np.unique(strata, return_counts=True)
+    quota = k * sizes / max(1, len(mu))
+    take = np.floor(quota).astype(np.int64)
+    take[np.argsort(-(quota - take), kind="stable")[: k - int(take.sum())]] += 1
+    mask = np.zeros(len(mu), dtype=bool)
+    for label, n in zip(labels, take, strict=True):
+        idx = np.nonzero(strata == label)[0]
+        mask[idx[np.argsort(mu[idx], kind="stable")[:n]]] = True
+    return mask
+
+
 def classify(
     mu: np.ndarray,
     incorrect_quantile: float = 0.2,
     ambiguous_quantile: float = 0.4,
     incorrect_below: float | None = None,
     ambiguous_below: float | None = None,
+    strata: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float]:
-    """Quality class per pair and the two thresholds used (values override quantiles)."""
-    t_inc = incorrect_below if incorrect_below is not None else float(np.quantile(mu, incorrect_quantile))
-    t_amb = ambiguous_below if ambiguous_below is not None else float(np.quantile(mu, ambiguous_quantile))
-    if t_amb < t_inc:
-        raise ValueError(f"ambiguous threshold {t_amb} is below the incorrect threshold {t_inc}")
-    cls = np.where(mu < t_inc, "incorrect", np.where(mu < t_amb, "ambiguous", "clean"))
-    return cls, t_inc, t_amb
+    """Quality class per pair and the two thresholds used (values override quantiles).
+
+    With ``strata``, a quantile class takes its share of pairs within each stratum
+    (``lowest_per_stratum``) and has no single threshold (NaN is returned for it); value thresholds
+    compare mu itself, in every stratum alike.
+    """
+    if strata is None:
+        t_inc = incorrect_below if incorrect_below is not None else float(np.quantile(mu, incorrect_quantile))
+        t_amb = ambiguous_below if ambiguous_below is not None else float(np.quantile(mu, ambiguous_quantile))
+        if t_amb < t_inc:
+            raise ValueError(f"ambiguous threshold {t_amb} is below the incorrect threshold {t_inc}")
+        cls = np.where(mu < t_inc, "incorrect", np.where(mu < t_amb, "ambiguous", "clean"))
+        return cls, t_inc, t_amb
+    by_value = incorrect_below is not None, ambiguous_below is not None
+    if by_value == (False, False) and ambiguous_quantile < incorrect_quantile:
+        raise ValueError(f"ambiguous quantile {ambiguous_quantile} is below incorrect {incorrect_quantile}")
+    if by_value == (True, True) and ambiguous_below < incorrect_below:
+        raise ValueError(
+            f"ambiguous threshold {ambiguous_below} is below the incorrect threshold {incorrect_below}"
+        )
+    inc = mu < incorrect_below if by_value[0] else lowest_per_stratum(mu, strata, incorrect_quantile)
+    amb = mu < ambiguous_below if by_value[1] else lowest_per_stratum(mu, strata, ambiguous_quantile)
+    cls = np.where(inc, "incorrect", np.where(amb, "ambiguous", "clean"))
+    nan = float("nan")
+    return cls, incorrect_below if by_value[0] else nan, ambiguous_below if by_value[1] else nan
 
 
 def combine(
@@ -83,6 +176,8 @@ def combine(
     rc: np.ndarray,
     rr: np.ndarray,
     *,
+    controlled: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
     incorrect_quantile: float = 0.2,
     ambiguous_quantile: float = 0.4,
     incorrect_below: float | None = None,
@@ -90,13 +185,20 @@ def combine(
     margin_scale: float = 1.0,
     max_margin: float | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """The reward_margin result from per-model rewards ``rc``, ``rr`` of shape (pairs, models)."""
+    """The reward_margin result from per-model rewards ``rc``, ``rr`` of shape (pairs, models).
+
+    ``controlled`` (pairs, models): the length-controlled margins (None: the raw ones); ``strata``:
+    classes by quantile within these strata (``length_stratum``; None: over all pairs).
+    """
     rc, rr = np.atleast_2d(rc.T).T, np.atleast_2d(rr.T).T
-    d = rc - rr
+    raw = (rc - rr).mean(axis=1)
+    d = rc - rr if controlled is None else np.atleast_2d(np.asarray(controlled, dtype=np.float64).T).T
     m = d.shape[1]
     mu = d.mean(axis=1)
     sigma = d.std(axis=1, ddof=1) if m > 1 else np.zeros(len(mu))
-    cls, t_inc, t_amb = classify(mu, incorrect_quantile, ambiguous_quantile, incorrect_below, ambiguous_below)
+    cls, t_inc, t_amb = classify(
+        mu, incorrect_quantile, ambiguous_quantile, incorrect_below, ambiguous_below, strata
+    )
     adaptive = margin_scale * np.clip(mu, 0.0, max_margin if max_margin is not None else np.inf)
     table = pa.table(
         {
@@ -104,6 +206,7 @@ def combine(
             "reward_chosen": rc.mean(axis=1),
             "reward_rejected": rr.mean(axis=1),
             "margin": mu,
+            "margin_raw": raw,
             "margin_std": sigma,
             "n_models": pa.array(np.full(len(mu), m), pa.int32()),
             "quality_class": pa.array(cls.tolist(), pa.string()),
@@ -123,9 +226,44 @@ def combine(
         "clean": int((cls == "clean").sum()),
         "mean_margin_std": float(sigma.mean()) if len(mu) else 0.0,
     }
+    if strata is not None:
+        report["length_strata"] = int(len(np.unique(strata)))
     if m > 1:
         report["model_agreement_sign"] = float((np.sign(d) == np.sign(mu)[:, None]).mean())
     return table, report
+
+
+def length_inputs(store: Store, records: list[dict], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(``pair_length_features`` (pairs, 9), token-length difference chosen - rejected) of each pair.
+
+    Token lengths are length_bias's cached ``pair_lengths`` (the default tokenizer, as its view shows).
+    """
+    from curation.scoring.length_bias import pair_lengths
+
+    lengths, _, _ = pair_lengths(store, records, DEFAULT_ENCODER, progress)
+    lc = lengths.column("len_chosen").to_numpy().astype(np.float64)
+    lr = lengths.column("len_rejected").to_numpy().astype(np.float64)
+    mc = markdown_matrix([response_text(r["chosen"]) for r in records])
+    mr = markdown_matrix([response_text(r["rejected"]) for r in records])
+    return pair_length_features(lc, lr, mc, mr), lc - lr
+
+
+def length_make_up(
+    cls: np.ndarray, features: np.ndarray, len_diff: np.ndarray, raw: np.ndarray, mu: np.ndarray
+) -> dict[str, float]:
+    """What the flagged set is made of, and how much length the margins still carry (for the report)."""
+    flagged = cls == "incorrect"
+
+    def max_abs_corr(x: np.ndarray) -> float:
+        cols = [c for c in features.T if c.std() > 0]
+        return float(max((abs(np.corrcoef(x, c)[0, 1]) for c in cols), default=0.0)) if x.std() > 0 else 0.0
+
+    return {
+        "chosen_longer_share": float((len_diff > 0).mean()),
+        "chosen_longer_share_incorrect": float((len_diff[flagged] > 0).mean()) if flagged.any() else 0.0,
+        "max_abs_corr_margin_raw_length_features": max_abs_corr(raw),
+        "max_abs_corr_margin_length_features": max_abs_corr(mu),
+    }
 
 
 # ---------------------------------------------------------- backend: models
@@ -164,213 +302,6 @@ def model_rewards(
     return table, stats, rm.fingerprint
 
 
-# -------------------------------------------------------- backend: crossfit
-_REFUSAL = re.compile(
-    r"\b(i can(?:no|')t|i cannot|i won't|i'm (?:not able|unable|sorry)|i am (?:not able|unable|sorry)|"
-    r"as an ai|i (?:do not|don't) (?:think i can|feel comfortable)|not (?:appropriate|something i))",
-    re.I,
-)
-_LIST = re.compile(r"(^|\n)\s*(?:[-*•]\s|\d+[.)]\s|#{1,6}\s|```|\|.*\|)")
-_WORDS = re.compile(r"\w+")
-
-
-def dialogue_features(question: str, response: str) -> list[float]:
-    """Cheap, interpretable features of one response to a question."""
-    rw = _WORDS.findall(response.lower())
-    qw = set(_WORDS.findall(question.lower()))
-    overlap = len(qw & set(rw)) / max(1, len(qw | set(rw)))
-    return [
-        np.log1p(len(rw)),
-        float(bool(_REFUSAL.search(response))),
-        float(bool(_LIST.search(response))),
-        overlap,
-        float("?" in response),
-        np.log1p(response.count(".") + response.count("!")),
-    ]
-
-
-def dialogue_feature_pairs(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """``dialogue_features`` of each pair's chosen and of its rejected response to its last user turn."""
-    qs = [last_user_turn(r["prompt"]) for r in records]
-    dc = np.array(
-        [dialogue_features(q, response_text(r["chosen"])) for q, r in zip(qs, records, strict=True)]
-    )
-    dr = np.array(
-        [dialogue_features(q, response_text(r["rejected"])) for q, r in zip(qs, records, strict=True)]
-    )
-    return dc, dr
-
-
-def fold_of(keys: Sequence[str], folds: int, repeat: int) -> np.ndarray:
-    """Fold index per record from a hash of its key (the prompt) and the repeat number."""
-    return np.array([int(text_id(k, str(repeat))[:8], 16) % folds for k in keys], dtype=np.int64)
-
-
-def _fit_logistic(dx: np.ndarray, c: float, seed: int):
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.vstack([dx, -dx])
-    y = np.r_[np.ones(len(dx)), np.zeros(len(dx))]
-    clf = LogisticRegression(C=c, fit_intercept=False, max_iter=2000, random_state=seed).fit(x, y)
-    w = clf.coef_[0]
-    return lambda f: f @ w
-
-
-def _fit_mlp(fc: np.ndarray, fr: np.ndarray, hidden: int, epochs: int, lr: float, wd: float, seed: int):
-    import torch
-
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Dropout(0.1),
-        torch.nn.Linear(fc.shape[1], hidden),
-        torch.nn.GELU(),
-        torch.nn.Dropout(0.1),
-        torch.nn.Linear(hidden, 1),
-    )
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=wd)
-    tc, tr = torch.as_tensor(fc, dtype=torch.float32), torch.as_tensor(fr, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.enable_grad():
-        for _ in range(epochs):
-            net.train()
-            for idx in torch.randperm(len(tc), generator=gen).split(128):
-                loss = -torch.nn.functional.logsigmoid(net(tc[idx]) - net(tr[idx])).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    net.eval()
-
-    def reward(f: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.as_tensor(f, dtype=torch.float32))[:, 0].numpy().astype(np.float64)
-
-    return reward
-
-
-def crossfit_rewards(
-    fc: np.ndarray,
-    fr: np.ndarray,
-    keys: Sequence[str],
-    *,
-    folds: int = 5,
-    repeats: int = 3,
-    head: str = "logistic",
-    c: float = 0.005,
-    hidden: int = 64,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold rewards (pairs, repeats) of chosen and rejected from features ``fc``, ``fr``."""
-    if folds < 2:
-        raise ValueError("crossfit needs folds >= 2")
-    n = len(fc)
-    rc, rr = np.full((n, repeats), np.nan), np.full((n, repeats), np.nan)
-    for rep in range(repeats):
-        fold = fold_of(keys, folds, rep)
-        for k in range(folds):
-            test, train = fold == k, fold != k
-            if not test.any():
-                continue
-            if not train.any():
-                raise ValueError(f"fold {k} holds every prompt; add data or lower --param folds")
-            both = np.vstack([fc[train], fr[train]])
-            mean, std = both.mean(0), both.std(0) + 1e-6
-            zc, zr = (fc - mean) / std, (fr - mean) / std
-            if head == "logistic":
-                reward = _fit_logistic(zc[train] - zr[train], c, seed + rep)
-            elif head == "mlp":
-                reward = _fit_mlp(
-                    zc[train], zr[train], hidden, epochs, lr, weight_decay, seed + 100 * rep + k
-                )
-            else:
-                raise ValueError(f"unknown head {head!r}: use logistic or mlp")
-            rc[test, rep], rr[test, rep] = reward(zc[test]), reward(zr[test])
-    return rc, rr
-
-
-def crossfit_features(store: Store, records: list[dict], embedder) -> tuple[np.ndarray, np.ndarray]:
-    from curation.scoring.embeddings import pair_response_texts
-
-    tc, tr = pair_response_texts(records)
-    emb = embedder.embed(tc + tr, "pair responses")
-    n = len(records)
-    dc, dr = dialogue_feature_pairs(records)
-    return np.hstack([emb[:n], dc]), np.hstack([emb[n:], dr])
-
-
-def finetune_rewards(
-    records: list[dict],
-    keys: Sequence[str],
-    spec: ModelSpec,
-    config,
-    *,
-    folds: int = 5,
-    repeats: int = 1,
-    epochs: int = 2,
-    lr: float = 5e-5,
-    batch_size: int = 16,
-    seed: int = 0,
-    soft_label: float = 0.0,
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold rewards from an encoder fine-tuned per fold (Bradley-Terry loss); meant for GPUs.
-
-    ``soft_label`` a > 0 trains on P(chosen wins) = 1 - a instead of 1 (robust to flipped labels).
-    """
-    import warnings
-
-    import torch
-
-    from curation.scoring.runner import RewardModel, pad_batch
-    from training.losses import bradley_terry_loss
-
-    zero, soft = torch.tensor(0.0), torch.tensor(float(soft_label))  # no margin; P(chosen wins) = 1 - a
-    n = len(records)
-    rc, rr = np.full((n, repeats), np.nan), np.full((n, repeats), np.nan)
-    enc_c = enc_r = None
-    for rep in range(repeats):
-        fold = fold_of(keys, folds, rep)
-        for k in range(folds):
-            test, train = np.nonzero(fold == k)[0], np.nonzero(fold != k)[0]
-            if not len(test):
-                continue
-            torch.manual_seed(seed + 100 * rep + k)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rm = RewardModel(spec, config)
-            tok = rm.tokenizer
-            if enc_c is None:  # the same tokenizer every fold: tokenise once
-                enc_c = rm.tokenize([render(tok, list(r["prompt"]) + list(r["chosen"])) for r in records])
-                enc_r = rm.tokenize([render(tok, list(r["prompt"]) + list(r["rejected"])) for r in records])
-            model = rm.model.train()
-            opt = torch.optim.AdamW(model.parameters(), lr=lr)
-            order = sorted(train, key=lambda i: max(len(enc_c[i]), len(enc_r[i])))  # length-grouped batches
-            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-            gen = np.random.default_rng(seed + k)
-            with torch.enable_grad():
-                for _ in range(epochs):
-                    for b in gen.permutation(len(batches)):
-                        idx = batches[b]
-                        ids, mask = pad_batch(
-                            [enc_c[i] for i in idx] + [enc_r[i] for i in idx], tok.pad_token_id
-                        )
-                        with rm._autocast():
-                            out = model(
-                                input_ids=ids.to(rm.device), attention_mask=mask.to(rm.device)
-                            ).logits[:, 0]
-                        loss = bradley_terry_loss(out[: len(idx)], out[len(idx) :], zero, soft).mean()
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-            model.eval()
-            rc[test, rep] = rm.score_encoded([enc_c[i] for i in test])
-            rr[test, rep] = rm.score_encoded([enc_r[i] for i in test])
-            del rm, model, opt
-    return rc, rr
-
-
 # ---------------------------------------------------------------------- run
 def run(
     store: Store,
@@ -385,6 +316,10 @@ def run(
     ambiguous_below: float | None = None,
     margin_scale: float = 1.0,
     max_margin: float | None = None,
+    # length control
+    length_control: bool = True,
+    length_strata: int = 5,
+    c_bias: float = 1.0,
     # judge (curation/scoring/pairwise_judge.py; the key never reaches caches or manifests)
     base_url: str | None = None,
     api_key: str | None = None,
@@ -417,7 +352,12 @@ def run(
     trust_remote_code: bool = False,
     allow_network: bool = False,
 ) -> ScoreSummary:
-    """Score every pair's preference strength with the chosen backend and write the reward_margin result."""
+    """Score every pair's preference strength with the chosen backend and write the reward_margin result.
+
+    ``length_control`` (default true): ``margin`` and the classes control for the pairs' length and
+    format differences (module docstring); ``length_strata`` quantile bins of |length difference| per
+    sign (0: classes over all pairs); ``c_bias``: the crossfit bias expert's inverse penalty.
+    """
     from curation.scoring.runner import RunnerConfig
 
     if isinstance(models, str):
@@ -432,6 +372,9 @@ def run(
         "margin_scale": margin_scale,
         "max_margin": max_margin,
     }
+    control: dict[str, Any] = {"length_control": bool(length_control)}  # joins every backend's result key
+    if length_control:
+        control |= {"length_strata": length_strata, "length_tokenizer": DEFAULT_ENCODER}
     summary = ScoreSummary(NAME, "", 0)
     with Timer() as t, store.writer_lock("score reward_margin"):
         records = load_records(store, "pair", where)
@@ -440,6 +383,8 @@ def run(
             return summary
         ids = [r["id"] for r in records]
         summary.records = len(ids)
+        keys = [text_id(plain_render(r["prompt"])) for r in records]  # folds by prompt
+        controlled = features = None  # a backend that controls for length itself sets them
         if backend == "models":
             if not models:
                 raise ValueError("backend 'models' needs at least one --model")
@@ -454,10 +399,10 @@ def run(
             rc, rr = np.stack(cols_c, 1), np.stack(cols_r, 1)
             fingerprint = ",".join(fps)
             params = {"backend": "models", "models": list(models), "max_length": max_length} | combine_kw
+            params |= {"folds": folds} if length_control else {}
         elif backend == "crossfit":
             from curation.scoring.embeddings import Embedder
 
-            keys = [text_id(plain_render(r["prompt"])) for r in records]
             spec = ModelSpec(encoder, trust_remote_code, allow_network)
             if finetune:
                 reps = repeats or 3  # 3 repeats: +0.02-0.03 AUROC over one on HH (benchmarks/gpu)
@@ -484,7 +429,8 @@ def run(
                 params = {"backend": "crossfit", "head": head, "folds": folds, "repeats": reps, "epochs": ep}
                 params |= {"c": c} if head == "logistic" else {"hidden": hidden}
                 params |= {"seed": seed, "embeddings": embedder.cache.key} | combine_kw
-            rspec = ResultSpec(NAME, VERSION, fingerprint, params, ids_fingerprint(ids))
+                params |= {"c_bias": c_bias} if length_control else {}
+            rspec = ResultSpec(NAME, VERSION, fingerprint, params | control, ids_fingerprint(ids))
             if _done(store, rspec):
                 activate(store, NAME, rspec.key)
                 summary.key, summary.skipped, summary.cached = rspec.key, True, len(ids)
@@ -506,20 +452,16 @@ def run(
                 )
                 summary.computed = len(ids)
             else:
-                fc, fr = crossfit_features(store, records, embedder)
+                ec, er = response_embeddings(records, embedder)
                 add_stats(summary, embedder.stats)
-                rc, rr = crossfit_rewards(
-                    fc,
-                    fr,
-                    keys,
-                    folds=folds,
-                    repeats=reps,
-                    head=head,
-                    c=c,
-                    hidden=hidden,
-                    epochs=ep,
-                    seed=seed,
-                )
+                head_kw = {"folds": folds, "repeats": reps, "head": head, "c": c, "hidden": hidden}
+                head_kw |= {"epochs": ep, "seed": seed}
+                rc, rr = crossfit_rewards(*crossfit_features(records, ec, er), keys, **head_kw)
+                if length_control:  # product of experts: the content head alone gives mu
+                    features, len_diff = length_inputs(store, records, progress)
+                    gc, gr = crossfit_features(records, ec, er, content_only=True)
+                    cc, cr = crossfit_rewards(gc, gr, keys, bias=features, c_bias=c_bias, **head_kw)
+                    controlled = cc - cr
         elif backend == "judge":
             from curation.scoring.pairwise_judge import judge_margins
 
@@ -542,12 +484,30 @@ def run(
             add_stats(summary, jm.stats)
             (rc, rr), fingerprint, combine_kw = jm.rewards(), jm.fingerprint, jm.thresholds(combine_kw)
             params = jm.params | combine_kw
+            if jm.margin_from == "votes" and length_control:
+                # votes take five values: residualised they would lose their meaning (mu < 0: the judge
+                # disagrees), so the margin and classes stay the judge's own; the report still shows the
+                # flagged set's chosen-longer share
+                length_control, control = False, {"length_control": False, "votes_uncontrolled": True}
         else:
             raise ValueError(f"unknown backend {backend!r}: use models, crossfit or judge")
-        table, report = combine(ids, rc, rr, **combine_kw)
+        strata = None
+        if length_control:  # backends without a bias expert: residualise their margins out of fold
+            if features is None:
+                features, len_diff = length_inputs(store, records, progress)
+            if controlled is None:
+                controlled = residualise(rc - rr, features, keys, folds)
+            strata = length_stratum(len_diff, length_strata) if length_strata > 0 else None
+        table, report = combine(ids, rc, rr, controlled=controlled, strata=strata, **combine_kw)
         if backend == "judge":
             table, report = jm.annotate(table, report)
-        rspec = ResultSpec(NAME, VERSION, fingerprint, params, ids_fingerprint(ids))
+        if length_control or control.get("votes_uncontrolled"):  # what the flagged set is made of
+            if features is None:
+                features, len_diff = length_inputs(store, records, progress)
+            cls = np.asarray(table.column("quality_class").to_pylist())
+            raw, mu = table.column("margin_raw").to_numpy(), table.column("margin").to_numpy()
+            report |= length_make_up(cls, features, len_diff, raw, mu)
+        rspec = ResultSpec(NAME, VERSION, fingerprint, params | control, ids_fingerprint(ids))
         summary.key = rspec.key
         if _done(store, rspec) and summary.computed == 0:
             activate(store, NAME, rspec.key)

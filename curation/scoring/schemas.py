@@ -9,7 +9,8 @@ REWARD_MARGIN_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("reward_chosen", pa.float64()),  # mean over models
         ("reward_rejected", pa.float64()),
-        ("margin", pa.float64()),  # preference strength mu = mean_m (r_m(chosen) - r_m(rejected))
+        ("margin", pa.float64()),  # preference strength mu, length-controlled (reward_margin.py)
+        ("margin_raw", pa.float64()),  # mean_m (r_m(chosen) - r_m(rejected)), not controlled
         ("margin_std", pa.float64()),  # sigma over models (0 for one model)
         ("n_models", pa.int32()),
         ("quality_class", pa.string()),  # incorrect | ambiguous | clean

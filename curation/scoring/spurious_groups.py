@@ -114,9 +114,9 @@ def run(
     """Compute bias features, clusters, Q-Diversity pseudo-groups and group weights for every pair."""
     from sklearn.cluster import KMeans
 
+    from curation.scoring.crossfit import _LIST, _REFUSAL, crossfit_rewards
     from curation.scoring.embeddings import Embedder, pair_response_texts, prompt_texts
     from curation.scoring.length_bias import pair_lengths
-    from curation.scoring.reward_margin import _LIST, _REFUSAL, crossfit_rewards
     from schemas.ids import text_id
 
     summary = ScoreSummary(NAME, "", 0)
