@@ -66,7 +66,19 @@ def test_qdiv_head_finds_the_hard_group_and_keeps_label_balance():
     z = qdiv_head(h, y, loss, kl_weight=1.0, steps=300)
     assert loss[z == 1].mean() > loss[z == 0].mean() + 1.0
     assert abs(y[z == 1].mean() - y.mean()) < 0.1 and abs(y[z == 0].mean() - y.mean()) < 0.1
+
+
+
+def test_balanced_weights_equalise_groups_but_never_let_a_tiny_group_dominate():
     assert balanced_weights(np.array([0, 0, 0, 1])).tolist() == [2 / 3, 2 / 3, 2 / 3, 2.0]
+    # the demo's case: two groups of one pair among 2,600 made each of those pairs weigh 650
+    groups = np.array([0] * 1500 + [1] * 1098 + [2, 3])
+    w = balanced_weights(groups)
+    assert w.max() == 5.0 and abs(w.mean() - 1.0) < 1e-9
+    big = [w[groups == g].sum() for g in (0, 1)]
+    assert abs(big[0] - big[1]) < 1e-6 * big[0]  # the large groups still carry equal totals
+    with pytest.raises(ValueError, match="max_weight"):
+        balanced_weights(groups, max_weight=0.5)
 
 
 def test_blockwise_near_pairs_do_not_depend_on_block_size():

@@ -13,7 +13,8 @@ Per pair:
   softplus(-margin / std(margin)) from the active reward_margin result, or, before that exists,
   from a quick out-of-fold logistic preference head on the same embeddings.
 - ``group_id`` = 2 y + z with y = chosen is longer (the bias feature the label may hide behind);
-  ``group_weight`` = N / (G n_g): every non-empty group carries the same total weight, mean 1.
+  ``group_weight`` = N / (G n_g), capped at ``max_weight`` (5) and rescaled to mean 1: every non-empty
+  group carries the same total weight unless it is so small that its pairs would pass the cap.
 
 The group table is the ``score_groups`` view (size, mean margin, share of flagged pairs).
 """
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from curation.store import Store
 
 NAME = "spurious_groups"
-VERSION = "1"
+VERSION = "2"  # 2: group weights capped (max_weight)
 LEN_EDGES = (64, 128, 256)
 _WORDS = re.compile(r"\w+")
 
@@ -90,10 +91,22 @@ def qdiv_head(
         return (torch.softmax(g(x), dim=1)[:, 1] > 0.5).numpy().astype(np.int32)
 
 
-def balanced_weights(groups: np.ndarray) -> np.ndarray:
-    """N / (G n_g) per sample: equal total weight per non-empty group, mean 1."""
+def balanced_weights(groups: np.ndarray, max_weight: float = 5.0) -> np.ndarray:
+    """Group-balanced weights, mean 1: N / (G n_g) (equal total weight per non-empty group), capped at
+    ``max_weight`` and rescaled until the mean is 1 again. Without the cap a group of one pair among
+    thousands would carry a G-th of all the weight on that single pair (the demo data had two such
+    pairs at weight 650 each); capped, a tiny group is up-weighted, never made to dominate."""
     uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    return len(groups) / (len(uniq) * counts[inv])
+    w = len(groups) / (len(uniq) * counts[inv].astype(np.float64))
+    if max_weight < 1.0:
+        raise ValueError(f"max_weight {max_weight} must be >= 1 (the mean weight)")
+    for _ in range(100):
+        w = np.minimum(w, max_weight)
+        if abs(w.mean() - 1.0) <= 1e-9:
+            break
+        free = w < max_weight  # only uncapped samples are rescaled
+        w[free] *= (len(w) - max_weight * (~free).sum()) / w[free].sum()
+    return w
 
 
 def run(
@@ -103,6 +116,7 @@ def run(
     clusters: int = 8,
     kl_weight: float = 1.0,
     steps: int = 300,
+    max_weight: float = 5.0,
     seed: int = 0,
     encoder: str = DEFAULT_ENCODER,
     tokenizer: str = DEFAULT_ENCODER,
@@ -140,6 +154,7 @@ def run(
             "clusters": clusters,
             "kl_weight": kl_weight,
             "steps": steps,
+            "max_weight": max_weight,
             "seed": seed,
             "tokenizer": tokenizer,
             "embeddings": emb.cache.key,
@@ -192,7 +207,7 @@ def run(
         y = (lc > lr).astype(np.int64)
         z = qdiv_head(diff, y, loss, kl_weight, steps, seed)
         group = (2 * y + z).astype(np.int32)
-        weights = balanced_weights(group)
+        weights = balanced_weights(group, max_weight)
         qs = [last_user_turn(r["prompt"]) for r in records]
         ch = [response_text(r["chosen"]) for r in records]
         rj = [response_text(r["rejected"]) for r in records]
