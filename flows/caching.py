@@ -18,7 +18,7 @@ from typing import Any
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from curation.store import Store
+from curation.core.store import Store
 
 #: Bump when a task's meaning changes in a way its inputs do not show (invalidates every cached result).
 FLOW_CACHE_VERSION = "1"
@@ -34,7 +34,7 @@ def digest(*parts: Any) -> str:
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes (the same function ingest uses for its unit keys)."""
-    from curation.ingest.sources import file_sha256
+    from curation.core.hashing import file_sha256
 
     return file_sha256(Path(path))
 

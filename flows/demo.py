@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curation.builds.policy import bundled_policy
+
 DEMO_DATA = Path(__file__).resolve().parents[1] / "curation" / "data" / "demo"
-DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "curation" / "policies" / "default.yaml"
+DEFAULT_POLICY = bundled_policy("default")
 
 
 @dataclass
@@ -70,8 +72,6 @@ def run_demo(
     quiet: bool = True,
 ) -> DemoResult:
     """Run the pipeline flow on the bundled data; returns what it did and how long it took."""
-    from flows.pipeline import STEP_FUNCTIONS, step_available
-
     started = time.perf_counter()
     with local_prefect(quiet):
         from flows.pipeline import pipeline_flow
@@ -84,11 +84,7 @@ def run_demo(
             policy=policy_arg,
             name=name,
         )
-    skipped = [
-        f"{step} ({'.'.join(STEP_FUNCTIONS[step])} not available)"
-        for step in ("score", "build", "report")
-        if not step_available(step)
-    ]
+    skipped = []
     if policy and not Path(policy).is_file():
         skipped.append(f"build (policy file {policy} not found)")
     report = (out.get("build") or {}).get("report")
@@ -133,7 +129,7 @@ EXAMPLE_QUERIES = [
 
 def usable_queries(store, n: int = 3) -> list[tuple[str, str]]:
     """The first ``n`` example queries whose views and columns hold data in this store."""
-    from curation.sql import query
+    from curation.catalog import query
 
     out = []
     for what, sql, needs in EXAMPLE_QUERIES:

@@ -1,16 +1,13 @@
 """Prefect flows: ingest, score, build (+ report), train, and the end-to-end pipeline.
 
-The flows are thin glue over plain functions (curation.ingest, curation.dedup,
-curation.scoring, curation.build, curation.report, training): they expand the
+The flows are thin glue over plain functions (curation.ingest, curation.ingest.dedup,
+curation.scoring, curation.builds.build, curation.builds.report, training): they expand the
 inputs, call one coarse task per file / kind / scorer / build, and publish
-counts and the report link as Prefect artifacts. A step whose library module
-is not installed in this checkout is skipped with a warning naming the missing
-function, never faked.
+counts and the report link as Prefect artifacts.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +15,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.futures import wait
 
-from curation.store import Store
+from curation import catalog
+from curation.core.store import Store
 from flows import tasks
 from flows.caching import result_storage
-
-#: The functions each step calls; a step runs only when its function can be imported.
-STEP_FUNCTIONS = {
-    "score": ("curation.scoring", "run_scorer"),
-    "build": ("curation.build", "build"),
-    "report": ("curation.report", "render_report"),
-    "train": ("training.rm", "train"),
-}
-
-
-def step_available(step: str) -> bool:
-    module, name = STEP_FUNCTIONS[step]
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
-        return False
-
-
-def _skip(step: str) -> None:
-    module, name = STEP_FUNCTIONS[step]
-    get_run_logger().warning(
-        "step %r skipped: %s.%s is not available in this installation", step, module, name
-    )
 
 
 def _bound(task_, store: Store):
@@ -117,6 +92,7 @@ def ingest_flow(
     dedup = _bound(tasks.near_dedup, st)
     kinds = sorted({r["kind"] for r in rows})
     near_rows = [_call(dedup, steps, f"near-dedup {k}", str(st.root), k, near_threshold) for k in kinds]
+    catalog.refresh(st)
     if rows:
         create_table_artifact(
             key="ingest-counts",
@@ -148,17 +124,10 @@ def ingest_flow(
 
 # ------------------------------------------------------------------- scoring
 def default_scorers() -> dict[str, dict[str, Any]]:
-    """Every result scorer of curation.scoring whose module is installed, with its default parameters."""
+    """Every result scorer of curation.scoring, with its default parameters."""
     from curation import scoring
 
-    out = {}
-    for name in scoring.RESULT_SCORERS:
-        try:
-            importlib.import_module(scoring.SCORERS[name])
-        except ImportError:
-            continue
-        out[name] = {}
-    return out
+    return {name: {} for name in scoring.RESULT_SCORERS}
 
 
 @flow(name="curate-score", log_prints=True)
@@ -170,9 +139,6 @@ def score_flow(store: str, scorers: dict[str, dict[str, Any]] | None = None) -> 
     but each is a submitted task, so with prefect-ray's RayTaskRunner
     (flows/ray.py) the model work runs on the Ray cluster's workers.
     """
-    if not step_available("score"):
-        _skip("score")
-        return {}
     st = Store(store)
     scorers = default_scorers() if scorers is None else scorers
     score = _bound(tasks.score, st)
@@ -183,7 +149,7 @@ def score_flow(store: str, scorers: dict[str, dict[str, Any]] | None = None) -> 
     wait(list(futures.values()))
     results = {name: f.result() for name, f in futures.items()}
     steps = [{"task": f"score {name}", "state": f.state.name} for name, f in futures.items()]
-    st.refresh_catalog()
+    catalog.refresh(st)
     return {"scorers": results, "steps": steps}
 
 
@@ -193,27 +159,21 @@ def build_flow(
     store: str, policy: str, name: str = "default", report_out: str | None = None
 ) -> dict[str, Any]:
     """Build shards from a policy file (cached on the policy's hash and the active scores), then the report."""
-    if not step_available("build"):
-        _skip("build")
-        return {}
-    from curation.policy import resolve_policy
+    from curation.builds.policy import resolve_policy
 
     st = Store(store)
     policy = str(resolve_policy(str(policy)).absolute())
     steps: list[dict[str, str]] = []
     built = _call(_bound(tasks.build, st), steps, f"build {name}", str(st.root), policy, name)
     out: dict[str, Any] = {"build": built, "steps": steps}
-    if step_available("report"):
-        target = report_out or str(st.root / "reports" / f"{name}.html")
-        rep = _call(_bound(tasks.report, st), steps, f"report {name}", str(st.root), name, target)
-        out["report"] = rep["report"]
-        create_link_artifact(
-            key=f"report-{name}".lower().replace("_", "-"),
-            link=Path(rep["report"]).as_uri(),
-            description=f"Curation report of build {name!r}",
-        )
-    else:
-        _skip("report")
+    target = report_out or str(st.root / "reports" / f"{name}.html")
+    rep = _call(_bound(tasks.report, st), steps, f"report {name}", str(st.root), name, target)
+    out["report"] = rep["report"]
+    create_link_artifact(
+        key=f"report-{name}".lower().replace("_", "-"),
+        link=Path(rep["report"]).as_uri(),
+        description=f"Curation report of build {name!r}",
+    )
     return out
 
 
@@ -224,9 +184,6 @@ def train_flow(store: str, name: str, config: dict[str, Any] | None = None) -> d
 
     ``config``: ``{"trainer": "rm" | "sft" | "rescue", "model": PATH, ...}`` (fields of the trainer's config).
     """
-    if not step_available("train"):
-        _skip("train")
-        return {}
     st = Store(store)
     steps: list[dict[str, str]] = []
     result = _call(_bound(tasks.train, st), steps, f"train {name}", str(st.root), name, config or {})

@@ -16,7 +16,9 @@ from typing import Any
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from curation.store import Store, StoreLocked
+from curation import catalog
+from curation.core.errors import StoreLocked
+from curation.core.store import Store
 from flows.caching import content_cache, digest, file_digest, kind_data_key
 
 RETRIES = 3
@@ -27,10 +29,12 @@ def is_transient(exc: BaseException) -> bool:
     """Worth retrying: contention, I/O hiccups, or a remote endpoint that may answer next time."""
     if isinstance(exc, StoreLocked | TimeoutError | ConnectionError):
         return True
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - httpx is a core dependency
-        return False
+    import httpx
+
+    from curation.scoring.chat_client import JudgeError
+
+    if isinstance(exc, JudgeError):  # an endpoint that ran out of its own retries may answer later
+        return exc.transient
     if isinstance(exc, httpx.TransportError):
         return True
     if isinstance(exc, httpx.HTTPStatusError):
@@ -83,13 +87,13 @@ def near_dedup_key(store_root: str, kind: str, threshold: float) -> str:
 
 @_task(near_dedup_key, task_run_name="near-dedup {kind}")
 def near_dedup(store_root: str, kind: str, threshold: float) -> dict[str, Any]:
-    """Recompute the MinHash near-duplicate prompt clusters of one kind (curation.dedup)."""
-    from curation.dedup import MinHashParams, mark_near_duplicates
+    """Recompute the MinHash near-duplicate prompt clusters of one kind (curation.ingest.dedup)."""
+    from curation.ingest.dedup import MinHashParams, mark_near_duplicates
 
     store = Store(store_root)
     with store.writer_lock(f"near-dedup {kind}"):
         counts = mark_near_duplicates(store, [kind], MinHashParams(threshold=threshold))
-        store.refresh_catalog()
+        catalog.refresh(store)
     return {"kind": kind, "near_duplicates": counts.get(kind, 0)}
 
 
@@ -112,7 +116,7 @@ MODEL_PARAMS = ("model", "models", "encoder", "tokenizer")
 
 def model_key(params: dict[str, Any]) -> dict[str, str] | None:
     """Fingerprints of the models a step's params name (defaults are covered by the code hash), or None."""
-    from curation.models import ModelSpec, fingerprint
+    from curation.core.models import ModelSpec, fingerprint
 
     names = []
     for key in MODEL_PARAMS:
@@ -159,10 +163,11 @@ def build_key(store_root: str, policy: str, name: str) -> str:
 
 @_task(build_key, task_run_name="build {name}")
 def build(store_root: str, policy: str, name: str) -> dict[str, Any]:
-    """Apply a policy file to the scored views and write shards + manifest (curation.build.build)."""
-    from curation.build import build as build_shards
+    """Apply a policy file to the scored views and write shards + manifest (curation.builds.build.build)."""
+    from curation.builds.build import build as build_shards
 
     out = build_shards(Store(store_root), policy, name)
+    catalog.refresh(Store(store_root))
     manifest = Store(store_root).path("curated", name, "manifest.json")
     return {"name": name, "manifest": str(manifest), "result": _plain(out)}
 
@@ -174,8 +179,8 @@ def report_key(store_root: str, name: str, out: str) -> str:
 
 @_task(report_key, task_run_name="report {name}")
 def report(store_root: str, name: str, out: str) -> dict[str, Any]:
-    """Render the HTML report of a build (curation.report.render_report)."""
-    from curation.report import render_report
+    """Render the HTML report of a build (curation.builds.report.render_report)."""
+    from curation.builds.report import render_report
 
     render_report(Store(store_root), out, build=name)
     return {"report": str(Path(out).absolute())}

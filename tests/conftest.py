@@ -34,7 +34,7 @@ def demo_data() -> Path:
 
 @pytest.fixture
 def store(tmp_path):
-    from curation.store import Store
+    from curation.core.store import Store
 
     return Store(tmp_path / "store")
 
@@ -50,6 +50,6 @@ def tiny_lm(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm() -> Path:
-    from curation.models import bundled_minilm_path
+    from curation.core.models import bundled_minilm_path
 
     return bundled_minilm_path()

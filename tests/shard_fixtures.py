@@ -1,4 +1,4 @@
-"""Small curated shards built from real data, for trainer tests (a stand-in for curation/build.py).
+"""Small curated shards built from real data, for trainer tests (a stand-in for curation/builds/build.py).
 
 ``build_shards(store, out, ...)`` reads the ``sft``, ``pairs`` and ``rankings`` views of an ingested
 store, adds the shard columns of schemas/shards.py (deterministic but varied weights, margins, soft
@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation import catalog
+from curation.core.hashing import file_sha256
 from schemas.shards import SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
 
@@ -96,14 +98,6 @@ def _ranking_rows(con, limit: int | None) -> list[dict]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_shards(out: Path, rows: dict[str, list[dict]], eval_every: int = 5, name: str = "test") -> Path:
     """Write ``rows[consumer]`` as train/eval shards (1 in ``eval_every`` rows to eval) and the manifest."""
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +120,7 @@ def write_shards(out: Path, rows: dict[str, list[dict]], eval_every: int = 5, na
                     "split": split,
                     "path": rel,
                     "rows": len(part),
-                    "sha256": _sha256(out / rel),
+                    "sha256": file_sha256(out / rel),
                 }
             )
             by_source: dict[str, int] = {}
@@ -156,7 +150,7 @@ def build_shards(
     eval_every: int = 5,
 ) -> Path:
     """Shards for ``consumers`` from the store's views (first ``limit`` records by id, if given)."""
-    con = store.connect()
+    con = catalog.connect(store)
     makers = {"sft": _sft_rows, "rm": _rm_rows, "ranking": _ranking_rows}
     return write_shards(out, {c: makers[c](con, limit) for c in consumers}, eval_every=eval_every)
 
@@ -164,7 +158,7 @@ def build_shards(
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory, shared_data):
     """A store with the real HH pairs, Alpaca SFT and GSM8K/OASST rankings ingested (once per session)."""
-    from curation.store import Store
+    from curation.core.store import Store
 
     store = Store(tmp_path_factory.mktemp("real_store") / "store")
     ingest_real(store, shared_data)

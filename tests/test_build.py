@@ -10,8 +10,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from curation.build import build
-from curation.policy import bundled_policy, load_policy, parse_policy
+from curation import catalog
+from curation.builds.build import build
+from curation.builds.policy import bundled_policy, load_policy, parse_policy
 from schemas.ids import prompt_text
 from schemas.shards import SHARD_SCHEMAS
 from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
@@ -27,7 +28,7 @@ def test_accounting_reconciles_to_the_record(real_store):
     res = build(store, load_policy(bundled_policy()))
     m = res.manifest
     acc = pq.read_table(res.path / "accounting.parquet").to_pylist()
-    con = store.connect()
+    con = catalog.connect(store)
     kinds = {"sft": "sft", "rm": "pair", "ranking": "ranking"}
     for consumer, kind in kinds.items():
         rows = [r for r in acc if r["consumer"] == consumer]
@@ -145,7 +146,7 @@ def test_trl_and_datasets_read_the_shards(real_store, minilm, tmp_path):
 
 
 def test_interrupted_build_leaves_no_complete_looking_shards_and_rerun_finishes(real_store, monkeypatch):
-    import curation.build as b
+    import curation.builds.build as b
 
     store, _ = real_store
     pol = load_policy(bundled_policy())
@@ -184,7 +185,7 @@ def test_interrupted_build_leaves_no_complete_looking_shards_and_rerun_finishes(
 
 
 def test_build_takes_the_writer_lock(real_store):
-    from curation.store import StoreLocked
+    from curation.core.errors import StoreLocked
 
     store, _ = real_store
     with store.writer_lock("other writer"), pytest.raises(StoreLocked, match="locked by PID"):

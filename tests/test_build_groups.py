@@ -7,8 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from curation.build import build
-from curation.policy import bundled_policy, load_policy, parse_policy
+from curation import catalog
+from curation.builds.build import build
+from curation.builds.policy import bundled_policy, load_policy, parse_policy
 from tests.test_build_helpers import ingest, score, subset_lines
 
 
@@ -28,7 +29,8 @@ def test_group_ids_and_weights_from_the_real_scorer(store, shared_data, tmp_path
     res = build(store, parse_policy(data))
     assert "spurious_groups" in res.manifest["scorers"]
     scored = {
-        r["id"]: r for r in store.read("scored_pairs").select(["id", "group_id", "group_weight"]).to_pylist()
+        r["id"]: r
+        for r in catalog.read(store, "scored_pairs").select(["id", "group_id", "group_weight"]).to_pylist()
     }
     rows = [
         r

@@ -28,7 +28,7 @@ def subset_lines(src: Path, dst: Path, n: int) -> Path:
 
 
 def ingest(store, paths: list[Path]) -> None:
-    from curation.dedup import mark_near_duplicates
+    from curation.ingest.dedup import mark_near_duplicates
     from curation.ingest.pipeline import IngestOptions, ingest_paths
 
     results = ingest_paths(store, [str(p) for p in paths], IngestOptions())
@@ -65,7 +65,7 @@ def score(store, names: list[str]) -> list[str]:
 def real_store_template(tmp_path_factory, shared_data):
     """Real subsets: 400 HH-RLHF pairs (+ the 300 ShareGPT pairs), Alpaca SFT, the toy chat file with
     its format errors (quarantine), 200 GSM8K multi-solution rankings; scored with the real scorers."""
-    from curation.store import Store
+    from curation.core.store import Store
 
     tmp = tmp_path_factory.mktemp("real_inputs")
     hh = subset_lines(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", tmp / "hh-harmless.jsonl", 400)
@@ -91,7 +91,7 @@ def real_store_template(tmp_path_factory, shared_data):
 @pytest.fixture
 def real_store(real_store_template, tmp_path):
     """A private copy of the scored real store (tests may build into it)."""
-    from curation.store import Store
+    from curation.core.store import Store
 
     template, scorers = real_store_template
     dst = tmp_path / "store"

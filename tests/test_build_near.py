@@ -9,10 +9,11 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from curation.build import build
-from curation.dedup import mark_near_duplicates
+from curation import catalog
+from curation.builds.build import build
+from curation.builds.policy import bundled_policy, load_policy, parse_policy
+from curation.ingest.dedup import mark_near_duplicates
 from curation.ingest.pipeline import ingest_paths
-from curation.policy import bundled_policy, load_policy, parse_policy
 
 _WORD = re.compile(r"\w+")
 
@@ -43,7 +44,7 @@ def ae_store(tmp_path_factory, shared_data):
     """The three AlpacaEval files, then 30 near-copy pairs (a word appended to both outputs of a row of the
     default file) and 20 near-copy prompts (a word appended to a long instruction, with another row's
     outputs: a distinct pair of the same prompt cluster)."""
-    from curation.store import Store
+    from curation.core.store import Store
 
     tmp = tmp_path_factory.mktemp("ae")
     files = sorted((shared_data / "alpaca-eval").glob("*.annotations.json"))
@@ -81,7 +82,7 @@ def test_default_keeps_the_distinct_pairs_of_a_prompt_and_drops_near_copies(ae_s
     store, copies, _edited = ae_store
     res = build(store, _policy())
     acc = _acc(res)
-    con = store.connect()
+    con = catalog.connect(store)
     pairs = {
         r["id"]: r
         for r in con.sql(
@@ -121,7 +122,7 @@ def test_default_keeps_the_distinct_pairs_of_a_prompt_and_drops_near_copies(ae_s
 def test_prompt_level_stays_available_by_name(ae_store):
     store, copies, edited = ae_store
     acc = _acc(build(store, _policy(near_duplicates="drop_prompt"), name="by-prompt"))
-    con = store.connect()
+    con = catalog.connect(store)
     (clusters, members, total) = con.sql(
         "SELECT count(DISTINCT cluster), count(*), (SELECT count(*) FROM pairs) FROM near_duplicates "
         "WHERE kind = 'pair'"
@@ -140,7 +141,7 @@ def test_a_prompt_cluster_never_crosses_the_split(ae_store):
     store, _copies, edited = ae_store
     res = build(store, _policy(near_duplicates="keep"))
     acc = {r["id"]: r for r in _acc(res) if r["status"] == "kept"}
-    con = store.connect()
+    con = catalog.connect(store)
     clusters: dict[str, set[str]] = {}
     for rid, cl in con.sql("SELECT id, cluster FROM near_duplicates WHERE kind = 'pair'").fetchall():
         if rid in acc:
@@ -161,7 +162,7 @@ def test_a_prompt_cluster_never_crosses_the_split(ae_store):
 
 
 def test_explain_names_the_level_that_dropped_a_pair(ae_store):
-    from curation.explain import explain
+    from curation.builds.explain import explain
 
     store, _copies, _edited = ae_store
     by_pair = _acc(build(store, _policy(), name="by-pair"))

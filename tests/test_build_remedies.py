@@ -14,8 +14,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-import curation.build as b
-from curation.policy import PolicyError, bundled_policy, load_policy, parse_policy
+import curation.builds.build as b
+from curation.builds.policy import PolicyError, bundled_policy, load_policy, parse_policy
 from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 FIXTURE_RM = """

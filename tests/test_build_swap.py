@@ -20,18 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from curation.build import build, build_names, read_manifest
-from curation.store import Store
+from curation.builds.build import build, build_names, read_manifest
+from curation.core.store import Store
 from tests.test_build_helpers import ingest, subset_lines
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT = REPO / "curation" / "policies" / "default.yaml"
+DEFAULT = REPO / "curation" / "builds" / "policies" / "default.yaml"
 
 #: Runs one build in a child, SIGKILLing itself right after the STEP-th file-system step of the commit.
 CHILD = r"""
 import os, shutil, signal, sys
-import curation.build as build_mod
-import curation.store as store_mod
+import curation.builds.build as build_mod
+import curation.core.store as store_mod
 
 mode, step, root, policy = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 if mode == "fallback":
@@ -130,7 +130,7 @@ _SHAS: dict[Path, str] = {}
 
 
 def read_sha(policy: Path, store: Store) -> str:
-    from curation.policy import load_policy
+    from curation.builds.policy import load_policy
 
     if policy not in _SHAS:
         _SHAS[policy] = load_policy(policy).sha256()

@@ -8,7 +8,8 @@ import inspect
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import StoreOpt, app
+from curation.cli import app
+from curation.cli.common import StoreOpt
 
 runner = CliRunner()
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from curation.dedup import MinHashParams, lsh_bands, mark_near_duplicates, near_duplicate_clusters
+from curation import catalog
+from curation.ingest.dedup import MinHashParams, lsh_bands, mark_near_duplicates, near_duplicate_clusters
 from curation.ingest.pipeline import IngestOptions, ingest_paths
 
 GSM = IngestOptions(kind="sft", mapping={"prompt": "question", "response": "answer"})
@@ -27,7 +28,7 @@ def test_near_duplicates_marked_not_deleted(store, gsm_with_copies):
     (res,) = ingest_paths(store, [str(gsm_with_copies)], GSM)
     assert res.accepted == 400  # edited copies are different content: no exact duplicates
     counts = mark_near_duplicates(store, ["sft"])
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         near = con.sql(
             "SELECT s.source_row, c.source_row AS rep_row, n.representative, n.similarity FROM near_duplicates n "
@@ -63,7 +64,7 @@ def test_exact_duplicates_across_files_and_cli(store, shared_data):
     files = sorted((shared_data / "alpaca-eval").glob("*.json"))
     ingest_paths(store, [str(f) for f in files])
     mark_near_duplicates(store, ["pair"])
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         (n_pairs, n_prompts) = con.sql(
             "SELECT count(*), count(DISTINCT prompt[1].content) FROM pairs"
@@ -98,7 +99,7 @@ def test_record_level_marks_near_identical_records_within_a_prompt_cluster(store
     path.write_text("".join(json.dumps(r) + "\n" for r in rows + near_copy + other))
     ingest_paths(store, [str(path)], GSM)
     mark_near_duplicates(store, ["sft"])
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         near = con.sql(
             "SELECT s.source_row, c.source_row, n.representative, r.source_row, n.record_representative, "
@@ -141,7 +142,7 @@ def test_ranking_records_differ_by_grades(store, shared_data, tmp_path):
     (res,) = ingest_paths(store, [str(path)])
     assert res.kind == "ranking" and res.accepted == 80
     mark_near_duplicates(store, ["ranking"])
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         near = dict(
             con.sql(
@@ -161,7 +162,7 @@ def test_large_prompt_clusters_take_lsh_candidates_with_the_same_result(
 ):
     """One question answered 150 ways (real GSM8K answers of other problems, 40 of them twice with a word
     appended): the LSH path of a large cluster finds the same record clusters as comparing every two."""
-    import curation.dedup as dedup
+    import curation.ingest.dedup as dedup
 
     rows = [json.loads(x) for x in (shared_data / "gsm8k/test.jsonl").open()][:150]
     q = rows[0]["question"]
@@ -173,7 +174,7 @@ def test_large_prompt_clusters_take_lsh_candidates_with_the_same_result(
 
     def marks() -> dict[int, tuple[int, bool]]:
         mark_near_duplicates(store, ["sft"])
-        con = store.connect()
+        con = catalog.connect(store)
         try:
             return {
                 row: (rep, is_rep)

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.build import build
+from curation.builds.build import build
 from curation.cli import app
-from curation.dedup import MinHashParams, recorded_state, stale_kinds
+from curation.ingest.dedup import MinHashParams, recorded_state, stale_kinds
 from curation.ingest.pipeline import ingest_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_rerun_after_sigkill_between_commit_and_marking_marks(tmp_path, hh_with_
     root = tmp_path / "store"
     killer = (
         "import os, signal, sys\n"
-        "import curation.dedup as d\n"
+        "import curation.ingest.dedup as d\n"
         "d.mark_near_duplicates = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         "from curation.cli import main\n"
         f"sys.argv = ['curate', 'ingest', {str(hh_with_copies)!r}, '--store', {str(root)!r}]\n"
@@ -106,7 +106,7 @@ def test_rerun_after_sigkill_between_commit_and_marking_marks(tmp_path, hh_with_
     assert rerun.exit_code == 0, rerun.output
     out = " ".join(rerun.output.split())
     assert "already ingested" in out and f"pair: {N_COPIES} / {N_COPIES}" in out
-    from curation.store import Store
+    from curation.core.store import Store
 
     store = Store(root)
     assert stale_kinds(store) == {}
@@ -121,7 +121,7 @@ def test_threshold_is_part_of_the_state_and_kept_by_later_runs(tmp_path, hh_with
     runner = CliRunner()
     first = runner.invoke(app, ["ingest", str(hh_with_copies), "--store", root, "--near-threshold", "0.97"])
     assert first.exit_code == 0, first.output
-    from curation.store import Store
+    from curation.core.store import Store
 
     store = Store(root)
     assert recorded_state(store, "pair")["params"]["threshold"] == 0.97
@@ -142,7 +142,7 @@ def test_marks_from_before_the_record_level_read_as_stale_and_are_recomputed(sto
     still work (record columns read NULL, `curate stats` says the marks are stale) and a build recomputes."""
     import pyarrow as pa
 
-    from curation.dedup import mark_near_duplicates
+    from curation.ingest.dedup import mark_near_duplicates
 
     ingest_paths(store, [str(hh_with_copies)])
     with store.writer_lock():

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.build import build
-from curation.explain import explain
-from curation.policy import bundled_policy, load_policy
-from curation.store import StoreError
+from curation.builds.build import build
+from curation.builds.explain import explain
+from curation.builds.policy import bundled_policy, load_policy
+from curation.core.errors import StoreError
 from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 

@@ -65,14 +65,13 @@ def _states(out: dict) -> dict[str, str]:
 
 @pytest.mark.slow  # three pipeline runs with build and report: ~20 s on a quiet 2-core box
 def test_pipeline_caches_on_content_and_reruns_only_dependents(prefect_api, landing, tmp_path, shared_data):
-    from curation.sql import query
-    from curation.store import Store
-    from flows.pipeline import pipeline_flow, step_available
+    from curation.catalog import query
+    from curation.core.store import Store
+    from flows.pipeline import pipeline_flow
 
     store = tmp_path / "store"
-    scorers = {"length_bias": {"progress": False}} if step_available("score") else None
-    policy = "default" if step_available("build") else None
-    kwargs = dict(store=str(store), inputs=[str(landing)], scorers=scorers, policy=policy, name="t")
+    scorers = {"length_bias": {"progress": False}}
+    kwargs = dict(store=str(store), inputs=[str(landing)], scorers=scorers, policy="default", name="t")
 
     first = pipeline_flow(**kwargs)
     states = _states(first)
@@ -109,8 +108,8 @@ def test_pipeline_caches_on_content_and_reruns_only_dependents(prefect_api, land
 
 def test_deleting_the_store_drops_its_cache(prefect_api, landing, tmp_path):
     """Results live inside the store: a fresh store at the same path is ingested again, not 'cached'."""
-    from curation.sql import query
-    from curation.store import Store
+    from curation.catalog import query
+    from curation.core.store import Store
     from flows.pipeline import ingest_flow
 
     store = tmp_path / "store"
@@ -132,8 +131,8 @@ def test_bad_file_fails_the_flow_by_name_after_ingesting_the_rest(prefect_api, l
     store = tmp_path / "store"
     with pytest.raises(IngestFailed, match="broken.json"):
         ingest_flow(str(store), [str(landing)])
-    from curation.sql import query
-    from curation.store import Store
+    from curation.catalog import query
+    from curation.core.store import Store
 
     kinds = (
         query(Store(store), "SELECT DISTINCT kind FROM ingest_runs ORDER BY kind").column("kind").to_pylist()
@@ -144,7 +143,7 @@ def test_bad_file_fails_the_flow_by_name_after_ingesting_the_rest(prefect_api, l
 def test_transient_errors_are_retried_and_bad_data_is_not():
     import httpx
 
-    from curation.store import StoreLocked
+    from curation.core.errors import StoreLocked
     from flows.tasks import is_transient
 
     req = httpx.Request("POST", "http://judge.invalid/v1/chat/completions")

@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from curation import catalog
+from curation.core.store import Store
 from curation.ingest.pipeline import IngestOptions, ingest_paths
 from curation.ingest.readers import BY_NAME, MappingReader
 from curation.ingest.readers.base import RowError
-from curation.store import Store
 
 json_scalar = st.one_of(
     st.none(),
@@ -158,7 +159,7 @@ def test_hostile_jsonl_every_row_accounted(lines, reader, gz):
             assert not store.files("ingest/*/run.parquet")
             return
         assert res.reconciles and res.rows_read == nonblank
-        con = store.connect()
+        con = catalog.connect(store)
         try:
             q = con.sql("SELECT source_row, field, reason, raw FROM quarantine").fetchall()
             kept = con.sql(f"SELECT count(*) FROM {'pairs' if res.kind == 'pair' else 'sft'}").fetchall()[0][
@@ -182,7 +183,7 @@ def test_csv_with_embedded_newlines_and_ragged_rows(tmp_path, store):
         store, [str(path)], IngestOptions(kind="sft", mapping={"prompt": "question", "response": "answer"})
     )
     assert (res.rows_read, res.accepted, res.quarantined) == (4, 2, 2)
-    con = store.connect()
+    con = catalog.connect(store)
     msgs = [m for (m,) in con.sql("SELECT messages FROM sft ORDER BY source_row").fetchall()]
     reasons = con.sql("SELECT source_row, reason FROM quarantine ORDER BY 1").fetchall()
     con.close()
@@ -211,7 +212,7 @@ BIG = r"""
 import json, sys
 from pathlib import Path
 from curation.ingest.pipeline import ingest_paths
-from curation.store import Store
+from curation.core.store import Store
 f, root = Path(sys.argv[1]), Path(sys.argv[2])
 (res,) = ingest_paths(Store(root), [str(f)])
 q = Store(root).read("quarantine").to_pylist()
@@ -298,7 +299,7 @@ def test_deeply_nested_extra_fields_never_crash(depth, tmp_path, store):
         assert fields[:3] == ["x"] * 3 and all("cannot be kept in meta as JSON" in r for r in reasons[:3])
         assert all("see row" in raw for raw in q.column("raw").to_pylist()[:3])
     if kept:
-        con = store.connect()
+        con = catalog.connect(store)
         try:
             metas = [json.loads(m) for (m,) in con.sql("SELECT meta FROM pairs").fetchall()]
         finally:

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from curation.core.store import Store
 from curation.ingest import blocks, sources
 from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_parquet_batches
 from curation.ingest.pipeline import IngestOptions, UnitResult, _batches, ingest_paths
@@ -32,7 +33,6 @@ from curation.ingest.readers.base import Reader, RowError, extra_meta, meta_json
 from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.sources import read_rows
-from curation.store import Store
 
 HH = "hh-rlhf/harmless-base-test.jsonl.gz"
 _Q = b'"\\n\\nHuman: q\\n\\nAssistant: a"'

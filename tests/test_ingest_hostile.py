@@ -19,12 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from curation import catalog
 from curation.cli import app
+from curation.core.store import Store
 from curation.ingest.blocks import ArrowBlock, read_batches
 from curation.ingest.pipeline import IngestOptions, _batches, ingest_paths
 from curation.ingest.readers.hh import HHReader
 from curation.ingest.sources import BATCH_BYTES, SourceError, read_rows
-from curation.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 HH = "hh-rlhf/harmless-base-test.jsonl.gz"
@@ -42,7 +43,7 @@ def _staging_left(store: Store) -> list[Path]:
 
 
 def _count(store: Store, view: str) -> int:
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         return con.sql(f"SELECT count(*) FROM {view}").fetchall()[0][0]
     finally:
@@ -159,8 +160,8 @@ def two_files(shared_data) -> list[str]:
 def _fail_at(monkeypatch, target: str, err: int, when: int = 1) -> None:
     """Make the ``when``-th call of ``target`` (``os.open`` of the lock, ``os.rename`` of a commit, or a
     Parquet write) raise ``OSError(err)``."""
+    import curation.core.store as store_mod
     import curation.ingest.pipeline as pipeline
-    import curation.store as store_mod
 
     calls = {"n": 0}
 
@@ -207,7 +208,7 @@ def test_store_error_on_the_second_file_says_what_was_kept(
     committed"); nothing half-written left, not even in staging; the rerun finishes."""
     store = Store(tmp_path / "store")
     _fail_at(monkeypatch, target, err, when=2 if target == "commit" else 1 + 1)
-    from curation.store import StoreError
+    from curation.core.errors import StoreError
 
     with pytest.raises(StoreError) as info:
         ingest_paths(store, two_files, IngestOptions(overlap=False, batch_rows=50_000))
@@ -223,29 +224,33 @@ def test_store_error_on_the_second_file_says_what_was_kept(
 def test_catalog_that_cannot_be_written_is_one_clear_error_and_the_rerun_rewrites_it(
     two_files, tmp_path, monkeypatch
 ):
+    """`curate ingest` ends by rewriting catalog.duckdb; a disk too full for it is one clear line (the units
+    stay committed) and the next command rewrites it."""
     import duckdb
 
-    from curation.store import StoreError
+    root = tmp_path / "store"
+    ingest = ["ingest", *map(str, two_files[:1]), "--store", str(root), "--no-near-dedup"]
+    assert CliRunner().invoke(app, ingest).exit_code == 0
 
-    store = Store(tmp_path / "store")
-    ingest_paths(store, two_files[:1])
-
-    def full(self):
+    def full(self, views):
         raise duckdb.TransactionException(
             'TransactionContext Error: Failed to commit: Could not write file ".catalog.wal": No space left on device'
         )
 
-    monkeypatch.setattr(Store, "refresh_catalog", full)
-    with pytest.raises(StoreError, match=r"cannot write .*catalog\.duckdb \(.*No space left on device\)"):
-        ingest_paths(store, two_files)
+    monkeypatch.setattr(Store, "write_catalog", full)
+    both = ["ingest", *map(str, two_files), "--store", str(root), "--no-near-dedup"]
+    res = CliRunner().invoke(app, both)
+    assert res.exit_code == 1
+    assert "cannot write" in res.output and "catalog.duckdb (" in res.output and "No space left" in res.output
     monkeypatch.undo()
-    con = duckdb.connect(str(store.root / "catalog.duckdb"), read_only=True)
+    con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
     stale = con.sql("SELECT count(*) FROM rankings").fetchall()[0][0]  # the view over no file yet
     con.close()
     assert stale == 0
-    res = ingest_paths(store, two_files)  # every unit is committed: skipped, but the catalog is stale
-    assert all(r.skipped for r in res)
-    con = duckdb.connect(str(store.root / "catalog.duckdb"), read_only=True)
+    assert len(_units(Store(root))) == 2  # both files committed
+    res = CliRunner().invoke(app, both)  # every unit skipped, and the catalog rewritten
+    assert res.exit_code == 0, res.output
+    con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
     assert con.sql("SELECT count(*) FROM rankings").fetchall()[0][0] == 212
     con.close()
 
@@ -273,7 +278,7 @@ CSV_MAP = IngestOptions(kind="sft", mapping={"prompt": "question", "response": "
 
 
 def _sft_contents(store: Store) -> list[tuple[int, str, str]]:
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         rows = con.sql("SELECT source_row, messages FROM sft ORDER BY source_row").fetchall()
     finally:

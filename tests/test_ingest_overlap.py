@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.core.store import Store
 from curation.ingest import pipeline
 from curation.ingest.overlap import Alongside, Behind, ahead, ordered_map
 from curation.ingest.pipeline import IngestOptions, ingest_paths
-from curation.store import Store
 
 HH = Path("hh-rlhf/harmless-base-test.jsonl.gz")
 

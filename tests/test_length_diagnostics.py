@@ -11,9 +11,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from curation.build import build
+from curation.builds.build import build
+from curation.builds.policy import bundled_policy, load_policy, parse_policy
 from curation.cli import app
-from curation.policy import bundled_policy, load_policy, parse_policy
 from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 from tests.test_build_remedies import _klass, fixture_scores  # noqa: F401  (fixture)
 

@@ -6,7 +6,12 @@ import json
 
 import numpy as np
 
-from curation.length_features import FEATURE_NAMES, markdown_counts, markdown_matrix, pair_length_features
+from curation.core.length_features import (
+    FEATURE_NAMES,
+    markdown_counts,
+    markdown_matrix,
+    pair_length_features,
+)
 
 
 def test_features_flip_sign_when_the_pair_is_swapped():

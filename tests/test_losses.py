@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import (
+from curation.core.losses import (
     IGNORE_INDEX,
     bradley_terry_loss,
     center_rewards_term,

@@ -1,7 +1,7 @@
 """Names and paths a user gives (issue 23 items 2 and 11): one validator, paths that are paths.
 
 Every name a user gives for a place in the store (build, source, report file, store sub-path) is one
-plain name checked by ``curation.store.safe_name``; every path is taken as a path (a store at ``a[1]``
+plain name checked by ``curation.core.store.safe_name``; every path is taken as a path (a store at ``a[1]``
 is that folder, not the glob that also matches ``a1``; an input called ``data[1].jsonl`` is that file).
 The lists below are the cases tried; add a case to a list and every command that takes such a name or
 path tries it. docs/reliability.md ("Round two") lists the results.
@@ -24,11 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from curation.build import build, build_names, read_manifest
+from curation import catalog
+from curation.builds.build import build, build_names, read_manifest
+from curation.builds.explain import explain
 from curation.cli import app
-from curation.explain import explain
+from curation.core.errors import StoreError
+from curation.core.names import safe_name
+from curation.core.store import Store
 from curation.ingest.sources import SourceError, expand_paths
-from curation.store import Store, StoreError, safe_name
 from tests.test_build_helpers import ingest, subset_lines
 
 runner = CliRunner()
@@ -159,7 +162,7 @@ def test_a_name_is_accepted_only_as_one_plain_component(tmp_path, name):
 @given(st.text(max_size=300))
 @settings(max_examples=300, deadline=None)
 def test_a_name_made_from_any_text_is_a_valid_name(text):
-    from curation.store import plain_name
+    from curation.core.names import plain_name
 
     made = plain_name(text)
     assert safe_name(made) == made
@@ -255,9 +258,9 @@ def test_symlinks_in_the_store_that_lead_out_are_never_followed(store, tmp_path)
     os.unlink(store.root / "curated" / "evil")
     os.symlink(outside / "unit", store.root / "ingest" / "evil-unit")
     with pytest.raises(StoreError, match="ingest/evil-unit/.* links outside the store"):
-        store.connect()
+        catalog.connect(store)
     os.unlink(store.root / "ingest" / "evil-unit")
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         assert con.sql("SELECT count(*) FROM pairs").fetchall()[0][0] == 60 - _hh_duplicates(store)
     finally:
@@ -271,7 +274,7 @@ def test_symlinks_in_the_store_that_lead_out_are_never_followed(store, tmp_path)
 
 
 def _a_pair_id(store: Store) -> str:
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         return con.sql("SELECT min(id) FROM pairs").fetchall()[0][0]
     finally:
@@ -279,7 +282,7 @@ def _a_pair_id(store: Store) -> str:
 
 
 def _hh_duplicates(store: Store) -> int:
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         return con.sql("SELECT count(*) FROM duplicates WHERE kind = 'pair'").fetchall()[0][0]
     finally:
@@ -408,7 +411,7 @@ def test_store_roots_with_odd_characters_work_and_never_read_a_sibling(tmp_path,
     result = build(Store(root), "default", "v1")
     assert result.path == root / "curated" / "v1"
     st_ = Store(root)
-    con = st_.connect()
+    con = catalog.connect(st_)
     try:
         assert con.sql("SELECT count(*) FROM curated_accounting WHERE kind = 'pair'").fetchall()[0][0] == 7
     finally:
@@ -437,7 +440,7 @@ def test_impossible_store_paths_give_a_clear_error(tmp_path, bad):
 def test_duckdb_path_names_exactly_one_file(tmp_path):
     import pyarrow.parquet as pq
 
-    from curation.store import duckdb_path
+    from curation.core.names import duckdb_path
 
     for name in ("a[1]", "a1", "q?x", "qax", "s*t", "sxt", "br]k"):
         (tmp_path / name).mkdir()
@@ -463,7 +466,7 @@ def test_input_files_with_glob_characters_are_those_files(tmp_path, inputs):
         expand_paths([str(folder / "nothing*.jsonl")])
     res = runner.invoke(app, ["ingest", str(folder / "data[1].jsonl"), "--store", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    con = Store(tmp_path / "s").connect()
+    con = catalog.connect(Store(tmp_path / "s"))
     try:
         assert con.sql("SELECT count(*) FROM pairs").fetchall()[0][0] == 7
         assert con.sql("SELECT count(*) FROM sft").fetchall()[0][0] == 0

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from curation.build import build
-from curation.policy import PolicyError, bundled_policy, load_policy, parse_policy
+from curation.builds.build import build
+from curation.builds.policy import PolicyError, bundled_policy, load_policy, parse_policy
 from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 

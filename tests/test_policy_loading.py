@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from curation import policy as policy_module
-from curation.policy import PolicyError, bundled_policy, load_policy
+from curation.builds.policy import PolicyError, bundled_policy, load_policy
 
 
 def alias_bomb(levels: int, width: int = 10) -> str:

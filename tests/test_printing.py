@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from curation import catalog
 from curation.cli import app
-from curation.store import Store
+from curation.core.store import Store
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_paths_and_records_that_look_like_markup_print_as_data(tmp_path, shared_
     res = runner.invoke(app, ["build", "--store", str(root), "--name", "v1"])
     assert res.exit_code == 0, res.output
     assert "[/x]/store/curated/v1" in "".join(res.output.split())
-    con = Store(root).connect()
+    con = catalog.connect(Store(root))
     try:
         rid = con.sql(
             "SELECT id FROM sft WHERE contains(messages[2].content, '[/x]') ORDER BY id"

@@ -15,13 +15,11 @@ pytest.importorskip("prefect_ray")
 
 @pytest.mark.slow  # starts a local Ray instance (~20-40 s on 2 cores)
 def test_scoring_on_ray_matches_local_run(prefect_api, shared_data, tmp_path):  # noqa: F811
-    from curation.sql import query
-    from curation.store import Store
-    from flows.pipeline import ingest_flow, score_flow, step_available
+    from curation.catalog import query
+    from curation.core.store import Store
+    from flows.pipeline import ingest_flow, score_flow
     from flows.ray import score_on_ray
 
-    if not step_available("score"):
-        pytest.skip("curation.scoring.run_scorer is not available")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     landing = tmp_path / "landing"
     landing.mkdir()

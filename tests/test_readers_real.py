@@ -13,8 +13,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from curation import catalog
+from curation.core.store import Store
 from curation.ingest.pipeline import IngestOptions, UnitResult, ingest_paths
-from curation.store import Store
 from schemas import SCHEMAS
 
 AUTO_FILES = [
@@ -64,7 +65,7 @@ def real(shared_data, tmp_path_factory) -> tuple[Store, dict[str, UnitResult]]:
 
 
 def _q(store: Store, sql: str) -> list[tuple]:
-    con = store.connect()
+    con = catalog.connect(store)
     try:
         return con.sql(sql).fetchall()
     finally:

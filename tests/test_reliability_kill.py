@@ -21,7 +21,7 @@ from tests.test_build_helpers import ingest, subset_lines
 
 REPO = Path(__file__).resolve().parents[1]
 CURATE = [sys.executable, "-m", "curation.cli"]
-POLICY = REPO / "curation" / "policies" / "default.yaml"
+POLICY = REPO / "curation" / "builds" / "policies" / "default.yaml"
 
 
 def _sha(path: Path) -> str:
@@ -44,8 +44,8 @@ def _shards(build: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def scored_store(tmp_path_factory, shared_data):
+    from curation.core.store import Store
     from curation.scoring import run_scorer
-    from curation.store import Store
 
     tmp = tmp_path_factory.mktemp("kill_build")
     files = [

@@ -15,14 +15,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation.store import Store, StoreError, StoreLocked, safe_name
+from curation.core.errors import StoreError, StoreLocked
+from curation.core.names import safe_name
+from curation.core.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 CURATE = [sys.executable, "-m", "curation.cli"]
 
 HOLD_LOCK = """
 import sys, time
-from curation.store import Store
+from curation.core.store import Store
 with Store(sys.argv[1]).writer_lock("test holder"):
     print("locked", flush=True)
     time.sleep(60)
@@ -90,12 +92,13 @@ def test_cli_writer_on_locked_store_fails_clearly(tmp_path, demo_data):
 
 
 def test_readers_keep_working_while_a_writer_holds_the_store(tmp_path, demo_data):
+    from curation.catalog import query, refresh
     from curation.ingest.pipeline import ingest_paths
-    from curation.sql import query
 
     root = tmp_path / "store"
     store = Store(root)
     ingest_paths(store, [str(demo_data / "oasst")])
+    refresh(store)  # what `curate ingest` does after the library call
     holder = _hold_lock(root)
     try:
         n = query(store, "SELECT count(*) AS n FROM rankings").column("n")[0].as_py()
@@ -171,7 +174,7 @@ def test_disk_full_gives_a_clear_error_and_leaves_the_store_consistent(tmp_path,
 def test_permission_error_names_the_path(tmp_path, monkeypatch):
     import pyarrow as pa
 
-    from curation.store import write_parquet_atomic
+    from curation.core.store import write_parquet_atomic
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")

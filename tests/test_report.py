@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from curation.build import build
-from curation.policy import bundled_policy, load_policy
-from curation.report import render_report
+from curation.builds.build import build
+from curation.builds.policy import bundled_policy, load_policy
+from curation.builds.report import render_report
 from tests.test_build_helpers import (  # noqa: F401  (fixtures)
     available_scorers,
     ingest,

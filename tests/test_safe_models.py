@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from curation.models import (
+from curation.core.models import (
     ModelError,
     ModelSpec,
     describe,
@@ -209,9 +209,9 @@ def test_safetensors_behind_symlinks_still_load(tmp_path, minilm):
 def test_score_and_train_print_one_line_for_a_refused_model(tmp_path, minilm, shared_data):
     from typer.testing import CliRunner
 
-    from curation.build import build
+    from curation.builds.build import build
     from curation.cli import app
-    from curation.store import Store
+    from curation.core.store import Store
     from tests.test_build_helpers import ingest, subset_lines
 
     store = Store(tmp_path / "store")

@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 import pytest
 
+from curation import catalog
 from curation.scoring import run_scorer
 from curation.scoring.semantic import clusters, near_pairs
 from curation.scoring.spurious_groups import balanced_weights, qdiv_head
@@ -19,7 +20,7 @@ def hh_store(tmp_path_factory, shared_data):
 
 
 def q(st, sql):
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         return con.sql(sql).to_arrow_table().to_pylist()
 
 
@@ -66,7 +67,6 @@ def test_qdiv_head_finds_the_hard_group_and_keeps_label_balance():
     z = qdiv_head(h, y, loss, kl_weight=1.0, steps=300)
     assert loss[z == 1].mean() > loss[z == 0].mean() + 1.0
     assert abs(y[z == 1].mean() - y.mean()) < 0.1 and abs(y[z == 0].mean() - y.mean()) < 0.1
-
 
 
 def test_balanced_weights_equalise_groups_but_never_let_a_tiny_group_dominate():

@@ -6,6 +6,7 @@ import contextlib
 
 import pytest
 
+from curation import catalog
 from curation.scoring import run_scorer, versions
 from tests.test_scoring_support import add_hh, build_store
 
@@ -16,7 +17,7 @@ def hh_store(tmp_path, shared_data):
 
 
 def n_pairs(st) -> int:
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         return con.sql("SELECT count(*) FROM pairs").fetchall()[0][0]
 
 
@@ -27,7 +28,7 @@ def test_lengths_match_tokenizer_and_report(hh_store, shared_data, minilm):
     assert n > 290  # a few HH rows are quarantined at ingest
     s = run_scorer(hh_store, "length_bias", progress=False)
     assert s.records == n and s.computed == n and not s.skipped
-    with contextlib.closing(hh_store.connect()) as con:
+    with contextlib.closing(catalog.connect(hh_store)) as con:
         rows = (
             con.sql(
                 "SELECT chosen[1].content AS c, rejected[1].content AS r, len_chosen, len_rejected, len_diff, "
@@ -70,13 +71,13 @@ def test_cache_skips_unchanged_and_scores_only_new(hh_store, shared_data, tmp_pa
 
 
 def test_views_have_contract_columns_before_any_score(hh_store):
-    with contextlib.closing(hh_store.connect()) as con:
+    with contextlib.closing(catalog.connect(hh_store)) as con:
         cols = {r[0]: r[1] for r in con.sql("DESCRIBE scored_pairs").fetchall()}
         sft_cols = {r[0]: r[1] for r in con.sql("DESCRIBE scored_sft").fetchall()}
         assert con.sql("SELECT count(*) FROM scored_pairs WHERE margin IS NULL").fetchall()[0][0] == n_pairs(
             hh_store
         )
-    from curation.build import CONTRACT_COLUMNS  # the scoring/curation contract, defined once
+    from curation.builds.build import CONTRACT_COLUMNS  # the scoring/curation contract, defined once
 
     expected = CONTRACT_COLUMNS["scored_pairs"]
     for name, typ in expected.items():

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from curation import catalog
 from curation.scoring import run_scorer, versions
 from curation.scoring.crossfit import crossfit_rewards, residualise
 from curation.scoring.reward_margin import classify, length_stratum
@@ -24,14 +25,14 @@ BOUND = 0.05
 
 
 def scored(st, cols: str) -> dict[str, np.ndarray]:
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         t = con.sql(f"SELECT {cols} FROM scored_pairs WHERE margin IS NOT NULL ORDER BY id").to_arrow_table()
     return {n: np.asarray(t.column(n).to_pylist()) for n in t.column_names}
 
 
 def alpaca_eval_store(root, shared, per_file: int):
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.store import Store
 
     st = Store(root / "store")
     for name in ("gpt-3.5-turbo-1106", "gpt-3.5-turbo-1106_concise", "gpt-3.5-turbo-1106_verbose"):
@@ -93,13 +94,13 @@ def test_control_off_gives_the_raw_margin_and_global_classes(stores):
 
 
 def test_pretrained_model_margins_are_residualised_out_of_fold(tmp_path, shared_data, minilm):
-    from curation.length_features import markdown_matrix, pair_length_features
+    from curation.core.length_features import markdown_matrix, pair_length_features
 
     rm = save_reward_model(minilm, tmp_path / "rm", seed=0)  # untrained head: a valid, length-biased RM
     st = build_store(tmp_path, shared_data, hh=200)
     run_scorer(st, "length_bias", progress=False)
     s = run_scorer(st, "reward_margin", models=[str(rm)], max_length=128, device="cpu", progress=False)
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         t = con.sql(
             "SELECT margin, margin_raw, reward_chosen, reward_rejected, len_chosen, len_rejected, "
             "array_to_string(list_transform(chosen, lambda m: m.content), chr(10)) AS c, "
@@ -145,7 +146,7 @@ def test_residualise_removes_a_linear_length_effect_out_of_fold():
 def test_product_of_experts_keeps_length_out_of_the_content_head(head):
     """Labels follow length (a data set's prior) and content; embeddings also encode length. The plain
     head's margins lean on length as much as on content; the product of experts' content head barely."""
-    from curation.length_features import pair_length_features
+    from curation.core.length_features import pair_length_features
 
     rng = np.random.default_rng(1)
     n, dim = 900, 40
@@ -211,7 +212,7 @@ def test_view_reads_a_version_1_result_without_margin_raw(tmp_path, shared_data)
     from curation.scoring.schemas import REWARD_MARGIN_SCHEMA
 
     st = build_store(tmp_path, shared_data, hh=12)
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         ids = [r[0] for r in con.sql("SELECT id FROM pairs ORDER BY id").fetchall()]
     old = pa.schema(
         [f for f in REWARD_MARGIN_SCHEMA if f.name not in ("margin_raw", "judge_swap_inconsistent")]

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from curation import catalog
 from curation.scoring import run_scorer, versions
 from curation.scoring.chat_client import (
     EndpointConfig,
@@ -89,6 +90,19 @@ class FakeJudge:
         self.server.shutdown()
         self.server.server_close()
 
+    def settle(self, quiet_s: float = 0.5, timeout_s: float = 30.0) -> None:
+        """Wait until the requests a cancelled run had already sent are answered (none in flight and no new
+        request for ``quiet_s``): a loaded machine may deliver them after the client gave up."""
+        deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self.lock:
+                n, busy = len(self.requests), self.in_flight
+            if n != last or busy:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.05)
+
     def answer(self, path: str, body: dict, auth: str | None) -> tuple[int, dict]:
         with self.lock:
             self.in_flight += 1
@@ -148,7 +162,7 @@ def hh(tmp_path_factory, shared_data):
 
 
 def scored(st, cols: str = "*") -> list[dict]:
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         return con.sql(f"SELECT {cols} FROM scored_pairs ORDER BY id").to_arrow_table().to_pylist()
 
 
@@ -283,7 +297,7 @@ def test_key_from_the_environment_is_sent_and_never_stored(hh, monkeypatch):
         assert {r["model"] for r in srv.requests} == {"longer-env"}
         judge(hh, srv.url, "longer-param", api_key=other)  # an explicit key wins over the environment
         assert {r["auth"] for r in srv.requests[2 * N :]} == {f"Bearer {other}"}
-    hh.refresh_catalog()
+    catalog.refresh(hh)
     for path in hh.root.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
@@ -298,6 +312,7 @@ def test_failed_run_resumes_from_committed_chunks(tmp_path, shared_data):
         with pytest.raises(JudgeError, match=r"record [0-9a-f]{32} .*refused the request \(HTTP 400"):
             judge(st, srv.url, "longer", chunk_size=10)
         assert not (st.root / "scores" / "reward_margin" / "active.json").exists()
+        srv.settle()
         srv.refuse_after = None
         before = len(srv.requests)
         s = judge(st, srv.url, "longer", chunk_size=10)
@@ -387,7 +402,7 @@ def test_other_backends_and_older_results_leave_the_judge_column_null(hh):
     rows = scored(hh, "margin, judge_swap_inconsistent")
     assert len(rows) == N and all(r["judge_swap_inconsistent"] is None for r in rows)
     assert [r["margin"] for r in rows] == pytest.approx(sorted_margins(new, hh))
-    hh.refresh_catalog()
+    catalog.refresh(hh)
 
 
 def sorted_margins(table: pa.Table, st) -> list[float]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curation import catalog
 from curation.scoring import run_scorer, versions
 from tests.test_scoring_support import build_store, save_reward_model
 
@@ -30,7 +31,7 @@ def rm2_dir(tmp_path_factory, minilm):
 
 
 def scored(st, cols="*"):
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         return con.sql(f"SELECT {cols} FROM scored_pairs ORDER BY id").to_arrow_table()
 
 
@@ -83,7 +84,7 @@ def test_killed_run_resumes_recomputing_at_most_one_chunk(tmp_path, shared_data,
     st = build_store(tmp_path / "a", shared_data, hh=50)
     ref = build_store(tmp_path / "b", shared_data, hh=50)
     code = (
-        "from curation.store import Store; from curation.scoring import run_scorer; "
+        "from curation.core.store import Store; from curation.scoring import run_scorer; "
         f"run_scorer(Store({str(st.root)!r}), 'reward_margin', models=[{str(rm_dir)!r}], chunk_size=10, "
         "max_length=96, progress=False, device='cpu')"
     )

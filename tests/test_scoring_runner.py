@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from curation.models import ModelSpec
-from curation.scoring.runner import CausalLMEntropy, RewardModel, RunnerConfig, pad_batch, token_batches
+from curation.core.models import ModelSpec
+from curation.core.padding import pad_batch
+from curation.scoring.runner import CausalLMEntropy, RewardModel, RunnerConfig, token_batches
 
 
 def test_pad_batch_rounds_up_within_the_window():

@@ -25,8 +25,8 @@ def write_subset(src: Path, dst: Path, n: int, start: int = 0) -> Path:
 
 def build_store(root: Path, shared: Path, hh: int = 200, alpaca: int = 0, gsm8k: int = 0, hh_start: int = 0):
     """A store with real HH-RLHF pairs (and optionally Alpaca and GSM8K SFT rows)."""
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.store import Store
 
     st = Store(root / "store")
     src = root / "src"

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from curation import catalog
 from curation.scoring import run_scorer
 from curation.scoring.uncertainty import rank_normalise, ual_smoothing
 from tests.test_scoring_support import build_store
@@ -21,7 +22,7 @@ def sft_store(tmp_path_factory, shared_data):
 
 
 def rows(st, q):
-    with contextlib.closing(st.connect()) as con:
+    with contextlib.closing(catalog.connect(st)) as con:
         return con.sql(q).to_arrow_table().to_pylist()
 
 

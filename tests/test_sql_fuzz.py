@@ -1,6 +1,6 @@
-"""Adversarial user SQL against the one sandbox (curation/sql.py), through every entry point.
+"""Adversarial user SQL against the one sandbox (curation/core/sql.py), through every entry point.
 
-Entry points: `curate sql` (the CLI, and `curation.sql.query` that it calls), `--where` (`load_records`,
+Entry points: `curate sql` (the CLI, and `curation.core.sql.query` that it calls), `--where` (`load_records`,
 behind every scorer's --where), a policy clause (`check_expressions`, which `curate build` and
 `curate build --check` run before anything else), and the sandboxed connection alone, with the statement
 check bypassed, to test the second lock on its own.
@@ -29,10 +29,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from curation.build import open_connection, relation_name
-from curation.policy import PolicyError, check_expressions, parse_policy
+from curation import catalog
+from curation.builds.build import open_connection, relation_name
+from curation.builds.policy import PolicyError, check_expressions, parse_policy
+from curation.catalog import query
+from curation.core.sql import (
+    TABLE_FUNCTIONS,
+    SQLError,
+    SQLRefused,
+    check_expression,
+    check_query,
+    sandbox,
+)
 from curation.scoring.texts import load_records
-from curation.sql import TABLE_FUNCTIONS, SQLError, SQLRefused, check_expression, check_query, query, sandbox
 from tests.test_sql_readonly import fingerprint, ingest_real_pairs_and_sft
 
 SECRET = "curate-secret-0d5e"
@@ -316,7 +325,7 @@ def arena(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(arena):
     """One sandboxed store connection for the cases that run (the statement check bypassed)."""
-    con = arena.store.connect()
+    con = catalog.connect(arena.store)
     yield con
     con.close()
 
@@ -380,7 +389,7 @@ def _duckdb_table_functions() -> list[str]:
 # ------------------------------------------------------------- statements
 def test_statement_cases_cover_every_statement_type_duckdb_parses():
     """A new statement type in DuckDB fails here until a case for it is added to STATEMENTS."""
-    from curation.sql import _kind
+    from curation.core.sql import _kind
 
     seen = set()
     with contextlib.closing(duckdb.connect()) as con:
@@ -532,7 +541,7 @@ def test_engine_alone_no_function_writes_or_leaks(arena):
         arena.fill("{outside}/secret.txt"),
     ]
     before = fingerprint(arena.root.parent)
-    with contextlib.closing(arena.store.connect()) as con:
+    with contextlib.closing(catalog.connect(arena.store)) as con:
         rows = con.sql(
             "SELECT function_name, function_type, parameter_types FROM duckdb_functions() "
             "WHERE function_type IN ('scalar', 'aggregate', 'macro', 'table', 'table_macro', 'pragma')"
@@ -585,7 +594,7 @@ def test_engine_alone_never_touches_a_file_outside_the_store(arena, statement):
 
 def test_engine_settings_are_all_locked(arena):
     """Generated from duckdb_settings(): no setting can be changed or reset on a store connection."""
-    with contextlib.closing(arena.store.connect()) as con:
+    with contextlib.closing(catalog.connect(arena.store)) as con:
         settings_ = con.sql("SELECT name, value FROM duckdb_settings()").fetchall()
         values = dict(settings_)
         assert values["enable_external_access"] == "false" and values["lock_configuration"] == "true"
@@ -621,7 +630,7 @@ def _setting_literal(value: str | None) -> str:
 
 def test_engine_alone_reads_no_python_variable(arena):
     hidden = pa.table({"token": [SECRET]})  # noqa: F841 - what a replacement scan would read
-    with contextlib.closing(arena.store.connect()) as con, pytest.raises(duckdb.CatalogException):
+    with contextlib.closing(catalog.connect(arena.store)) as con, pytest.raises(duckdb.CatalogException):
         con.sql("SELECT * FROM hidden").fetchall()
 
 

@@ -15,15 +15,17 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
+from curation import catalog
+from curation.catalog import query
+from curation.core.sql import SQLRefused
 from curation.ingest.pipeline import ingest_paths
-from curation.sql import SQLRefused, query
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def filled(demo_data, tmp_path_factory):
-    from curation.store import Store
+    from curation.core.store import Store
 
     store = Store(tmp_path_factory.mktemp("sql") / "store")
     ingest_paths(store, [str(demo_data / "openai-cookbook/toy_chat_fine_tuning.jsonl")])
@@ -94,7 +96,7 @@ def test_cli_sql_refuses_and_writes_out(filled, tmp_path):
 # ------------------------------------------------ issue 23: items 1, 4, 5 and 15, on real data
 def ingest_real_pairs_and_sft(root: Path, shared: Path):
     """A store with LLaMA-Factory's real DPO pairs (300 rows) and SFT conversations (500 rows)."""
-    from curation.store import Store
+    from curation.core.store import Store
 
     store = Store(root)
     ingest_paths(
@@ -132,7 +134,7 @@ def real(shared_data, tmp_path_factory):
 @pytest.fixture
 def real_copy(real, tmp_path):
     """A private copy of the real store, for tests that would damage it if the sandbox failed."""
-    from curation.store import Store
+    from curation.core.store import Store
 
     shutil.copytree(real.root, tmp_path / "store", symlinks=True)
     return Store(tmp_path / "store")
@@ -151,8 +153,8 @@ def test_item1_explain_analyze_copy_cannot_empty_a_unit_through_the_cli(real_cop
     """Issue 23 item 1: EXPLAIN ANALYZE COPY ... TO '<unit>/pair.parquet' passed the statement check and emptied
     the unit. Every statement is now checked as DuckDB parses it, what EXPLAIN wraps included."""
     (unit_file,) = real_copy.files("ingest/*/pair.parquet")
-    before = fingerprint(real_copy.root)
     pairs, accepted = _counts(real_copy)
+    before = fingerprint(real_copy.root)  # after a first query, which makes the spill folder .sql-tmp/
     assert pairs == accepted > 250
     for sql in (
         f"EXPLAIN ANALYZE COPY (SELECT * FROM pairs LIMIT 0) TO '{unit_file}' (FORMAT parquet)",
@@ -178,10 +180,10 @@ def test_item4_temp_folder_link_in_the_working_folder_opens_nothing(real_copy, t
     """Issue 23 item 4: DuckDB allows its temporary folder (<cwd>/.tmp by default) whatever it links to, so
     `ln -s / .tmp` opened every file to `curate sql` and to a policy's weight. The spill folder is now a fresh
     folder inside the store, and neither entry point can name a file."""
-    from curation.build import build, open_connection
+    from curation.builds.build import build, open_connection
+    from curation.builds.policy import PolicyError, bundled_policy, load_policy, parse_policy
+    from curation.catalog import connect as readonly_connection
     from curation.cli import app
-    from curation.policy import PolicyError, bundled_policy, load_policy, parse_policy
-    from curation.sql import readonly_connection
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -264,8 +266,8 @@ def test_item5_where_cannot_smuggle_statements_or_files(real_copy, tmp_path):
 
 def test_item5_uncertainty_column_is_one_checked_expression(real_copy, tmp_path):
     """The uncertainty scorer's `column` source is user SQL too: same check, same sandbox."""
+    from curation.core.sql import SQLRefused
     from curation.scoring import run_scorer
-    from curation.sql import SQLRefused
 
     secret = tmp_path / "secret.txt"
     secret.write_text("0.5\n")
@@ -324,8 +326,8 @@ def test_a_unit_that_links_out_of_the_store_is_refused_not_read(real_copy, tmp_p
     assert res.exit_code == 2
     assert "zz-planted" in res.output and "links outside the store" in res.output
     # the scorers' reader (and every other store connection) is the same sandbox
+    from curation.core.errors import StoreError
     from curation.scoring.texts import load_records
-    from curation.store import StoreError
 
     with pytest.raises(StoreError, match="zz-planted.*links outside the store"):
         load_records(real_copy, "pair")
@@ -333,7 +335,7 @@ def test_a_unit_that_links_out_of_the_store_is_refused_not_read(real_copy, tmp_p
 
 def test_spill_files_stay_inside_the_store_and_are_removed(real_copy, monkeypatch):
     """A sort larger than memory spills into a fresh folder under <store>/.sql-tmp/, removed on close."""
-    from curation.sql import SPILL_DIR, sandbox
+    from curation.core.sql import SPILL_DIR, sandbox
 
     con = duckdb.connect(":memory:")
     con.execute("SET memory_limit = '64MB'")  # before the sandbox locks the configuration
@@ -351,14 +353,14 @@ def test_spill_files_stay_inside_the_store_and_are_removed(real_copy, monkeypatc
 
 
 def test_spill_folder_is_never_a_link_and_read_only_stores_do_not_spill(real_copy, tmp_path, monkeypatch):
-    from curation.sql import SPILL_DIR, spill_folder
-    from curation.store import StoreError
+    from curation.core.errors import StoreError
+    from curation.core.sql import SPILL_DIR, spill_folder
 
     root = real_copy.root.resolve()
     shutil.rmtree(root / SPILL_DIR, ignore_errors=True)
     (root / SPILL_DIR).symlink_to(tmp_path, target_is_directory=True)
     with pytest.raises(StoreError, match=r"\.sql-tmp is a link to .*remove it"):
-        real_copy.connect()
+        catalog.connect(real_copy)
     (root / SPILL_DIR).unlink()
 
     def denied(self, *a, **k):
@@ -373,7 +375,7 @@ def test_spill_folder_is_never_a_link_and_read_only_stores_do_not_spill(real_cop
 def test_spill_folders_of_dead_processes_are_removed(real_copy):
     import socket
 
-    from curation.sql import SPILL_DIR
+    from curation.core.sql import SPILL_DIR
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -387,7 +389,7 @@ def test_spill_folders_of_dead_processes_are_removed(real_copy):
     for d in (stale, live, other_host):
         d.mkdir()
         (d / "duckdb_temp_block").write_bytes(b"x")
-    real_copy.connect().close()
+    catalog.connect(real_copy).close()
     assert not stale.exists() and live.exists() and other_host.exists()
 
 

@@ -6,6 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
+from curation import catalog
 from curation.cli import app
 from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
 
@@ -80,15 +81,15 @@ def test_train_sft_cli_and_wrong_kind(real_shards, tiny_lm, tmp_path):  # noqa: 
 
 
 def test_train_rm_on_a_real_build(real_store, minilm, tmp_path):  # noqa: F811
-    """The curation builder's shards (curation/build.py, bundled default policy) train as they are."""
+    """The curation builder's shards (curation/builds/build.py, bundled default policy) train as they are."""
     import shutil
 
-    from curation.build import build
-    from curation.store import Store
+    from curation.builds.build import build
+    from curation.core.store import Store
 
     store = Store(tmp_path / "store")
     shutil.copytree(real_store.root / "ingest", store.root / "ingest")
-    store.refresh_catalog()
+    catalog.refresh(store)
     built = build(store, "default")
     out = tmp_path / "rm"
     args = ["--shards", str(built.path), "--model", str(minilm), "--output_dir", str(out), "--max_steps", "2"]

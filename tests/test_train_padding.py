@@ -25,7 +25,7 @@ def test_width_multiple_defaults_and_override(real_shards, tiny_lm, tmp_path, mo
 
 
 def test_sft_and_rescue_losses_do_not_depend_on_width_padding(real_shards, tiny_lm, tmp_path):  # noqa: F811
-    from curation.models import ModelSpec, load_causal_lm, load_tokenizer
+    from curation.core.models import ModelSpec, load_causal_lm, load_tokenizer
     from training.rescue import GroupCollator, rescue_losses, tokenize_groups
     from training.sft import SFTCollator, pack, sft_losses, tokenize_conversations
 
@@ -67,7 +67,7 @@ def test_sft_and_rescue_losses_do_not_depend_on_width_padding(real_shards, tiny_
 
 
 def test_rm_rewards_and_pooled_vector_do_not_depend_on_padding(real_shards, minilm, tmp_path):  # noqa: F811
-    from curation.models import ModelSpec, load_sequence_classifier
+    from curation.core.models import ModelSpec, load_sequence_classifier
     from training.rm import HeadInput, PairCollator, _tokenizer, load_pairs
 
     spec = ModelSpec(str(minilm))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from curation.core.losses import IGNORE_INDEX
 from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
-from training.losses import IGNORE_INDEX
 from training.shards import load_split
 
 
@@ -33,7 +33,7 @@ def rescue_config(shards, model, out, **kw):
 
 
 def test_tokenize_groups_scores_candidate_tokens_and_picks_best(real_shards, tiny_lm, tmp_path):  # noqa: F811
-    from curation.models import ModelSpec, load_tokenizer
+    from curation.core.models import ModelSpec, load_tokenizer
     from training.rescue import GroupCollator, tokenize_groups
 
     tok = load_tokenizer(ModelSpec(str(tiny_lm)))

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
+from curation.core.losses import bradley_terry_loss
 from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
-from training.losses import bradley_terry_loss
 from training.shards import ShardError, load_split
 
 
@@ -67,7 +67,7 @@ def test_loader_checks_kind_hash_and_version(real_shards, tmp_path):  # noqa: F8
 
 
 def test_left_truncation_keeps_response_and_is_reported(real_shards, minilm):  # noqa: F811
-    from curation.models import ModelSpec
+    from curation.core.models import ModelSpec
     from training.rm import _tokenizer, load_pairs
 
     tok = _tokenizer(ModelSpec(str(minilm)), 48)
@@ -84,7 +84,7 @@ def test_left_truncation_keeps_response_and_is_reported(real_shards, minilm):  #
 
 
 def test_poe_sum_weights_margin_and_group_dro_in_the_loss(real_shards, minilm, tmp_path):  # noqa: F811
-    from curation.models import ModelSpec, load_sequence_classifier
+    from curation.core.models import ModelSpec, load_sequence_classifier
     from training.rm import PairCollator, RewardTrainer, _tokenizer, load_pairs
 
     cfg = rm_config(real_shards, minilm, tmp_path, poe=True, poe_noise_std=0.0, group_dro=True)

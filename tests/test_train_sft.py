@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from curation.core.losses import IGNORE_INDEX, ual_token_loss
 from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
-from training.losses import IGNORE_INDEX, ual_token_loss
 from training.shards import load_split
 
 
@@ -36,7 +36,7 @@ def sft_config(shards, model, out, **kw):
 
 
 def test_labels_cover_assistant_tokens_only(real_shards, tiny_lm, tmp_path):  # noqa: F811
-    from curation.models import ModelSpec, load_tokenizer
+    from curation.core.models import ModelSpec, load_tokenizer
     from training.sft import tokenize_conversations
 
     tok = load_tokenizer(ModelSpec(str(tiny_lm)))
@@ -57,7 +57,7 @@ def test_labels_cover_assistant_tokens_only(real_shards, tiny_lm, tmp_path):  # 
 
 
 def test_collator_packing_and_per_sample_loss(real_shards, tiny_lm, tmp_path):  # noqa: F811
-    from curation.models import ModelSpec, load_tokenizer
+    from curation.core.models import ModelSpec, load_tokenizer
     from training.sft import SFTCollator, pack, sft_losses, tokenize_conversations
 
     tok = load_tokenizer(ModelSpec(str(tiny_lm)))

@@ -20,7 +20,14 @@ from typing import Any, ClassVar
 import torch
 from transformers import Trainer, set_seed
 
-from curation.models import ModelSpec, encode_untruncated, load_causal_lm, load_tokenizer, padded_width
+from curation.core.losses import (
+    IGNORE_INDEX,
+    hinge_ranking_loss,
+    length_normalised_scores,
+    ranking_pair_counts,
+)
+from curation.core.models import ModelSpec, encode_untruncated, load_causal_lm, load_tokenizer
+from curation.core.padding import padded_width
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -28,12 +35,6 @@ from training.common import (
     SortedBucketSampler,
     ensure_chat_template,
     write_length_reports,
-)
-from training.losses import (
-    IGNORE_INDEX,
-    hinge_ranking_loss,
-    length_normalised_scores,
-    ranking_pair_counts,
 )
 from training.shards import LengthReport, load_split, splits
 

@@ -28,7 +28,14 @@ import torch
 import torch.nn as nn
 from transformers import Trainer, set_seed
 
-from curation.models import (
+from curation.core.losses import (
+    bradley_terry_loss,
+    center_rewards_term,
+    group_dro_step,
+    group_losses,
+    simcse_loss,
+)
+from curation.core.models import (
     ModelSpec,
     bf16_supported,
     encode_untruncated,
@@ -36,7 +43,7 @@ from curation.models import (
     load_tokenizer,
     pick_device,
 )
-from curation.scoring.runner import pad_batch
+from curation.core.padding import pad_batch
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -45,13 +52,6 @@ from training.common import (
     ensure_chat_template,
     length_sorted_batches,
     write_length_reports,
-)
-from training.losses import (
-    bradley_terry_loss,
-    center_rewards_term,
-    group_dro_step,
-    group_losses,
-    simcse_loss,
 )
 from training.shards import LengthReport, load_split
 
@@ -114,7 +114,7 @@ class RMConfig(CurateTrainingConfig):
     bf16_autocast: str = field(
         default="false",
         metadata={
-            "help": "bf16 autocast: 'true', 'false' or 'auto' (on where curation.models.bf16_supported says so). "
+            "help": "bf16 autocast: 'true', 'false' or 'auto' (on where curation.core.models.bf16_supported says so). "
             "Off by default: on the project's AVX-512 CPU it made MiniLM training 3x slower (benchmarks/train_rm).",
             "choices": ["auto", "true", "false"],
         },

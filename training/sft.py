@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from curation.models import ModelSpec, lifted_length_limit, load_causal_lm, load_tokenizer, padded_width
+from curation.core.losses import IGNORE_INDEX, segment_mean, ual_token_loss
+from curation.core.models import ModelSpec, lifted_length_limit, load_causal_lm, load_tokenizer
+from curation.core.padding import padded_width
 from training.common import (
     CurateTrainingConfig,
     JsonlLogCallback,
@@ -30,7 +32,6 @@ from training.common import (
     render_with_spans,
     write_length_reports,
 )
-from training.losses import IGNORE_INDEX, segment_mean, ual_token_loss
 from training.shards import LengthReport, load_split, splits
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ samples a trainer truncated or dropped for length, so no sample is cut or lost s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.core.hashing import file_sha256
 from schemas.shards import CONSUMERS, SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -23,14 +23,6 @@ log = logging.getLogger(__name__)
 
 class ShardError(ValueError):
     """A shard folder cannot be used by this trainer; the message names the file and the fix."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(shard_dir: str | Path) -> dict:

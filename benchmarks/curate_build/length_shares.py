@@ -40,9 +40,9 @@ def _shard_share(folder: Path, manifest: dict, source: str, weighted: bool) -> f
 
 
 def main(store_path: str) -> None:
-    from curation.build import build
-    from curation.policy import bundled_policy, load_policy, parse_policy
-    from curation.store import Store
+    from curation.builds.build import build
+    from curation.builds.policy import bundled_policy, load_policy, parse_policy
+    from curation.core.store import Store
 
     store = Store(store_path, create=False)
     data = json.loads(load_policy(bundled_policy()).canonical_json())

@@ -1,4 +1,4 @@
-"""Time near-duplicate marking (curation.dedup.mark_near_duplicates) on a store, every kind, median of N.
+"""Time near-duplicate marking (curation.ingest.dedup.mark_near_duplicates) on a store, every kind, median of N.
 
     .venv/bin/python benchmarks/curate_build/near_marks.py STORE [--repeats 3] [--hh-copies K]
 
@@ -31,8 +31,8 @@ DEMO_HH = (
 
 
 def _hh_store(root: Path, copies: int):
+    from curation.core.store import Store
     from curation.ingest.pipeline import ingest_paths
-    from curation.store import Store
 
     root.mkdir(parents=True, exist_ok=True)
     src = root / f"hh-x{copies + 1}.jsonl"
@@ -53,8 +53,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hh-copies", type=int, default=0)
     args = ap.parse_args()
-    from curation.dedup import mark_near_duplicates
-    from curation.store import Store
+    from curation import catalog
+    from curation.core.store import Store
+    from curation.ingest.dedup import mark_near_duplicates
 
     store = _hh_store(Path(args.store), args.hh_copies) if args.hh_copies else Store(args.store, create=False)
     times = []
@@ -63,7 +64,7 @@ def main() -> None:
             t = time.perf_counter()
             mark_near_duplicates(store, ["sft", "pair", "ranking"])
             times.append(time.perf_counter() - t)
-    con = store.connect()
+    con = catalog.connect(store)
     cols = {r[0] for r in con.sql("DESCRIBE near_duplicates").fetchall()}
     record = (
         "count(*) FILTER (WHERE NOT record_representative)" if "record_representative" in cols else "NULL"

@@ -33,12 +33,12 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1)
     args = ap.parse_args()
 
-    from curation.build import build
-    from curation.dedup import mark_near_duplicates
+    from curation.builds.build import build
+    from curation.builds.policy import bundled_policy, load_policy
+    from curation.core.store import Store
+    from curation.ingest.dedup import mark_near_duplicates
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.policy import bundled_policy, load_policy
     from curation.scoring import run_scorer
-    from curation.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     hh = DEMO / "hh-rlhf" / "harmless-base-test.jsonl.gz"

@@ -95,7 +95,7 @@ def score_model(
     """Runner vs bare forward for one reward model folder; each timed ``repeats`` times after a full warm-up."""
     from bench import bare_forward  # benchmarks/scoring/bench.py
 
-    from curation.models import ModelSpec
+    from curation.core.models import ModelSpec
     from curation.scoring.runner import RewardModel, RunnerConfig
     from curation.scoring.texts import render
 
@@ -258,7 +258,7 @@ def train_large(
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from curation.models import ModelSpec, load_tokenizer
+    from curation.core.models import ModelSpec, load_tokenizer
     from training import rescue, sft
 
     tok = AutoTokenizer.from_pretrained(str(pack / "minilm"))
@@ -387,7 +387,7 @@ def noise(
 ) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from curation.models import ModelSpec, load_tokenizer
+    from curation.core.models import ModelSpec, load_tokenizer
     from curation.scoring.crossfit import finetune_rewards
     from curation.scoring.runner import RunnerConfig
     from curation.scoring.texts import plain_render, response_text

@@ -47,15 +47,15 @@ def copy_model(src: Path, dst: Path, dtype: str) -> None:
 
 
 def pack_model(out: Path) -> None:
-    from curation.models import bundled_minilm_path
+    from curation.core.models import bundled_minilm_path
 
     copy_model(bundled_minilm_path(), out, "float16")
 
 
 def pack_noisy_pairs(data: Path, out: Path, flip: float, seed: int) -> int:
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.scoring.texts import load_records
-    from curation.store import Store
 
     with gzip.open(data, "rt") as fh:
         rows = [json.loads(line) for line in fh]

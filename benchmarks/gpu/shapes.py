@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from curation.models import padded_width
+    from curation.core.padding import padded_width
     from training import rescue, sft
     from training.common import SortedBucketSampler
 

@@ -49,7 +49,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from curation.ingest.pipeline import IngestOptions, ingest_paths
-from curation.store import Store
+from curation.core.store import Store
 
 def peak_mb():
     for line in open("/proc/self/status"):

@@ -14,7 +14,7 @@ With --input parquet the same rows are first written once as Parquet (the form m
 hub datasets come in), and the methods read that file: polars.read_parquet,
 load_dataset("parquet"); results then go to RESULTS-parquet.md.
 
-and near-duplicate detection over the ingested prompts: curation.dedup (rensa
+and near-duplicate detection over the ingested prompts: curation.ingest.dedup (rensa
 MinHash LSH, verified candidates, union-find clusters) against a plain
 datasketch MinHash + MinHashLSH with the same shingles and banding.
 
@@ -104,8 +104,8 @@ def child(method: str, file: Path, work: Path, near_rows: int) -> dict:
 
 
 def prompt_texts(work: Path, n: int) -> list[str]:
-    from curation.dedup import prompt_texts_sql
-    from curation.store import Store
+    from curation.core.store import Store
+    from curation.ingest.dedup import prompt_texts_sql
 
     con = Store(work / "store", create=False).connect()
     try:
@@ -115,7 +115,7 @@ def prompt_texts(work: Path, n: int) -> list[str]:
 
 
 def near(method: str, work: Path, n: int) -> dict:
-    from curation.dedup import MinHashParams, near_duplicate_clusters, shingles
+    from curation.ingest.dedup import MinHashParams, near_duplicate_clusters, shingles
 
     texts = prompt_texts(work, n)
     params = MinHashParams()
@@ -338,7 +338,7 @@ def write_results(
             "| method | docs | seconds | docs/s | near-duplicates found | peak RSS MB |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        names = {"near": "curation.dedup (rensa)", "datasketch": "datasketch (plain)"}
+        names = {"near": "curation.ingest.dedup (rensa)", "datasketch": "datasketch (plain)"}
         for m, r in near.items():
             lines.append(
                 f"| {names[m]} | {r['docs']:,} | {r['seconds']:.1f} | {r['docs_per_s']:,.0f} | "

@@ -88,8 +88,8 @@ def flipped(row: dict, reader: str) -> dict:
 
 def prepare(work: Path, name: str, rate: float, seed: int):
     """Store with the flipped copies ingested; {(copy file name, row): flipped?}."""
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.store import Store
 
     files, reader, _ = SETS[name]
     rows = [(f, r) for f in files for r in read_rows(DATA / f)]
@@ -216,6 +216,7 @@ def length_only_scores(store, folds: int) -> dict[str, float]:
 
 
 def bench_set(work: Path, name: str, rate: float, args) -> dict:
+    from curation import catalog
     from curation.scoring import run_scorer
 
     t0 = time.perf_counter()
@@ -229,7 +230,7 @@ def bench_set(work: Path, name: str, rate: float, args) -> dict:
         s = run_scorer(
             st, "reward_margin", backend="crossfit", folds=args.folds, head=args.head, progress=True, **params
         )
-        with contextlib.closing(st.connect()) as con:
+        with contextlib.closing(catalog.connect(st)) as con:
             rows = con.sql(
                 "SELECT id, margin, margin_raw, quality_class, len_diff, source_file, source_row "
                 "FROM scored_pairs ORDER BY id"

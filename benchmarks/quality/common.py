@@ -172,8 +172,8 @@ class Clock:
 
 def ingest(store_dir: Path, path: Path, source: str, reader: str):
     """``curate ingest <path> --store <store_dir> --reader <reader> --source <source>``."""
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.store import Store
 
     store = Store(store_dir)
     results = ingest_paths(store, [str(path)], IngestOptions(reader=reader, source=source))
@@ -185,15 +185,15 @@ def ingest(store_dir: Path, path: Path, source: str, reader: str):
 
 def build(store, policy, name: str | None = None) -> Path:
     """``curate build benchmarks/quality/policies/<policy>.yaml --store ... [--name ...]``; ``policy`` is a
-    file stem under policies/ or a ``curation.policy.Policy`` (a policy file with harness-set values)."""
-    from curation.build import build as do_build
+    file stem under policies/ or a ``curation.builds.policy.Policy`` (a policy file with harness-set values)."""
+    from curation.builds.build import build as do_build
 
     return do_build(store, POLICIES / f"{policy}.yaml" if isinstance(policy, str) else policy, name=name).path
 
 
 def train_rm(shards: Path, out: Path, sizes: Sizes, seed: int, **options: Any) -> dict[str, Any]:
     """``curate train rm --shards <shards> --model bundled --seed <seed> ...`` (MiniLM, left truncation)."""
-    from curation.models import bundled_minilm_path
+    from curation.core.models import bundled_minilm_path
     from training.rm import RMConfig, train
 
     cfg = RMConfig(

@@ -24,6 +24,7 @@ from benchmarks.quality.common import (
     write_jsonl,
 )
 from benchmarks.quality.noisy_preferences import load_hh, split_by_prompt, subsample
+from curation import catalog
 
 ARMS = {"(a) plain BT": {}, "(b) group DRO": {"group_dro": True}}
 
@@ -36,9 +37,9 @@ def reuse_embeddings(exp1_work: Path, store_root: Path) -> None:
 
 
 def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.scoring import run_scorer
-    from curation.store import Store
 
     train, test = split_by_prompt(load_hh(), sizes.test_fraction)
     train = subsample(train, sizes.groups_train_limit, seed=1)
@@ -55,7 +56,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
             reports[name] = run_scorer(store, "spurious_groups", progress=False, **sizes.groups_params).report
             builds[name] = build(store, f"grp_{name}")
             counts[name] = (
-                store.connect()
+                catalog.connect(store)
                 .sql("SELECT group_id, count(*) FROM scored_pairs GROUP BY ALL ORDER BY ALL")
                 .fetchall()
             )

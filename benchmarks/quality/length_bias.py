@@ -100,8 +100,8 @@ def chosen_longer(row: dict) -> bool:
 
 
 def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.store import Store
 
     train, test = split(judgments(load_alpaca_eval()), sizes.test_fraction)
     follow = [r for r in train if chosen_longer(r)]

@@ -100,7 +100,7 @@ def pair_ids(rows: list[dict[str, str]]) -> list[str]:
 
 def random_policy(cap: int, seed: int):
     """Arm (c)'s policy: hh_random.yaml with the cap set to arm (b)'s size and a per-seed salt."""
-    from curation.policy import parse_policy
+    from curation.builds.policy import parse_policy
 
     data = yaml.safe_load((POLICIES / "hh_random.yaml").read_text())
     data["consumers"]["rm"]["mix"] = {"caps": {SOURCE: cap}, "salt": f"random-subset-{seed}"}
@@ -121,7 +121,9 @@ def noise_diagnostics(store, flipped_ids: set[str]) -> dict[str, float]:
     """How well the scorer's classes and margins find the injected flips (never used for training)."""
     from sklearn.metrics import roc_auc_score
 
-    t = store.read("scored_pairs").select(["id", "margin", "quality_class"]).to_pylist()
+    from curation import catalog
+
+    t = catalog.read(store, "scored_pairs").select(["id", "margin", "quality_class"]).to_pylist()
     y = [r["id"] in flipped_ids for r in t]
     out: dict[str, float] = {}
     margins = [r["margin"] for r in t]

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.quality.common import SHARED, Clock, Row, Sizes, build, count_rows, fresh_dir, write_jsonl
+from curation import catalog
 
 ARMS = {"(a) plain SFT": "ual_plain", "(b) UAL": "ual"}
 GROUPS = {"gsm8k": "GSM8K (low entropy)", "alpaca": "Alpaca (high entropy)"}
@@ -37,7 +38,7 @@ def heldout_loss(model_dir: Path, shards: Path, max_length: int) -> dict[str, fl
     """Mean token cross-entropy (no smoothing) of the assistant tokens of the eval split, per source."""
     import torch
 
-    from curation.models import ModelSpec, load_causal_lm, load_tokenizer
+    from curation.core.models import ModelSpec, load_causal_lm, load_tokenizer
     from training.common import render_with_spans
     from training.shards import load_split
 
@@ -68,9 +69,9 @@ def heldout_loss(model_dir: Path, shards: Path, max_length: int) -> dict[str, fl
 
 
 def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.scoring import run_scorer
-    from curation.store import Store
     from tests.tiny_models import build_tiny_causal_lm, gsm8k_and_alpaca_texts
     from training.sft import SFTConfig, train
 
@@ -99,7 +100,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
         for arm, policy in ARMS.items():
             builds[arm] = build(store, _policy(policy, eval_fraction))
     eps = (
-        store.connect()
+        catalog.connect(store)
         .sql(
             "SELECT source, avg(uncertainty), avg(label_smoothing), count(*) FROM scored_sft GROUP BY ALL ORDER BY ALL"
         )
@@ -170,7 +171,7 @@ def _policy(name: str, eval_fraction: float):
     import yaml
 
     from benchmarks.quality.common import POLICIES
-    from curation.policy import parse_policy
+    from curation.builds.policy import parse_policy
 
     data = yaml.safe_load((POLICIES / f"{name}.yaml").read_text())
     data["split"]["eval_fraction"] = eval_fraction

@@ -41,7 +41,8 @@ def bare_forward(
     """Seconds and scores of the model's forward alone over pre-padded token-budget batches on its device."""
     import torch
 
-    from curation.scoring.runner import pad_batch, token_batches
+    from curation.core.padding import pad_batch
+    from curation.scoring.runner import token_batches
 
     device = next(model.parameters()).device
     batches = []
@@ -100,12 +101,13 @@ def sync() -> None:
 def main() -> None:
     import torch
 
+    from curation.core.models import ModelSpec, bf16_supported, bundled_minilm_path
+    from curation.core.padding import pad_batch
+    from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
-    from curation.models import ModelSpec, bf16_supported, bundled_minilm_path
     from curation.scoring import run_scorer
-    from curation.scoring.runner import RewardModel, RunnerConfig, pad_batch
+    from curation.scoring.runner import RewardModel, RunnerConfig
     from curation.scoring.texts import load_records, render
-    from curation.store import Store
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"))

@@ -30,8 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def build_shard(shared: Path, work: Path, limit: int) -> Path:
     """Plain HH pairs (weight 1, margin 0, no soft label) as an rm shard, all in the train split."""
+    from curation.core.store import Store
     from curation.ingest.pipeline import ingest_paths
-    from curation.store import Store
     from tests.shard_fixtures import write_shards
 
     store = Store(work / "store")
@@ -86,7 +86,7 @@ def run_trl(shards: Path, model_path: str, args, out: Path, group_by_length: boo
     import datasets
     from trl import RewardConfig, RewardTrainer
 
-    from curation.models import ModelSpec, load_sequence_classifier, load_tokenizer
+    from curation.core.models import ModelSpec, load_sequence_classifier, load_tokenizer
     from training.common import ensure_chat_template
     from training.shards import load_split
 
@@ -129,7 +129,7 @@ def padding_stats(shards: Path, model_path: str, args) -> dict:
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from curation.models import ModelSpec
+    from curation.core.models import ModelSpec
     from training.common import SortedBucketSampler
     from training.rm import _tokenizer, load_pairs
 
@@ -203,7 +203,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from curation.models import bundled_minilm_path
+    from curation.core.models import bundled_minilm_path
 
     model = args.model or str(bundled_minilm_path())
     results = {}

@@ -49,7 +49,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import orjson
 import polars as pl
@@ -57,6 +56,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from curation.core.errors import StoreError, io_error
+from curation.core.hashing import file_sha256
+from curation.core.names import plain_name, safe_name
+from curation.core.store import Store
 from curation.ingest.blocks import ArrowBatch, Batch, read_batches, read_parquet_batches
 from curation.ingest.columnar import (
     IdSet,
@@ -78,14 +81,12 @@ from curation.ingest.sources import (
     SourceError,
     detect_format,
     expand_paths,
-    file_sha256,
     guarded,
     read_rows,
     row_byte_limit,
     why_unreadable,
 )
 from curation.ingest.validate import DEFAULT_MAX_CHARS, Validator, derive, explain, prefetch_gx
-from curation.store import Store, StoreError, io_error, plain_name, safe_name
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, SCHEMAS
 
 BATCH_ROWS = 50_000
@@ -211,15 +212,6 @@ def ingest_paths(
             results.append(res)
             if progress:
                 progress(res)
-        if any(r.unit and not r.skipped for r in results) or _catalog_stale(store):
-            try:
-                store.refresh_catalog()
-            except (OSError, duckdb.Error) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split())
-                raise StoreError(
-                    f"cannot write {store.root / 'catalog.duckdb'} ({why}); every file ingested is committed "
-                    "and `curate sql` reads it; the catalog is rewritten by the next `curate ingest`"
-                ) from exc
     return results
 
 
@@ -230,14 +222,6 @@ def _committed(results: list[UnitResult], path: Path) -> str:
         return "nothing was committed, the store is unchanged"
     names = ", ".join(Path(r.source_file).name for r in done[:5]) + (", ..." if len(done) > 5 else "")
     return f"{path.name} was not committed; the {len(done)} file(s) before it were and are kept ({names})"
-
-
-def _catalog_stale(store: Store) -> bool:
-    """catalog.duckdb is missing, or older than the last unit committed (its refresh failed or was killed)."""
-    catalog, units = store.root / "catalog.duckdb", store.root / "ingest"
-    if not catalog.exists():
-        return True
-    return units.exists() and units.stat().st_mtime_ns > catalog.stat().st_mtime_ns
 
 
 def _ingest_file(

@@ -20,12 +20,10 @@ import csv
 import dataclasses
 import glob
 import gzip
-import hashlib
 import io
 import json
 import os
 import re
-import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -176,17 +174,6 @@ def _data_suffix(path: Path) -> str | None:
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
     return _SUFFIXES.get(suffixes[-1]) if suffixes else None
-
-
-def file_sha256(path: Path, stop: threading.Event | None = None) -> str | None:
-    """SHA-256 of the file's bytes; None if ``stop`` is set before it is done."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            if stop is not None and stop.is_set():
-                return None
-            h.update(block)
-    return h.hexdigest()
 
 
 class HashingFile(io.RawIOBase):

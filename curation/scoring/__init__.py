@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from curation.scoring.base import ScoreSummary
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 #: scorer name -> module with ``run(store, **params) -> ScoreSummary``
 SCORERS = {

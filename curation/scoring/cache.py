@@ -35,7 +35,7 @@ import xxhash
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from curation.store import Store
+    from curation.core.store import Store
 
 #: Test hook: SIGKILL the process right after this many chunks were committed (kill/resume tests).
 KILL_ENV = "CURATE_SCORE_KILL_AFTER_CHUNKS"

@@ -29,9 +29,10 @@ RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
 class JudgeError(RuntimeError):
     """A judge request failed; the message is one line naming the record and the endpoint."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status  # the HTTP status of the last reply, None for transport errors
+        self.transient = transient  # the endpoint failed every retry (timeouts, 429, 5xx): it may recover
 
 
 @dataclass
@@ -117,7 +118,9 @@ async def _complete_all(
                 backoff = cfg.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
                 await asyncio.sleep(min(cfg.max_backoff_s, max(backoff, wait)))
         raise JudgeError(
-            f"record {name}: judge at {shown} failed after {cfg.retries + 1} attempts ({last})", status
+            f"record {name}: judge at {shown} failed after {cfg.retries + 1} attempts ({last})",
+            status,
+            transient=True,
         )
 
     async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from curation.models import ModelSpec
+from curation.core.models import ModelSpec
 from curation.scoring.texts import last_user_turn, render, response_text
 from schemas.ids import text_id
 
@@ -303,8 +303,9 @@ def finetune_rewards(
 
     import torch
 
-    from curation.scoring.runner import RewardModel, pad_batch
-    from training.losses import bradley_terry_loss
+    from curation.core.losses import bradley_terry_loss
+    from curation.core.padding import pad_batch
+    from curation.scoring.runner import RewardModel
 
     zero, soft = torch.tensor(0.0), torch.tensor(float(soft_label))  # no margin; P(chosen wins) = 1 - a
     n = len(records)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from curation.models import (
+from curation.core.models import (
     DEFAULT_ENCODER,
     ModelSpec,
     bf16_supported,
@@ -29,7 +29,7 @@ from curation.scoring.texts import last_user_turn, load_records, plain_render, p
 from schemas.ids import text_id
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 VERSION = "1"
 

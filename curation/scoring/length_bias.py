@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curation.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.models import DEFAULT_ENCODER, ModelSpec
 from curation.scoring.base import ScoreSummary, Timer, add_stats
 from curation.scoring.cache import (
     CacheSpec,
@@ -34,7 +34,7 @@ from curation.scoring.schemas import LENGTH_SCHEMA
 from curation.scoring.texts import load_records, plain_render, response_text
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 NAME = "length_bias"
 VERSION = "1"
@@ -133,7 +133,9 @@ def length_report(store: Store) -> dict[str, float]:
     """The dataset-level length report over scored_pairs (Spearman once reward_margin has run)."""
     from scipy.stats import spearmanr
 
-    with contextlib.closing(store.connect()) as con:
+    from curation.scoring.views import connect
+
+    with contextlib.closing(connect(store)) as con:
         rows = con.sql(
             "SELECT len_chosen, len_rejected, reward_chosen, reward_rejected, margin, quality_class "
             "FROM scored_pairs WHERE len_chosen IS NOT NULL"
@@ -151,7 +153,7 @@ def length_report(store: Store) -> dict[str, float]:
         m = rows.column("margin").to_numpy(zero_copy_only=False).astype(float)[ok]
         report["spearman_margin_len_diff"] = float(spearmanr(m, (lc - lr)[ok]).statistic)
         report["pairs_with_rewards"] = int(ok.sum())
-    with contextlib.closing(store.connect()) as con:
+    with contextlib.closing(connect(store)) as con:
         report["length_explained"] = int(
             con.sql("SELECT count(*) FROM scored_pairs WHERE length_explained").fetchall()[0][0]
         )

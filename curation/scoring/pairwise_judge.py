@@ -49,7 +49,7 @@ from curation.scoring.chat_client import EndpointConfig, JudgeError, complete_al
 from curation.scoring.texts import plain_render, response_text
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 CACHE_NAME = "pairwise_judge"
 PROMPT_VERSION = "pairwise-1"  # the prompt, its layout and the reply parsing: part of the cache key

@@ -20,7 +20,7 @@ the data set. ``length_strata=0`` takes the quantiles over all pairs. Value thre
 sigmoid (L = -log sigma(dr - m)); 0 for pairs the models do not support.
 
 What "controlled" means (``length_control``, default true): the part of the preference that the
-length and format features of curation/length_features.py explain (log length ratio, signed log length
+length and format features of curation/core/length_features.py explain (log length ratio, signed log length
 difference, its sign, the ratio scaled by the pair's mean log length, and differences in list items,
 headings, code blocks, table rows and bold spans; token lengths from length_bias's cached
 ``pair_lengths``) is taken out of mu. Why: a head cross-fitted on a data set learns whichever length
@@ -72,8 +72,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curation.length_features import markdown_matrix, pair_length_features
-from curation.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.length_features import markdown_matrix, pair_length_features
+from curation.core.models import DEFAULT_ENCODER, ModelSpec
 from curation.scoring.base import ScoreSummary, Timer, add_stats
 from curation.scoring.cache import (
     CacheSpec,
@@ -96,7 +96,7 @@ from curation.scoring.texts import load_records, plain_render, render, response_
 from schemas.ids import text_id
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 NAME = "reward_margin"
 VERSION = "2"  # 2: length control (margin_raw; margin and classes controlled by default)
@@ -407,7 +407,7 @@ def run(
             if finetune:
                 reps = repeats or 3  # 3 repeats: +0.02-0.03 AUROC over one on HH (benchmarks/gpu)
                 ep = epochs or 2  # 2 epochs at lr 5e-5: the best of four settings on HH (benchmarks/gpu)
-                from curation.models import describe
+                from curation.core.models import describe
 
                 fingerprint = describe(spec)["fingerprint"]
                 params = {"backend": "crossfit", "finetune": True, "folds": folds, "repeats": reps}

@@ -6,7 +6,7 @@ survives), sorted by length and cut into batches by a *token budget* (batch size
 x longest sequence <= budget), so a batch of short texts is large and a batch of
 long ones is small and padding is minimal. The forward runs under
 ``torch.inference_mode`` and, where the hardware has it (see
-``curation.models.bf16_supported``), bf16 autocast.
+``curation.core.models.bf16_supported``), bf16 autocast.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from curation.models import (
+from curation.core.models import (
     ModelSpec,
     bf16_supported,
     describe,
     encode_untruncated,
     load_tokenizer,
-    padded_width,
     pick_device,
 )
+from curation.core.padding import pad_batch
 
 
 @dataclass
@@ -48,29 +48,6 @@ def token_batches(lengths: Sequence[int], budget: int, max_batch: int = 256) -> 
         batches.append(order[start : start + size])
         start += size
     return batches
-
-
-def pad_batch(
-    seqs: Sequence[Sequence[int]],
-    pad_id: int,
-    multiple_of: int = 1,
-    limit: int | None = None,
-    side: str = "right",
-):
-    """input_ids and attention_mask tensors, padded (on ``side``) to the longest sequence of the batch.
-
-    The width is rounded up to ``multiple_of`` (8 on a GPU: tensor-core shapes, and fewer distinct
-    shapes to warm up) unless that would pass ``limit`` (the model's window).
-    """
-    import torch
-
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    width = padded_width(int(lengths.max()), multiple_of, limit)
-    positions = np.arange(width)
-    mask = positions < lengths[:, None] if side == "right" else positions >= (width - lengths)[:, None]
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
-    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 class _Base:
@@ -142,7 +119,7 @@ class RewardModel(_Base):
         super().__init__(spec, config)
         from transformers import AutoModelForSequenceClassification
 
-        from curation.models import _kwargs
+        from curation.core.models import _kwargs
 
         model, info = AutoModelForSequenceClassification.from_pretrained(
             str(spec.path()), num_labels=1, output_loading_info=True, **_kwargs(spec)
@@ -178,7 +155,7 @@ class CausalLMEntropy(_Base):
 
     def __init__(self, spec: ModelSpec, config: RunnerConfig | None = None) -> None:
         super().__init__(spec, config)
-        from curation.models import load_causal_lm
+        from curation.core.models import load_causal_lm
 
         self.model = load_causal_lm(spec).to(self.device).eval()
 
@@ -216,7 +193,7 @@ class TokenCounter:
     """Token lengths with a model's tokenizer (no model weights needed)."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        from curation.models import fingerprint, resolve
+        from curation.core.models import fingerprint, resolve
 
         self.spec = spec
         self.tokenizer = load_tokenizer(spec)

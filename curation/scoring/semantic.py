@@ -1,6 +1,6 @@
 """Semantic near-duplicates: prompts whose embeddings have cosine >= threshold, clustered.
 
-Complements the lexical MinHash clusters of curation/dedup.py (which catch copies
+Complements the lexical MinHash clusters of curation/ingest/dedup.py (which catch copies
 and light edits) with paraphrases. Similarities are computed block by block
 (``block`` x ``block`` tiles of the normalised embedding matrix), so memory stays
 O(block^2 + n * dim) however many records there are. Candidate pairs are merged
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from curation.models import DEFAULT_ENCODER
+from curation.core.models import DEFAULT_ENCODER
 from curation.scoring.base import ScoreSummary, Timer
 from curation.scoring.cache import ResultSpec, activate, commit_result, ids_fingerprint, result_done
 from curation.scoring.embeddings import Embedder, prompt_texts
@@ -24,7 +24,7 @@ from curation.scoring.schemas import SEMANTIC_SCHEMA
 from curation.scoring.texts import load_records
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 NAME = "semantic_dedup"
 VERSION = "1"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from curation.models import DEFAULT_ENCODER
+from curation.core.models import DEFAULT_ENCODER
 from curation.scoring.base import ScoreSummary, Timer, add_stats
 from curation.scoring.cache import (
     ResultSpec,
@@ -42,7 +42,7 @@ from curation.scoring.schemas import SPURIOUS_SCHEMA
 from curation.scoring.texts import last_user_turn, load_records, response_text
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 NAME = "spurious_groups"
 VERSION = "2"  # 2: group weights capped (max_weight)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from curation.sql import check_expression, query
+from curation.core.sql import check_expression
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 Messages = Sequence[dict[str, str]]
 
@@ -24,7 +24,7 @@ def load_records(store: Store, kind: str, where: str | None = None, limit: int |
     """Records of one kind as dicts, in id order (deterministic).
 
     ``where`` (the user's ``--where``) is one SQL boolean expression over the kind's view; it is checked
-    and run by the read-only sandbox (curation.sql), which raises SQLError (a ValueError) naming it."""
+    and run by the read-only sandbox (curation.core.sql), which raises SQLError (a ValueError) naming it."""
     if kind not in _VIEW:
         raise ValueError(f"unknown kind {kind!r}: use pair, sft or ranking")
     q = f"SELECT {_COLUMNS[kind]} FROM {_VIEW[kind]}"
@@ -35,7 +35,7 @@ def load_records(store: Store, kind: str, where: str | None = None, limit: int |
     q += " ORDER BY id"
     if limit:
         q += f" LIMIT {int(limit)}"
-    return query(store, q, what).to_pylist()
+    return store.query(q, what=what).to_pylist()
 
 
 def plain_render(messages: Messages) -> str:

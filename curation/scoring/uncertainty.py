@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from curation.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.sql import check_expression
 from curation.scoring.base import ScoreSummary, Timer, add_stats
 from curation.scoring.cache import (
     CacheSpec,
@@ -41,10 +42,9 @@ from curation.scoring.cache import (
 )
 from curation.scoring.schemas import UNCERTAINTY_SCHEMA
 from curation.scoring.texts import final_response_of_sft, load_records, plain_render, prompt_of_sft, render
-from curation.sql import check_expression, query
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 NAME = "uncertainty"
 VERSION = "1"
@@ -273,7 +273,7 @@ def run(
                 raise ValueError(f"column_scale {column_scale!r}: must be a finite number > 0")
             expr = check_expression(column, "--param column")
             q = f"SELECT id, CAST(({expr}) AS DOUBLE) / {float(column_scale)!r} AS u FROM sft"
-            res = query(store, q, f"--param column={column!r}")
+            res = store.query(q, what=f"--param column={column!r}")
             vals = dict(zip(res.column("id").to_pylist(), res.column("u").to_pylist(), strict=True))
             u = np.array([np.nan if vals.get(i) is None else vals[i] for i in ids], dtype=np.float64)
             bad = [(i, v) for i, v in zip(ids, u, strict=True) if not (0.0 <= v <= 1.0)]

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.core.names import sql_files
+from curation.core.store import empty_select
 from curation.scoring.cache import active_key, active_meta
 from curation.scoring.schemas import (
     LENGTH_SCHEMA,
@@ -22,10 +25,9 @@ from curation.scoring.schemas import (
     SPURIOUS_SCHEMA,
     UNCERTAINTY_SCHEMA,
 )
-from curation.store import empty_select, sql_files
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 RESULTS: dict[str, pa.Schema] = {
     "reward_margin": REWARD_MARGIN_SCHEMA,
@@ -52,6 +54,11 @@ def _result(store: Store, scorer: str) -> str:
 
 def _cols(alias: str, schema: pa.Schema, skip: tuple[str, ...] = ("id",)) -> str:
     return ", ".join(f'{alias}."{n}"' for n in schema.names if n not in skip)
+
+
+def connect(store: Store) -> duckdb.DuckDBPyConnection:
+    """A sandboxed connection with the base views and the scored views."""
+    return store.connect(score_views(store))
 
 
 def score_views(store: Store) -> dict[str, str]:

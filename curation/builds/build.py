@@ -3,7 +3,7 @@
 Steps, for each consumer of the policy (sft, rm, ranking):
 
 1. bind every SQL expression of the policy against the consumer's relation (nothing
-   is written if one fails; see ``curation.policy.check_expressions``);
+   is written if one fails; see ``curation.builds.policy.check_expressions``);
 2. decide one outcome per record, in this order: near duplicate (record or prompt level,
    ``Dedup.near_level``), semantic duplicate, the first failing filter, a remedy that drops (rm),
    the per-source mix (capped), else kept in the split chosen by a salted hash of the prompt text
@@ -13,9 +13,9 @@ Steps, for each consumer of the policy (sft, rm, ranking):
    gives byte-identical shards;
 4. write ``accounting.parquet`` (one row per input record of the policy's kinds,
    including quarantined rows and exact duplicates from ingest) and ``manifest.json`` (with the
-   rm consumer's chosen-longer diagnostics, curation.length_diagnostics).
+   rm consumer's chosen-longer diagnostics, curation.builds.length_diagnostics).
 
-The near-duplicate tables are recomputed first when stale (curation.dedup.refresh_near_duplicates),
+The near-duplicate tables are recomputed first when stale (curation.ingest.dedup.refresh_near_duplicates),
 so units committed by an ingest that died before marking are never built unmarked.
 
 The whole build is written under ``.staging`` and renamed into ``curated/<name>/``
@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -40,9 +41,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.dedup import refresh_near_duplicates
-from curation.length_diagnostics import balance_weights, build_diagnostics, chars_sql
-from curation.policy import (
+from curation.builds.length_diagnostics import balance_weights, build_diagnostics, chars_sql, raw_diagnostics
+from curation.builds.policy import (
     CONSUMER_VIEWS,
     Policy,
     PolicyError,
@@ -52,8 +52,13 @@ from curation.policy import (
     load_policy,
     resolve_policy,
 )
-from curation.sql import readonly_connection
-from curation.store import KIND_VIEW, Store, StoreError, safe_name, sql_files
+from curation.core.errors import StoreError
+from curation.core.hashing import file_sha256
+from curation.core.names import safe_name, sql_files
+from curation.core.store import KIND_VIEW, Store
+from curation.ingest.dedup import near_dup_views, refresh_near_duplicates
+from curation.scoring import versions
+from curation.scoring.views import score_views
 from schemas.ids import text_id
 from schemas.shards import SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
@@ -139,8 +144,8 @@ def open_connection(store: Store) -> duckdb.DuckDBPyConnection:
     """A sandboxed read-only connection with one relation per consumer: the scored view (or the base
     view when no scorer has run) with every contract column (NULL where missing) plus the MinHash
     near-duplicate columns: ``near_cluster`` and ``near_representative`` (prompt level),
-    ``near_record_cluster`` and ``near_record_representative`` (record level; curation.dedup)."""
-    con = readonly_connection(store)
+    ``near_record_cluster`` and ``near_record_representative`` (record level; curation.ingest.dedup)."""
+    con = store.connect(near_dup_views(store) | score_views(store))
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     for consumer, (kind, scored) in CONSUMER_VIEWS.items():
         src = scored if scored in views else KIND_VIEW[kind]
@@ -396,15 +401,7 @@ def write_shard(table: pa.Table, path: Path) -> str:
     """Write one shard with the fixed settings; return the sha256 of its bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=max(1, table.num_rows), **SHARD_WRITE_OPTIONS)
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------- accounting
@@ -461,15 +458,6 @@ _PL = {
 
 
 # -------------------------------------------------------------- provenance
-def scorer_versions(store: Store) -> dict:
-    """``curation.scoring.versions(store)`` when the scoring package offers it, else {}."""
-    try:
-        from curation.scoring import versions  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    return versions(store)
-
-
 def input_units(store: Store, kinds: set[str]) -> list[dict]:
     """The committed ingest units of the given kinds (their folder names are content keys)."""
     out = []
@@ -508,7 +496,6 @@ def build(
     with store.writer_lock("build"):
         refreshed = refresh_near_duplicates(store)  # units an ingest committed but died before marking
         if refreshed:
-            store.refresh_catalog()
             say(
                 f"near-duplicate marks were stale (new units or older marks), recomputed: {', '.join(refreshed)}"
             )
@@ -521,14 +508,14 @@ def build(
             extra = [_ingest_rows(con, c, CONSUMER_VIEWS[c][0]) for c in consumers]
             accounting = _accounting(decisions, extra)
             kinds = {CONSUMER_VIEWS[c][0] for c in consumers}
-            scorers = scorer_versions(store)
+            scorers = versions(store)
             inputs = input_units(store, kinds)
 
             staged = store.new_staging_dir()
             try:
                 shards, counts = _write_shards(con, policy, decisions, staged, say)
                 pq.write_table(accounting, staged / "accounting.parquet", **SHARD_WRITE_OPTIONS)
-                acc_sha = _sha256(staged / "accounting.parquet")
+                acc_sha = file_sha256(staged / "accounting.parquet")
                 manifest = _manifest(name, policy, scorers, inputs, shards, counts, accounting, acc_sha)
                 if "rm" in decisions:
                     manifest["length_diagnostics"] = build_diagnostics(decisions["rm"])
@@ -641,10 +628,30 @@ def curated_views(store: Store) -> dict[str, str]:
     files = [f for f in files if f.is_file()]
     if not files:
         schema = pa.schema([pa.field("build", pa.string()), *ACCOUNTING_SCHEMA])
-        from curation.store import empty_select
+        from curation.core.store import empty_select
 
         return {"curated_accounting": empty_select(schema)}
     return {
         "curated_accounting": "SELECT regexp_extract(filename, '/curated/([^/]+)/accounting\\.parquet$', 1) AS build, "
         f"* EXCLUDE (filename) FROM read_parquet({sql_files(files)}, filename = true)"
     }
+
+
+# ------------------------------------------------- chosen-longer diagnostics
+def store_frame(store: Store) -> pl.DataFrame:
+    """One row per pair of the store: source, quality_class (NULL before reward_margin) and the two
+    character lengths, through the build's read-only relation (so every contract column exists)."""
+    with contextlib.closing(open_connection(store)) as con:
+        df = pl.from_arrow(
+            con.sql(
+                f"SELECT source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
+                f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')}"
+            ).to_arrow_table()
+        )
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def store_diagnostics(store: Store) -> dict[str, dict[str, Any]]:
+    """``raw_diagnostics`` of every pair in the store (no build needed)."""
+    return raw_diagnostics(store_frame(store))

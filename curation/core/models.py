@@ -202,16 +202,6 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def padded_width(width: int, multiple_of: int = 1, limit: int | None = None) -> int:
-    """A batch's width rounded up to a multiple of ``multiple_of``, unless that would pass ``limit``.
-
-    Fewer distinct batch shapes: on a GPU the first step at each new shape is slow (see
-    benchmarks/gpu/RESULTS.md), and tensor cores like multiples of 8. ``limit`` is the model's window.
-    """
-    rounded = -(-width // multiple_of) * multiple_of
-    return rounded if limit is None or rounded <= limit else width
-
-
 def bf16_supported(device: str) -> bool:
     """bf16 autocast is worth it on CUDA with bf16 support, and on CPUs with native bf16 (AVX512-BF16, AMX).
 

@@ -5,7 +5,7 @@ duplicates, quarantine is by file/row so it has no id), its scores and class
 (the scored view, every scalar column), its near-duplicate clusters (prompt and
 record level), for a pair its chosen-longer standing (its own character lengths
 and its source's chosen-longer share: raw, in its quality class, and in each
-build's rm shards; curation.length_diagnostics), and for each build its outcome
+build's rm shards; curation.builds.length_diagnostics), and for each build its outcome
 from ``accounting.parquet`` (kept with weight, margin, soft label, flip and
 group; or the clause that dropped it, with that clause's SQL from the
 manifest's policy).
@@ -22,10 +22,12 @@ from typing import Any
 import orjson
 import polars as pl
 
-from curation.build import build_names, open_connection, read_manifest, relation_name
-from curation.length_diagnostics import chars_sql, raw_diagnostics
-from curation.policy import CONSUMER_VIEWS
-from curation.store import Store, StoreError, duckdb_path
+from curation.builds.build import build_names, open_connection, read_manifest, relation_name
+from curation.builds.length_diagnostics import chars_sql, raw_diagnostics
+from curation.builds.policy import CONSUMER_VIEWS
+from curation.core.errors import StoreError
+from curation.core.names import duckdb_path
+from curation.core.store import Store
 
 _HEX = re.compile(r"^[0-9a-f]{6,32}$")
 _NESTED = ("messages", "prompt", "chosen", "rejected", "candidates")

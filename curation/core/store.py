@@ -10,10 +10,10 @@ Layout (every name below is created by the code in this package)::
           run.parquet           the accounting row of that unit (ingest_runs view)
       dedup/near_<kind>.parquet near-duplicate prompt clusters (recomputed after ingest)
       scores/<scorer>/...       score tables (see curation.scoring)
-      curated/<name>/           shards + manifest.json (see curation.build)
+      curated/<name>/           shards + manifest.json (see curation.builds.build)
       catalog.duckdb            views over the Parquet files, for ad-hoc SQL
       .staging/                 work in progress; never read by any view
-      .sql-tmp/                 DuckDB's spill files, one folder per open connection (see curation.sql)
+      .sql-tmp/                 DuckDB's spill files, one folder per open connection (see curation.core.sql)
       .lock                     the writer lock (holds the writer's PID)
 
 Atomicity: a unit is written into ``.staging`` and renamed into ``ingest/``
@@ -36,17 +36,17 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation import sql as sql_sandbox
+from curation.core import sql as sql_sandbox
+from curation.core.errors import StoreError, StoreLocked, io_error
+from curation.core.names import check_root, safe_name, sql_files
 from schemas import DUPLICATE_SCHEMA, INGEST_RUN_SCHEMA, QUARANTINE_SCHEMA, SCHEMAS
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 
 #: view name -> (glob relative to the store root, schema used when no file exists yet)
 BASE_VIEWS: dict[str, tuple[str, pa.Schema]] = {
@@ -58,79 +58,6 @@ BASE_VIEWS: dict[str, tuple[str, pa.Schema]] = {
     "ingest_runs": ("ingest/*/run.parquet", INGEST_RUN_SCHEMA),
 }
 KIND_VIEW = {"sft": "sft", "pair": "pairs", "ranking": "rankings"}
-
-
-class StoreError(RuntimeError):
-    """A store operation failed in a way the user can act on."""
-
-
-class StoreLocked(StoreError):
-    """Another process holds the writer lock."""
-
-
-def safe_name(name: str, what: str = "name") -> str:
-    """The one check of every name a user gives for a place in the store (build, source, report file) and
-    of every path component the code joins under the root: one plain name of letters, digits and
-    ``. _ - =``, starting with a letter or digit, without '..', at most 200 characters. So ".", "",
-    "a/b", "a\\b", a trailing newline, NUL, look-alike letters and globs are all refused."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise StoreError(
-            f"invalid {what} {name!r}: use one plain name of letters, digits, '.', '_', '-' or '=', "
-            "starting with a letter or digit (no path separators, no '..', at most 200 characters)"
-        )
-    return name
-
-
-def plain_name(text: str, default: str = "input") -> str:
-    """A name that passes ``safe_name``, made from any text (a file's stem): ``text`` itself when it
-    passes, else with every other character (and each '.' of a '..') as '_' and what leads it up to the
-    first letter or digit left out (``default`` when nothing is left)."""
-    with contextlib.suppress(StoreError):
-        return safe_name(text)
-    name = re.sub(r"[^A-Za-z0-9._=-]", "_", text).replace("..", "__").lstrip("._=-")[:200]
-    return safe_name(name or default, "derived name")
-
-
-#: Characters DuckDB reads as a glob in any file path it is given (measured with duckdb 2.0.1).
-_DUCKDB_GLOB = re.compile(r"[*?\[]")
-
-
-def duckdb_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as DuckDB must be given it to open exactly that file, never a glob.
-
-    DuckDB globs every path holding ``*``, ``?`` or ``[`` (a store at ``a[1]`` read the store ``a1``);
-    each is put in brackets (``[*]``, ``[?]``, ``[[]``), which its glob matches literally. A path that
-    also holds a backslash cannot be named at all (DuckDB's glob splits paths at backslashes), so
-    ``Store`` refuses such roots."""
-    return _DUCKDB_GLOB.sub(lambda m: f"[{m.group()}]", os.fspath(path))
-
-
-def sql_string(text: str) -> str:
-    """A SQL string literal holding ``text``."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def sql_files(files: list[Path]) -> str:
-    """A DuckDB list literal naming exactly these files (for ``read_parquet``)."""
-    return "[" + ", ".join(sql_string(duckdb_path(f)) for f in files) + "]"
-
-
-def duckdb_dirs(folder: Path) -> list[str]:
-    """``allowed_directories`` entries that let a sandboxed DuckDB read the files under ``folder``: the
-    folder as it is and, when it holds glob characters, as ``duckdb_path`` writes it (DuckDB checks the
-    pattern it is given against the list before it globs)."""
-    real = f"{folder}/"
-    return list(dict.fromkeys([real, duckdb_path(real)]))
-
-
-def check_root(root: Path) -> None:
-    """Refuse a store folder whose files DuckDB cannot name (see ``duckdb_path``), before anything is written."""
-    text = str(root)
-    if "\\" in text and _DUCKDB_GLOB.search(text):
-        raise StoreError(
-            f"store folder {text!r}: DuckDB cannot read files under a path that holds a backslash together "
-            "with '*', '?' or '['; use another folder name"
-        )
 
 
 class Store:
@@ -312,24 +239,31 @@ class Store:
         """Committed files matching ``glob`` (relative to the root; the root itself is never a pattern)."""
         return store_files(self.root, glob)
 
-    def view_sql(self) -> dict[str, str]:
-        """SQL for every view: base kinds plus whatever score/curation tables exist."""
-        from curation import views  # local import: views depend on scorer modules
+    def base_views(self) -> dict[str, str]:
+        """SQL of the base views (the canonical kinds and the ingest tables); the layers above add theirs,
+        and ``curation.catalog`` composes them all."""
+        return {name: parquet_select(self.root, glob, schema) for name, (glob, schema) in BASE_VIEWS.items()}
 
-        return views.all_views(self)
+    def connect(self, views: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the base views and then ``views``, sandboxed to this store by
+        ``curation.core.sql`` (no file outside it, no extensions, configuration locked); never locks the
+        store. ``curation.catalog.connect(store)`` gives every view."""
+        return sql_sandbox.connect(self.root, self.base_views() | dict(views or {}))
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with every view defined, sandboxed to this store by
-        ``curation.sql`` (no file outside it, no extensions, configuration locked); never locks the store."""
-        return sql_sandbox.connect(self)
+    def query(self, sql: str, views: Mapping[str, str] | None = None, what: str = "query") -> pa.Table:
+        """One checked read-only statement (``curation.core.sql.query``) over the base views and ``views``.
+        The statement is checked before the store is opened, so a refused one leaves no trace."""
+        sql_sandbox.check_query(sql)
+        with contextlib.closing(self.connect(views)) as con:
+            return sql_sandbox.query(con, sql, what)
 
-    def read(self, view: str) -> pa.Table:
+    def read(self, view: str, views: Mapping[str, str] | None = None) -> pa.Table:
         """A whole view as an Arrow table."""
-        with contextlib.closing(self.connect()) as con:
+        with contextlib.closing(self.connect(views)) as con:
             return con.sql(f'SELECT * FROM "{view}"').to_arrow_table()
 
-    def refresh_catalog(self) -> Path:
-        """Rewrite catalog.duckdb (atomically) with views over the current files.
+    def write_catalog(self, views: Mapping[str, str]) -> Path:
+        """Rewrite catalog.duckdb (atomically) with ``views`` (``curation.catalog.refresh`` passes every view).
 
         The file is for users who open the store with the duckdb CLI or a BI tool;
         the project itself reads through ``connect()``. Built on the same sandbox as ``connect()``.
@@ -344,7 +278,7 @@ class Store:
             con = duckdb.connect(str(made))
             try:
                 sql_sandbox.sandbox(con, self.root)
-                for name, sql in self.view_sql().items():
+                for name, sql in views.items():
                     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             finally:
                 con.close()
@@ -424,24 +358,6 @@ def write_parquet_atomic(table: pa.Table, target: Path, **kwargs) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-def io_error(
-    exc: OSError, doing: str, done: str = "nothing was committed, the store is unchanged"
-) -> StoreError:
-    """A StoreError in one line: what failed, what was left (``done``) and what the user can do."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(
-            f"disk full while {doing}; {done}. Free some space and run the command again: it resumes."
-        )
-    if exc.errno == errno.EROFS:
-        return StoreError(
-            f"read-only file system while {doing}; {done}. "
-            "Use a writable store folder (--store) or remount it read-write, and run the command again."
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return StoreError(f"permission denied {doing}: {exc.strerror}; {done}.")
-    return StoreError(f"I/O error {doing}: {exc.strerror or exc}; {done}.")
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

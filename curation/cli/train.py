@@ -64,8 +64,8 @@ def _run(kind: str, argv: list[str]) -> None:
         return
     import importlib
 
-    from curation.cli import fail
-    from curation.models import ModelError
+    from curation.cli.common import fail
+    from curation.core.models import ModelError
     from training.shards import ShardError
 
     try:
@@ -80,17 +80,19 @@ def _run(kind: str, argv: list[str]) -> None:
     sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``curate train sft|rescue|rm`` to ``app``."""
-    train_app = typer.Typer(
-        help="Train on curated shards: sft (UAL), rescue (ranking), rm (reward model).", no_args_is_help=True
-    )
-    settings = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-    for kind, (_, _, help_text) in TRAINERS.items():
+app = typer.Typer(
+    help="Train on curated shards: sft (UAL), rescue (ranking), rm (reward model).", no_args_is_help=True
+)
+_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
-        def command(ctx: typer.Context, _kind: str = kind) -> None:
-            _run(_kind, list(ctx.args))
 
-        command.__doc__ = help_text + " Options: `curate train " + kind + " --help`."
-        train_app.command(kind, context_settings=settings, help=command.__doc__)(command)
-    app.add_typer(train_app, name="train")
+def _command(kind: str, help_text: str) -> None:
+    def command(ctx: typer.Context) -> None:
+        _run(kind, list(ctx.args))
+
+    command.__doc__ = help_text + " Options: `curate train " + kind + " --help`."
+    app.command(kind, context_settings=_SETTINGS, help=command.__doc__)(command)
+
+
+for _kind, (_, _, _help) in TRAINERS.items():
+    _command(_kind, _help)

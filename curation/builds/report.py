@@ -6,7 +6,7 @@ Plots (plotly; plotly.js is inlined once, so the file opens offline):
 2. reward versus response length (chosen and rejected);
 3. length difference (chosen - rejected, characters) by source: how often the label agrees with "longer";
 4. the chosen-longer share per source: raw, per quality class, and in the build's rm shards
-   (unweighted and weighted by the shard weight; curation.length_diagnostics);
+   (unweighted and weighted by the shard weight; curation.builds.length_diagnostics);
 5. spurious-feature group sizes and the share of flagged pairs per group;
 6. the UAL label-smoothing epsilon of the SFT records;
 7. source mix before (ingested) and after (kept in the build);
@@ -30,8 +30,8 @@ import duckdb
 import orjson
 import polars as pl
 
-from curation.build import build_names, open_connection, relation_name
-from curation.length_diagnostics import (
+from curation.builds.build import build_names, open_connection, relation_name
+from curation.builds.length_diagnostics import (
     CLASSES,
     DEFINITION,
     chars_sql,
@@ -39,7 +39,8 @@ from curation.length_diagnostics import (
     pct,
     raw_diagnostics,
 )
-from curation.store import Store, StoreError
+from curation.core.errors import StoreError
+from curation.core.store import Store
 
 SAMPLE_ROWS = 4000  # points per scatter plot (reservoir sample with a fixed seed)
 CLASS_COLORS = {"incorrect": "#d62728", "ambiguous": "#ff7f0e", "clean": "#2ca02c", "unscored": "#7f7f7f"}

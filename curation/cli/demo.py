@@ -1,4 +1,4 @@
-"""CLI commands of this package (registered on the `curate` app by curation.cli): `demo` and `serve`."""
+"""`curate demo`: the whole pipeline on the bundled real data with the bundled model (offline, no server)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,13 @@ from pathlib import Path
 
 import typer
 
-from curation.cli_options import StoreOpt, default_store
-
-
-def register(app: typer.Typer) -> None:
-    """Add `curate demo` and `curate serve` to ``app``."""
-    app.command()(demo)
-    app.command()(serve)
+from curation.cli.common import StoreOpt, default_store
 
 
 def demo(
     store: str | None = StoreOpt,
     policy: Path = typer.Option(
-        None, help="Policy file for the build (default: curation/policies/default.yaml)."
+        None, help="Policy file for the build (default: curation/builds/policies/default.yaml)."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's flow and task logs."),
 ) -> None:
@@ -33,10 +27,9 @@ def demo(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from rich.table import Table
 
-    from curation.cli import console, print_table
-    from curation.sql import query
-    from curation.store import Store
-    from curation.terminal import esc, text
+    from curation.catalog import query
+    from curation.cli.common import console, esc, print_table, text
+    from curation.core.store import Store
     from flows.demo import DEFAULT_POLICY, run_demo, usable_queries
 
     store = store or default_store()
@@ -74,34 +67,3 @@ def demo(
     for what, sql in usable_queries(st):
         console.print(f"\n[dim]# {esc(what)}[/]\ncurate sql {esc(shlex.quote(sql))} --store {esc(store_arg)}")
         print_table(query(st, sql), 10)
-
-
-def serve(
-    file: Path = typer.Option(
-        None, "--file", "-f", help="Deployments file (default: the repository's prefect.yaml)."
-    ),
-    store: str | None = StoreOpt,
-    landing: str = typer.Option(None, help="Override the landing folder parameter."),
-    policy: str = typer.Option(None, help="Override the policy file parameter."),
-    only: list[str] = typer.Option([], "--only", help="Serve only these deployments (repeatable)."),
-    limit: int = typer.Option(1, help="Flow runs this process may run at the same time."),
-) -> None:
-    """Serve the schedules of prefect.yaml from this process (Ctrl-C to stop; schedules pause on exit).
-
-    Uses PREFECT_API_URL when set (a Prefect server or Cloud), otherwise Prefect's
-    temporary local server for the life of this process. ``--store`` (or $CURATE_STORE) overrides the
-    deployments' store parameter; without either, each deployment keeps the store of its file.
-    """
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    store = store or os.environ.get("CURATE_STORE")
-    from curation.cli import fail
-    from flows.deploy import DEFAULT_FILE, DeploymentFileError
-    from flows.deploy import serve as serve_deployments
-
-    overrides = {k: v for k, v in {"store": store, "landing": landing, "policy": policy}.items() if v}
-    try:
-        serve_deployments(file or DEFAULT_FILE, overrides, only or None, limit)
-    except DeploymentFileError as exc:
-        fail(str(exc))

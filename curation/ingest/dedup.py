@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import rensa
 
-from curation.store import parquet_select
+from curation.core.store import parquet_select
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    from curation.core.store import Store
 
 KINDS = ("sft", "pair", "ranking")
 #: Bumped when what the table holds changes: older tables are then stale and recomputed.
@@ -385,7 +385,7 @@ def _cluster_records(
 def near_counts(store: Store) -> dict[str, tuple[int, int]]:
     """Per kind: (records sharing a prompt cluster with an earlier record, records near-identical to an
     earlier record), from the tables as they are."""
-    con = store.connect()
+    con = store.connect(near_dup_views(store))
     try:
         rows = con.sql(
             "SELECT kind, count(*) FILTER (WHERE NOT representative), "

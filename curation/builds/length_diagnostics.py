@@ -21,13 +21,12 @@ by ``curate build``): its remedies and filters have pushed the data towards a le
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 if TYPE_CHECKING:
-    from curation.store import Store
+    pass
 
 #: A build warns when a source's weighted curated share moves further from 0.5 than raw by more than this.
 WARN_POINTS = 3.0
@@ -188,28 +187,6 @@ def balance_weights(df: pl.DataFrame, weight: str = "weight") -> pl.DataFrame:
     mass = pl.when(kept).then(pl.col("__balanced")).otherwise(0.0).sum().over(grp)
     renorm = pl.when(kept & (mass > 0)).then(pl.col("__balanced") * n / mass).otherwise(pl.col("__balanced"))
     return df.with_columns(pl.when(kept).then(renorm).otherwise(w).alias(weight)).drop("__balanced")
-
-
-# ------------------------------------------------------------- read sides
-def store_frame(store: Store) -> pl.DataFrame:
-    """One row per pair of the store: source, quality_class (NULL before reward_margin) and the two
-    character lengths, through the build's read-only relation (so every contract column exists)."""
-    from curation.build import open_connection, relation_name  # build imports this module
-
-    with contextlib.closing(open_connection(store)) as con:
-        df = pl.from_arrow(
-            con.sql(
-                f"SELECT source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
-                f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')}"
-            ).to_arrow_table()
-        )
-    assert isinstance(df, pl.DataFrame)
-    return df
-
-
-def store_diagnostics(store: Store) -> dict[str, dict[str, Any]]:
-    """``raw_diagnostics`` of every pair in the store (no build needed)."""
-    return raw_diagnostics(store_frame(store))
 
 
 def raw_rows(diag: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

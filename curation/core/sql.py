@@ -33,14 +33,14 @@ import socket
 import stat
 import threading
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from curation.store import Store
+from curation.core.errors import StoreError
+from curation.core.names import duckdb_dirs
 
 #: Table functions user SQL may call: generators, JSON and catalog introspection. None reads a file.
 TABLE_FUNCTIONS = frozenset(
@@ -277,8 +277,6 @@ _LOCKS = (
 
 def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckDBPyConnection:
     """Lock a fresh connection to the store at ``root`` (see the module doc); returns ``con``."""
-    from curation.store import duckdb_dirs  # the store imports this module
-
     real = Path(root).resolve()
     dirs = ", ".join(_literal(d) for d in duckdb_dirs(real))  # escaped too where the path holds [ * ?
     con.execute(f"SET allowed_directories = [{dirs}]")
@@ -288,29 +286,22 @@ def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> duckdb.DuckDBPyConnec
     return con
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory, sandboxed DuckDB connection with every view of ``store``; never locks the store."""
-    from curation.store import StoreError
-
+def connect(root: Path, views: Mapping[str, str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection sandboxed to the store folder ``root``, with ``views`` (name -> SQL)
+    defined in order; never locks the store. ``curation.core.store.Store.connect`` gives the base views,
+    ``curation.catalog.connect`` every view."""
     con = duckdb.connect(":memory:")
     try:
-        sandbox(con, store.root)
-        for name, sql in store.view_sql().items():
+        sandbox(con, root)
+        for name, sql in views.items():
             try:
                 con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             except duckdb.Error as exc:  # e.g. a file of the view that links out of the store
-                raise StoreError(
-                    f"store {store.root}: view {name!r} cannot be read: {_first_line(exc)}"
-                ) from exc
+                raise StoreError(f"store {root}: view {name!r} cannot be read: {_first_line(exc)}") from exc
     except BaseException:
         con.close()
         raise
     return con
-
-
-def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
-    """The sandboxed connection of ``store`` (every store connection is one; the name says what it is for)."""
-    return connect(store)
 
 
 def spill_folder(real_root: Path) -> str:
@@ -319,7 +310,6 @@ def spill_folder(real_root: Path) -> str:
 
     ``.sql-tmp`` must be a plain folder: DuckDB allows its temporary folder whatever that links to, so a
     link there would open the machine. Folders left by killed processes of this host are removed."""
-    from curation.store import StoreError
 
     parent = real_root / SPILL_DIR
     try:
@@ -368,13 +358,12 @@ def _literal(text: str) -> str:
 
 
 # ------------------------------------------------------------------ running
-def query(store: Store, sql: str, what: str = "query") -> pa.Table:
-    """Run one checked read-only statement on the store's sandboxed connection; its result as an Arrow table.
-
-    ``what`` names where the SQL came from (e.g. ``--where 'x > 1'``) in the message of a failing query."""
+def query(con: duckdb.DuckDBPyConnection, sql: str, what: str = "query") -> pa.Table:
+    """Run one checked read-only statement on a sandboxed connection (``connect``); its result as an
+    Arrow table. ``what`` names where the SQL came from (e.g. ``--where 'x > 1'``) in the message of a
+    failing query."""
     text = check_query(sql)
-    with contextlib.closing(connect(store)) as con:
-        try:
-            return con.sql(text).to_arrow_table()
-        except duckdb.Error as exc:
-            raise SQLError(f"{what}: {str(exc).strip()}") from exc
+    try:
+        return con.sql(text).to_arrow_table()
+    except duckdb.Error as exc:
+        raise SQLError(f"{what}: {str(exc).strip()}") from exc

@@ -34,8 +34,9 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curation.sql import SQLRefused, check_expression
-from curation.store import StoreError, safe_name
+from curation.core.errors import StoreError
+from curation.core.names import safe_name
+from curation.core.sql import SQLRefused, check_expression
 
 POLICY_VERSION = 1
 _CLAUSE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -149,7 +150,7 @@ class SftConsumer(_Consumer):
 class RmConsumer(_Consumer):
     remedies: Remedies = Field(default_factory=Remedies)
     #: Reweight the kept pairs of each source and split so that the weighted chosen-longer share
-    #: (curation.length_diagnostics) is 0.5 and the mean weight 1, on top of ``weight`` (multiplied,
+    #: (curation.builds.length_diagnostics) is 0.5 and the mean weight 1, on top of ``weight`` (multiplied,
     #: then renormalised per source): a reward model then cannot learn "longer wins" from the weights.
     balance_length: bool = False
 
@@ -302,7 +303,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> i
 
 
 def bundled_policy(name: str = "default") -> Path:
-    """Path of a policy shipped with the package (curation/policies/<name>.yaml)."""
+    """Path of a policy shipped with the package (curation/builds/policies/<name>.yaml)."""
     path = Path(__file__).parent / "policies" / f"{name}.yaml"
     if not path.is_file():
         raise PolicyError(f"no bundled policy {name!r} (have: {', '.join(bundled_policy_names())})")
