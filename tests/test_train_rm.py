@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -330,7 +331,8 @@ def test_length_expert_logit_is_added_to_the_bradley_terry_logit(alpaca_pairs, m
     opt = trainer.create_optimizer()
     assert opt.param_groups[-1]["lr"] == pytest.approx(3e-4)
     assert opt.param_groups[-1]["params"] == list(trainer.length_expert.parameters())
-    trainer.warm_start_length_expert()
+    fit = trainer.prepare_length_expert()
+    assert fit["loss"] < math.log(2) and fit["train_accuracy"] > 0.5
     batch = PairCollator(tok.pad_token_id)(ds.items)
     model.train()
     loss = trainer.compute_loss(model, batch)
@@ -339,11 +341,53 @@ def test_length_expert_logit_is_added_to_the_bradley_terry_logit(alpaca_pairs, m
         bias = trainer.length_expert(batch["length_features"])
     assert bias.abs().min() > 0  # fitted: it has an opinion on every pair
     joint = bradley_terry_loss(r[:8], r[8:], batch["margin"], batch["soft_label"], bias=bias)
-    assert loss.item() == pytest.approx(joint.mean().item(), rel=1e-5)
+    importance = batch["importance"]  # the resampling's inverse draw weights
+    assert len(set(importance.tolist())) > 1
+    assert loss.item() == pytest.approx((joint * importance).mean().item(), rel=1e-5)
     plain = bradley_terry_loss(r[:8], r[8:], batch["margin"], batch["soft_label"])
     assert abs(plain.mean().item() - loss.item()) > 1e-3
-    model.eval()  # held-out losses are the main model's alone
+    model.eval()  # held-out losses are the main model's alone, unweighted
     assert trainer.compute_loss(model, batch).item() == pytest.approx(plain.mean().item(), rel=1e-4)
+
+
+def test_resampling_by_residual_keeps_the_poe_objective_in_expectation(alpaca_pairs, minilm, tmp_path):
+    """Pairs are drawn in proportion to w_i * residual_i and weighted back: for any per-pair losses the
+    expected drawn loss is the PoE mean; pairs that length gets wrong are drawn far more often."""
+    from curation.models import ModelSpec, load_sequence_classifier
+    from training.common import SortedBucketSampler
+    from training.rm import PairCollator, RewardTrainer, _tokenizer, load_pairs
+
+    shards = alpaca_shards(alpaca_pairs, tmp_path / "b", limit=200)
+    cfg = rm_config(shards, minilm, tmp_path / "out", poe=True)
+    spec = ModelSpec(str(minilm))
+    tok = _tokenizer(spec, 16)
+    ds, _ = load_pairs(str(shards), "train", tok, 16, "truncate", None)
+    for i, it in enumerate(ds.items):  # varied shard weights: the draw must account for them
+        it["weight"] = 0.5 + (i % 3) * 0.5
+    trainer = RewardTrainer(
+        model=load_sequence_classifier(spec),
+        args=cfg,
+        train_dataset=ds,
+        data_collator=PairCollator(tok.pad_token_id),
+        rm_config=cfg,
+        n_groups=1,
+    )
+    trainer.prepare_length_expert()
+    q = torch.tensor(trainer.poe_draw)
+    imp = torch.tensor([it["importance"] for it in ds.items])
+    w = torch.tensor([it["weight"] for it in ds.items])
+    losses = torch.rand(len(ds), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(((q / q.sum()) * imp * w * losses).sum(), (w * losses).mean())
+    with torch.no_grad():
+        bias = trainer.length_expert(torch.tensor([it["length_features"] for it in ds.items]))
+    wrong, right = q[bias < 0] / w[bias < 0], q[bias > 0] / w[bias > 0]
+    assert len(wrong) and wrong.min() > right.max()  # drawn in proportion to the residual
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, SortedBucketSampler) and sampler.weights == trainer.poe_draw
+    drawn = list(sampler)
+    assert len(drawn) == len(ds) and len(set(drawn)) < len(ds)  # with replacement
+    hard = set(torch.nonzero(bias < 0).flatten().tolist())
+    assert sum(i in hard for i in drawn) / len(drawn) > 2 * len(hard) / len(ds)
 
 
 @pytest.mark.parametrize("labels", ["longer", "shorter"])

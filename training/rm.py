@@ -142,6 +142,16 @@ class RMConfig(CurateTrainingConfig):
             "finite when length separates the train pairs."
         },
     )
+    poe_resample: bool = field(
+        default=True,
+        metadata={
+            "help": "Length expert (with poe_warm_start): draw the train pairs in proportion to the fitted expert's "
+            "residual (the part of each label that length leaves unexplained) and weight each drawn pair's "
+            "loss by its inverse: the PoE gradient in expectation, with every pair's gradient about the same "
+            "size. Without it Adam, which scales its steps per coordinate, follows the many small "
+            "length-following gradients over the few large ones that cancel them in the PoE sum."
+        },
+    )
     poe_noise_std: float = field(
         default=0.1,
         metadata={"help": "noisy_embedding expert: input noise, as a fraction of the embedding std."},
@@ -225,6 +235,7 @@ def tokenize_pairs(
                 "chosen_ids": enc[2 * i],
                 "rejected_ids": enc[2 * i + 1],
                 "weight": float(r["weight"]),
+                "importance": 1.0,  # set on train pairs when the length expert resamples them
                 "margin": float(r["margin"]),
                 "soft_label": float(r["soft_label"]),
                 "flipped": bool(r["flipped"]),
@@ -265,6 +276,7 @@ class PairCollator:
             "input_ids": ids,
             "attention_mask": mask,
             "weight": f("weight", torch.float32),
+            "importance": f("importance", torch.float32),
             "margin": f("margin", torch.float32),
             "soft_label": f("soft_label", torch.float32),
             "flipped": f("flipped", torch.bool),
@@ -411,11 +423,9 @@ class RewardTrainer(Trainer):
         self.dro_q = torch.full((self.n_groups,), 1.0 / self.n_groups)
         self.head_input = HeadInput(self.model) if rm_config.simcse_beta > 0 else None
         self.bias_expert: BiasExpert | LengthExpert | None = None
+        self.poe_draw: list[float] | None = None  # the length expert's draw weight per train pair
         if rm_config.poe and rm_config.poe_expert == "length":
-            expert = LengthExpert(len(FEATURE_NAMES), rm_config.poe_length_hidden)
-            if self.train_dataset is not None and len(self.train_dataset):
-                expert.set_scale(torch.tensor([x["length_features"] for x in self.train_dataset.items]))
-            self.bias_expert = expert.to(self.args.device)
+            self.bias_expert = self.new_length_expert()
         elif rm_config.poe:
             self.bias_expert = BiasExpert(
                 self.model.get_input_embeddings(), rm_config.poe_hidden, rm_config.poe_noise_std
@@ -425,11 +435,17 @@ class RewardTrainer(Trainer):
             self.bias_expert = self.accelerator.prepare_model(self.bias_expert)
         self.pairs_trained = 0
 
-    # length-grouped batches
+    # length-grouped batches, drawn in proportion to the length expert's residuals when it resamples
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        draw = self.poe_draw if ds is self.train_dataset else None
         if self.cfg.length_grouping and hasattr(ds, "lengths"):
-            return SortedBucketSampler(ds.lengths, self.args.per_device_train_batch_size, self.args.seed)
+            return SortedBucketSampler(
+                ds.lengths, self.args.per_device_train_batch_size, self.args.seed, weights=draw
+            )
+        if draw is not None:
+            gen = torch.Generator().manual_seed(self.args.seed)
+            return torch.utils.data.WeightedRandomSampler(draw, len(draw), replacement=True, generator=gen)
         return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
@@ -462,27 +478,53 @@ class RewardTrainer(Trainer):
         b = inputs["weight"].shape[0]
         return bias[:b] - bias[b:]
 
-    def warm_start_length_expert(self) -> dict[str, Any] | None:
-        """Fit the length expert alone on every train pair (the bias-only model) before joint training."""
-        expert = self.length_expert
-        if expert is None or not self.cfg.poe_warm_start or not len(self.train_dataset):
+    def new_length_expert(self) -> LengthExpert:
+        """A length expert scaled to the train pairs; its initial weights depend on the seed only."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.args.seed)
+            expert = LengthExpert(len(FEATURE_NAMES), self.cfg.poe_length_hidden)
+        if self.train_dataset is not None and len(self.train_dataset):
+            expert.set_scale(torch.tensor([x["length_features"] for x in self.train_dataset.items]))
+        return expert.to(self.args.device)
+
+    def prepare_length_expert(self, restored: bool = False) -> dict[str, Any] | None:
+        """Before joint training: fit the length expert alone on every train pair (the bias-only model)
+        and, with ``poe_resample``, set the pairs' draw and importance weights from its residuals.
+
+        ``restored``: the expert came from a checkpoint; the same fit is made on a fresh expert, for the
+        draw only, so a resumed run draws as the first run did. Returns the fit (None when restored).
+        """
+        cfg, ds = self.cfg, self.train_dataset
+        if self.length_expert is None or not cfg.poe_warm_start or ds is None or not len(ds):
             return None
-        cfg, items, device = self.cfg, self.train_dataset.items, self.args.device
+        expert = self.new_length_expert() if restored else self.length_expert
+        items, device = ds.items, self.args.device
         col = lambda k: torch.tensor([x[k] for x in items], dtype=torch.float32, device=device)  # noqa: E731
         zeros = torch.zeros(len(items), device=device)
-        loss = fit_bias_only(
-            expert,
-            col("length_features"),
-            col("margin") if cfg.use_margin else zeros,
-            col("soft_label") if cfg.use_soft_labels else zeros,
-            col("weight") if cfg.use_weights else zeros + 1.0,
-            cfg.poe_warm_start_l2,
-        )
+        features = col("length_features")
+        margin = col("margin") if cfg.use_margin else zeros
+        soft = col("soft_label") if cfg.use_soft_labels else zeros
+        weight = col("weight") if cfg.use_weights else zeros + 1.0
+        loss = fit_bias_only(expert, features, margin, soft, weight, cfg.poe_warm_start_l2)
         with torch.no_grad():
-            bias = expert(col("length_features"))
+            bias = expert(features)
+            d = bias - margin
+            # |d loss / d logit| of each pair with the expert alone: what length leaves unexplained
+            residual = ((1 - soft) * torch.sigmoid(-d) - soft * torch.sigmoid(d)).abs().clamp(min=1e-4)
+        if cfg.poe_resample:
+            # draw pair i with q_i = w_i r_i / Z; its loss, already times w_i in compute_loss, gets
+            # Z / (N q_i): E[w_i loss_i Z / (N w_i r_i)] = (1/N) sum_i w_i loss_i, the PoE objective
+            q = (weight * residual).cpu().tolist()
+            z = sum(q)
+            for it, qi in zip(items, q, strict=True):
+                it["importance"] = z / (len(items) * qi) if qi > 0 else 0.0
+            self.poe_draw = q
+        if restored:
+            return None
         fit = {
             "loss": loss,
             "train_accuracy": float((bias > 0).float().mean()),
+            "mean_residual": float(residual.mean()),
             "weights": expert.linear_weights(),
         }
         log.info("length expert fitted alone on %d train pairs: %s", len(items), fit)
@@ -510,6 +552,8 @@ class RewardTrainer(Trainer):
             per_pair = per_pair + cfg.center_rewards_coefficient * center_rewards_term(r_c, r_r)
         if cfg.use_weights:
             per_pair = per_pair * inputs["weight"]
+        if model.training and self.poe_draw is not None:
+            per_pair = per_pair * inputs["importance"]
         if cfg.group_dro and model.training:
             g_loss, count = group_losses(
                 per_pair, inputs["group"].clamp(max=self.n_groups - 1), self.n_groups
@@ -725,7 +769,7 @@ def train(config: RMConfig) -> dict[str, Any]:
     )
     ckpt = config.resume_checkpoint()
     restored = trainer.load_extra_state(ckpt) if ckpt else False
-    warm_start = None if restored else trainer.warm_start_length_expert()
+    warm_start = trainer.prepare_length_expert(restored)
     pairs_before = trainer.pairs_trained
     write_length_reports(
         config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
