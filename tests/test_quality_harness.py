@@ -22,7 +22,12 @@ EXPECTED = {
         {"test accuracy"},
     ),
     "2": (
-        {"(a) plain BT", "(b) product of experts"},
+        {
+            "(a) plain BT",
+            "(b) PoE, length expert",
+            "(c) PoE, noisy-embedding expert",
+            "(d) PoE, length expert, no resampling",
+        },
         {"Spearman(reward, length), test", "accuracy, shorter preferred", "accuracy, all test"},
     ),
     "3": ({"(a) plain BT", "(b) group DRO"}, {"worst-group accuracy", "accuracy, all test"}),
