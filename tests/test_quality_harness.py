@@ -28,7 +28,12 @@ EXPECTED = {
             "(c) PoE, noisy-embedding expert",
             "(d) PoE, length expert, no resampling",
         },
-        {"Spearman(reward, length), test", "accuracy, shorter preferred", "accuracy, all test"},
+        {
+            "Spearman(reward, length), test",
+            "accuracy, shorter preferred",
+            "accuracy, longer preferred",
+            "accuracy, all test",
+        },
     ),
     "3": ({"(a) plain BT", "(b) group DRO"}, {"worst-group accuracy", "accuracy, all test"}),
     "4": ({"(a) plain SFT", "(b) UAL"}, {"held-out loss"}),

@@ -5,8 +5,8 @@ default and verbose against one baseline; the judge mostly prefers the longer an
 Bradley-Terry, (b) PoE with the trainer's length expert (``poe_expert: length``), (c) PoE with the
 paper's noisy-embedding expert, (d) the length expert without resampling by its residuals (an
 ablation; ``lb_arms`` picks the arms). Held out we report Spearman(reward, response tokens) over every test
-response, accuracy on all test pairs and on those where the shorter answer (in tokens) is preferred,
-all from ``training.rm.evaluate``; and each setting's chosen-longer share of the train shard.
+response, accuracy on all test pairs and on those where the shorter (longer) answer, in tokens, is
+preferred, all from ``training.rm.evaluate``; and each setting's chosen-longer share of the train shard.
 
 Settings:
 
@@ -63,6 +63,7 @@ SETTINGS = {"issue": "issue setup: 3 files, held out by instruction", "chosen_lo
 METRICS = (
     ("Spearman(reward, length), test", "spearman_reward_length"),
     ("accuracy, shorter preferred", "accuracy_shorter_preferred"),
+    ("accuracy, longer preferred", "accuracy_longer_preferred"),
     ("accuracy, all test", "accuracy"),
 )
 
