@@ -1,4 +1,4 @@
-"""Small curated shards built from real data, for trainer tests (a stand-in for curation/builds/build.py).
+"""Small curated shards built from real data, for trainer tests (a stand-in for curation/build.py).
 
 ``build_shards(store, out, ...)`` reads the ``sft``, ``pairs`` and ``rankings`` views of an ingested
 store, adds the shard columns of schemas/shards.py (deterministic but varied weights, margins, soft
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -98,15 +99,23 @@ def _ranking_rows(con, limit: int | None) -> list[dict]:
     return out
 
 
-def write_shards(out: Path, rows: dict[str, list[dict]], eval_every: int = 5, name: str = "test") -> Path:
-    """Write ``rows[consumer]`` as train/eval shards (1 in ``eval_every`` rows to eval) and the manifest."""
+def write_shards(
+    out: Path,
+    rows: dict[str, list[dict]],
+    eval_every: int = 5,
+    name: str = "test",
+    split_key: Callable[[dict], str] | None = None,
+) -> Path:
+    """Write ``rows[consumer]`` as train/eval shards (1 in ``eval_every`` rows to eval, by a hash of the id
+    or of ``split_key(row)``, e.g. the prompt so a prompt is never in both splits) and the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     shards, counts = [], {}
     for consumer, items in rows.items():
         schema = SHARD_SCHEMAS[consumer]
         splits = {"train": [], "eval": []}
         for r in items:
-            splits["eval" if _bucket(r["id"] + "split", eval_every) == 0 else "train"].append(r)
+            key = split_key(r) if split_key else r["id"]
+            splits["eval" if _bucket(key + "split", eval_every) == 0 else "train"].append(r)
         counts[consumer] = {}
         for split, part in splits.items():
             if not part:

@@ -132,3 +132,15 @@ def test_sorted_bucket_sampler_batches_neighbours_in_length():
         # each DataLoader chunk is one sorted bucket: 8 consecutive values of the sorted lengths
         assert any(ordered[k] == lo and ordered[k + 7] == hi for k in range(0, 200, 8))
     assert len(chunks[-1]) == 3
+
+
+def test_sorted_bucket_sampler_draws_in_proportion_to_weights():
+    from training.common import SortedBucketSampler
+
+    lengths = [i % 17 for i in range(400)]
+    weights = [0.0 if i < 100 else (3.0 if i >= 300 else 1.0) for i in range(400)]
+    first = list(SortedBucketSampler(lengths, 8, seed=2, weights=weights))
+    assert first == list(SortedBucketSampler(lengths, 8, seed=2, weights=weights))  # seeded
+    assert len(first) == 400 and min(first) >= 100  # weight 0: never drawn
+    heavy = sum(i >= 300 for i in first) / len(first)
+    assert 0.6 < heavy < 0.9  # expected 3 / (3 + 1) = 0.75

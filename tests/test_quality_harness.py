@@ -22,8 +22,18 @@ EXPECTED = {
         {"test accuracy"},
     ),
     "2": (
-        {"(a) plain BT", "(b) product of experts"},
-        {"Spearman(reward, length), test", "accuracy, shorter preferred", "accuracy, all test"},
+        {
+            "(a) plain BT",
+            "(b) PoE, length expert",
+            "(c) PoE, noisy-embedding expert",
+            "(d) PoE, length expert, no resampling",
+        },
+        {
+            "Spearman(reward, length), test",
+            "accuracy, shorter preferred",
+            "accuracy, longer preferred",
+            "accuracy, all test",
+        },
     ),
     "3": ({"(a) plain BT", "(b) group DRO"}, {"worst-group accuracy", "accuracy, all test"}),
     "4": ({"(a) plain SFT", "(b) UAL"}, {"held-out loss"}),

@@ -180,11 +180,15 @@ class SortedBucketSampler(Sampler[int]):
     """Indices in batches of similar length: sort by length, cut into batches, shuffle the batches.
 
     The DataLoader cuts the stream into consecutive chunks of ``batch_size`` (and accelerate shards
-    them across processes), so each batch holds neighbours in length order: little padding.
+    them across processes), so each batch holds neighbours in length order: little padding. With
+    ``weights``, each epoch first draws ``len(lengths)`` indices with replacement in proportion to them.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int = 0, weights: Sequence[float] | None = None
+    ) -> None:
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+        self.weights = None if weights is None else list(weights)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -195,7 +199,10 @@ class SortedBucketSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         rng = random.Random(self.seed + self.epoch)
         order = list(range(len(self.lengths)))
-        rng.shuffle(order)  # random order among equal lengths
+        if self.weights is None:
+            rng.shuffle(order)  # random order among equal lengths
+        else:
+            order = rng.choices(order, weights=self.weights, k=len(order))
         order.sort(key=lambda i: self.lengths[i])
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # a short last batch stays last: anywhere else it would shift every later batch boundary

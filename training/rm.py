@@ -6,8 +6,15 @@ informational: the build already swapped the pair). Options: a center-rewards te
 contrastive loss on the representation that feeds the reward head, a product-of-experts length
 debiasing bias expert (dropped at save), and group DRO over the shard's group ids.
 
+The default bias expert (``poe_expert: length``) reads each pair's antisymmetric length and markdown
+features (curation/length_features.py, from the untruncated response token counts and texts, computed
+when the shard is tokenised), is fitted alone on the train pairs before training (the bias-only model)
+and then trained jointly: its logit is added to the Bradley-Terry logit,
+d = r_c - r_r + b(features) - margin, so the main model only gets the gradient length cannot explain.
+
 Metrics on the eval split: accuracy, per-group and worst-group accuracy, accuracy on flipped and
-unflipped pairs, Spearman(reward, response length). The saved folder loads with plain
+unflipped pairs and on the pairs where the shorter (longer) response is preferred, Spearman(reward,
+response length). The saved folder loads with plain
 ``AutoModelForSequenceClassification.from_pretrained`` (left truncation is kept in its tokenizer).
 
     result = train(RMConfig(shards=..., model=..., output_dir=...))
@@ -28,6 +35,7 @@ import torch
 import torch.nn as nn
 from transformers import Trainer, set_seed
 
+from curation.core.length_features import FEATURE_NAMES, markdown_matrix, pair_length_features
 from curation.core.losses import (
     bradley_terry_loss,
     center_rewards_term,
@@ -60,6 +68,7 @@ log = logging.getLogger(__name__)
 BIAS_EXPERT_FILE = "bias_expert.safetensors"
 STATE_FILE = "curate_rm_state.json"
 RM_INFO_FILE = "curate_rm.json"
+POE_EXPERTS = ("length", "noisy_embedding")
 
 
 @dataclass
@@ -102,13 +111,55 @@ class RMConfig(CurateTrainingConfig):
             "help": "Product-of-experts length debiasing: train a small bias expert jointly, drop it at save."
         },
     )
+    poe_expert: str = field(
+        default="length",
+        metadata={
+            "help": "Bias expert of --poe. 'length': a linear (or odd MLP) function of the pair's antisymmetric "
+            "length and markdown features (curation/length_features.py, untruncated response token counts), "
+            "fitted alone on the train pairs first; it can absorb the length cue whatever the truncation. "
+            "'noisy_embedding': the paper's expert, an MLP on noised input embeddings plus log length of "
+            "the (truncated) sequence.",
+            "choices": ["length", "noisy_embedding"],
+        },
+    )
+    poe_length_hidden: int = field(
+        default=0,
+        metadata={
+            "help": "Length expert: 0 = linear in the features; N > 0 = an odd MLP (h(f) - h(-f)) with N tanh units."
+        },
+    )
+    poe_warm_start: bool = field(
+        default=True,
+        metadata={
+            "help": "Length expert: fit it alone on the train pairs (L-BFGS on the same loss) before training, so "
+            "it holds the length cue from the first step instead of racing the main model for it."
+        },
+    )
+    poe_warm_start_l2: float = field(
+        default=0.01,
+        metadata={
+            "help": "Length expert: L2 penalty (on standardised features) of the warm-start fit; keeps the fit "
+            "finite when length separates the train pairs."
+        },
+    )
+    poe_resample: bool = field(
+        default=True,
+        metadata={
+            "help": "Length expert (with poe_warm_start): draw the train pairs in proportion to the fitted expert's "
+            "residual (the part of each label that length leaves unexplained) and weight each drawn pair's "
+            "loss by its inverse: the PoE gradient in expectation, with every pair's gradient about the same "
+            "size. Without it Adam, which scales its steps per coordinate, follows the many small "
+            "length-following gradients over the few large ones that cancel them in the PoE sum."
+        },
+    )
     poe_noise_std: float = field(
-        default=0.1, metadata={"help": "Bias expert input noise, as a fraction of the embedding std."}
+        default=0.1,
+        metadata={"help": "noisy_embedding expert: input noise, as a fraction of the embedding std."},
     )
     poe_lr_multiplier: float = field(
-        default=3.0, metadata={"help": "Bias expert learning rate / main learning rate."}
+        default=3.0, metadata={"help": "Bias expert learning rate / main learning rate (paper: 3)."}
     )
-    poe_hidden: int = field(default=64, metadata={"help": "Hidden width of the bias expert's MLP."})
+    poe_hidden: int = field(default=64, metadata={"help": "noisy_embedding expert: hidden width of its MLP."})
     group_dro: bool = field(default=False, metadata={"help": "Group DRO over the shard's group ids."})
     group_dro_eta: float = field(default=0.01, metadata={"help": "Group DRO step size eta."})
     bf16_autocast: str = field(
@@ -138,6 +189,10 @@ class RMConfig(CurateTrainingConfig):
         super().__post_init__()
         if self.simcse_variant not in ("sample", "diff"):
             raise ValueError(f"simcse_variant={self.simcse_variant!r}: choose 'sample' or 'diff'")
+        if self.poe_expert not in POE_EXPERTS:
+            raise ValueError(f"poe_expert={self.poe_expert!r}: choose one of {', '.join(POE_EXPERTS)}")
+        if self.poe_length_hidden < 0:
+            raise ValueError(f"poe_length_hidden={self.poe_length_hidden}: must be 0 (linear) or positive")
 
 
 # ----------------------------------------------------------------------------- data
@@ -159,11 +214,13 @@ def tokenize_pairs(
     side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
     enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     tokenizer.truncation_side = side
-    resp = encode_untruncated(
-        tokenizer,
-        [_last_content(r[k]) for r in rows for k in ("chosen", "rejected")],
-        add_special_tokens=False,
-    )
+    responses = [_last_content(r[k]) for r in rows for k in ("chosen", "rejected")]
+    resp = encode_untruncated(tokenizer, responses, add_special_tokens=False)
+    # the length expert's features: untruncated response token counts, so truncation cannot hide length
+    markdown = markdown_matrix(responses)
+    features = pair_length_features(
+        [len(x) for x in resp[0::2]], [len(x) for x in resp[1::2]], markdown[0::2], markdown[1::2]
+    ).tolist()
     report = LengthReport(what, max_length)
     out = []
     for i, r in enumerate(rows):
@@ -178,12 +235,14 @@ def tokenize_pairs(
                 "chosen_ids": enc[2 * i],
                 "rejected_ids": enc[2 * i + 1],
                 "weight": float(r["weight"]),
+                "importance": 1.0,  # set on train pairs when the length expert resamples them
                 "margin": float(r["margin"]),
                 "soft_label": float(r["soft_label"]),
                 "flipped": bool(r["flipped"]),
                 "group": int(r["group"]),
                 "len_chosen": len(resp[2 * i]),
                 "len_rejected": len(resp[2 * i + 1]),
+                "length_features": features[i],
             }
         )
     report.log()
@@ -217,12 +276,14 @@ class PairCollator:
             "input_ids": ids,
             "attention_mask": mask,
             "weight": f("weight", torch.float32),
+            "importance": f("importance", torch.float32),
             "margin": f("margin", torch.float32),
             "soft_label": f("soft_label", torch.float32),
             "flipped": f("flipped", torch.bool),
             "group": f("group", torch.long),
             "len_chosen": f("len_chosen", torch.long),
             "len_rejected": f("len_rejected", torch.long),
+            "length_features": f("length_features", torch.float32),
         }
 
 
@@ -285,6 +346,72 @@ class BiasExpert(nn.Module):
         return self.mlp(torch.cat([pooled, torch.log1p(length)], dim=-1)).squeeze(-1)
 
 
+class LengthExpert(nn.Module):
+    """A bias expert (PoE) on a pair's antisymmetric length features -> the pair's bias logit.
+
+    Features (``curation.length_features.FEATURE_NAMES``) are divided by their root mean square over
+    the train pairs (``scale``, kept in the state dict) and enter a linear map without intercept, or
+    with ``hidden`` > 0 an odd MLP h(f) - h(-f): either way swapping chosen and rejected negates the
+    logit, and a pair whose two responses look alike gets none.
+    """
+
+    def __init__(self, n_features: int, hidden: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(n_features))
+        self.hidden = hidden
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Linear(n_features, 1, bias=False)
+            nn.init.zeros_(self.net.weight)  # neutral until fitted or trained
+
+    def set_scale(self, features: torch.Tensor) -> None:
+        rms = features.float().pow(2).mean(0).sqrt()
+        self.scale.copy_(torch.where(rms > 1e-8, rms, torch.ones_like(rms)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.float() / self.scale
+        if self.hidden:
+            return (self.net(x) - self.net(-x)).squeeze(-1)
+        return self.net(x).squeeze(-1)
+
+    def linear_weights(self) -> dict[str, float] | None:
+        """Per-feature weight in raw feature units (logit per unit of feature), for the linear expert."""
+        if self.hidden:
+            return None
+        w = (self.net.weight.detach().squeeze(0) / self.scale).cpu().tolist()
+        return dict(zip(FEATURE_NAMES, w, strict=True))
+
+
+def fit_bias_only(
+    expert: LengthExpert,
+    features: torch.Tensor,
+    margin: torch.Tensor,
+    soft_label: torch.Tensor,
+    weight: torch.Tensor,
+    l2: float,
+    max_iter: int = 200,
+) -> float:
+    """Fit ``expert`` alone on every train pair (full-batch L-BFGS on the pairwise loss plus L2); the loss."""
+    params = list(expert.parameters())
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    zeros = torch.zeros_like(margin)
+
+    def objective() -> torch.Tensor:
+        per_pair = bradley_terry_loss(zeros, zeros, margin, soft_label, bias=expert(features))
+        return (per_pair * weight).mean() + l2 * sum(p.pow(2).sum() for p in params)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(objective())
+
+
 # ----------------------------------------------------------------------------- trainer
 class RewardTrainer(Trainer):
     """transformers.Trainer with the quality-aware pairwise loss and reward-model metrics."""
@@ -295,20 +422,30 @@ class RewardTrainer(Trainer):
         self.n_groups = max(1, n_groups)
         self.dro_q = torch.full((self.n_groups,), 1.0 / self.n_groups)
         self.head_input = HeadInput(self.model) if rm_config.simcse_beta > 0 else None
-        self.bias_expert: BiasExpert | None = None
-        if rm_config.poe:
+        self.bias_expert: BiasExpert | LengthExpert | None = None
+        self.poe_draw: list[float] | None = None  # the length expert's draw weight per train pair
+        if rm_config.poe and rm_config.poe_expert == "length":
+            self.bias_expert = self.new_length_expert()
+        elif rm_config.poe:
             self.bias_expert = BiasExpert(
                 self.model.get_input_embeddings(), rm_config.poe_hidden, rm_config.poe_noise_std
             ).to(self.args.device)
-            if self.accelerator.num_processes > 1:  # its gradients are averaged across processes too
-                self.bias_expert = self.accelerator.prepare_model(self.bias_expert)
+        if self.bias_expert is not None and self.accelerator.num_processes > 1:
+            # its gradients are averaged across processes too
+            self.bias_expert = self.accelerator.prepare_model(self.bias_expert)
         self.pairs_trained = 0
 
-    # length-grouped batches
+    # length-grouped batches, drawn in proportion to the length expert's residuals when it resamples
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        draw = self.poe_draw if ds is self.train_dataset else None
         if self.cfg.length_grouping and hasattr(ds, "lengths"):
-            return SortedBucketSampler(ds.lengths, self.args.per_device_train_batch_size, self.args.seed)
+            return SortedBucketSampler(
+                ds.lengths, self.args.per_device_train_batch_size, self.args.seed, weights=draw
+            )
+        if draw is not None:
+            gen = torch.Generator().manual_seed(self.args.seed)
+            return torch.utils.data.WeightedRandomSampler(draw, len(draw), replacement=True, generator=gen)
         return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
@@ -325,6 +462,74 @@ class RewardTrainer(Trainer):
             )
         return opt
 
+    @property
+    def length_expert(self) -> LengthExpert | None:
+        """The length bias expert (unwrapped), or None when another expert or none is used."""
+        if self.bias_expert is None:
+            return None
+        expert = self.accelerator.unwrap_model(self.bias_expert)
+        return expert if isinstance(expert, LengthExpert) else None
+
+    def pair_bias(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The bias expert's logit for each pair (added to r_c - r_r while training)."""
+        if self.length_expert is not None:
+            return self.bias_expert(inputs["length_features"])
+        bias = self.bias_expert(inputs["input_ids"], inputs["attention_mask"])
+        b = inputs["weight"].shape[0]
+        return bias[:b] - bias[b:]
+
+    def new_length_expert(self) -> LengthExpert:
+        """A length expert scaled to the train pairs; its initial weights depend on the seed only."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.args.seed)
+            expert = LengthExpert(len(FEATURE_NAMES), self.cfg.poe_length_hidden)
+        if self.train_dataset is not None and len(self.train_dataset):
+            expert.set_scale(torch.tensor([x["length_features"] for x in self.train_dataset.items]))
+        return expert.to(self.args.device)
+
+    def prepare_length_expert(self, restored: bool = False) -> dict[str, Any] | None:
+        """Before joint training: fit the length expert alone on every train pair (the bias-only model)
+        and, with ``poe_resample``, set the pairs' draw and importance weights from its residuals.
+
+        ``restored``: the expert came from a checkpoint; the same fit is made on a fresh expert, for the
+        draw only, so a resumed run draws as the first run did. Returns the fit (None when restored).
+        """
+        cfg, ds = self.cfg, self.train_dataset
+        if self.length_expert is None or not cfg.poe_warm_start or ds is None or not len(ds):
+            return None
+        expert = self.new_length_expert() if restored else self.length_expert
+        items, device = ds.items, self.args.device
+        col = lambda k: torch.tensor([x[k] for x in items], dtype=torch.float32, device=device)  # noqa: E731
+        zeros = torch.zeros(len(items), device=device)
+        features = col("length_features")
+        margin = col("margin") if cfg.use_margin else zeros
+        soft = col("soft_label") if cfg.use_soft_labels else zeros
+        weight = col("weight") if cfg.use_weights else zeros + 1.0
+        loss = fit_bias_only(expert, features, margin, soft, weight, cfg.poe_warm_start_l2)
+        with torch.no_grad():
+            bias = expert(features)
+            d = bias - margin
+            # |d loss / d logit| of each pair with the expert alone: what length leaves unexplained
+            residual = ((1 - soft) * torch.sigmoid(-d) - soft * torch.sigmoid(d)).abs().clamp(min=1e-4)
+        if cfg.poe_resample:
+            # draw pair i with q_i = w_i r_i / Z; its loss, already times w_i in compute_loss, gets
+            # Z / (N q_i): E[w_i loss_i Z / (N w_i r_i)] = (1/N) sum_i w_i loss_i, the PoE objective
+            q = (weight * residual).cpu().tolist()
+            z = sum(q)
+            for it, qi in zip(items, q, strict=True):
+                it["importance"] = z / (len(items) * qi) if qi > 0 else 0.0
+            self.poe_draw = q
+        if restored:
+            return None
+        fit = {
+            "loss": loss,
+            "train_accuracy": float((bias > 0).float().mean()),
+            "mean_residual": float(residual.mean()),
+            "weights": expert.linear_weights(),
+        }
+        log.info("length expert fitted alone on %d train pairs: %s", len(items), fit)
+        return fit
+
     def pair_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         rewards = out.logits.squeeze(-1).float()
@@ -334,22 +539,21 @@ class RewardTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.cfg
         r_c, r_r = self.pair_rewards(model, inputs)
-        rc_hat, rr_hat = r_c, r_r
-        if self.bias_expert is not None and model.training:
-            bias = self.bias_expert(inputs["input_ids"], inputs["attention_mask"])
-            b = r_c.shape[0]
-            rc_hat, rr_hat = r_c + bias[:b], r_r + bias[b:]
+        bias = self.pair_bias(inputs) if self.bias_expert is not None and model.training else None
         zeros = torch.zeros_like(r_c)
         per_pair = bradley_terry_loss(
-            rc_hat,
-            rr_hat,
+            r_c,
+            r_r,
             inputs["margin"] if cfg.use_margin else zeros,
             inputs["soft_label"] if cfg.use_soft_labels else zeros,
+            bias=bias,
         )
         if cfg.center_rewards_coefficient:
             per_pair = per_pair + cfg.center_rewards_coefficient * center_rewards_term(r_c, r_r)
         if cfg.use_weights:
             per_pair = per_pair * inputs["weight"]
+        if model.training and self.poe_draw is not None:
+            per_pair = per_pair * inputs["importance"]
         if cfg.group_dro and model.training:
             g_loss, count = group_losses(
                 per_pair, inputs["group"].clamp(max=self.n_groups - 1), self.n_groups
@@ -394,18 +598,27 @@ class RewardTrainer(Trainer):
             json.dumps({"dro_q": self.dro_q.tolist(), "pairs_trained": self.pairs_trained})
         )
 
-    def load_extra_state(self, checkpoint: str) -> None:
+    def load_extra_state(self, checkpoint: str) -> bool:
+        """Restore the bias expert and the DRO weights from a checkpoint; True if the expert was restored."""
         ck = Path(checkpoint)
+        restored = False
         if self.bias_expert is not None and (ck / BIAS_EXPERT_FILE).exists():
             from safetensors.torch import load_file
 
-            self.accelerator.unwrap_model(self.bias_expert).load_state_dict(
-                load_file(str(ck / BIAS_EXPERT_FILE))
-            )
+            state = load_file(str(ck / BIAS_EXPERT_FILE))
+            try:
+                self.accelerator.unwrap_model(self.bias_expert).load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"{ck / BIAS_EXPERT_FILE}: does not fit the --poe_expert {self.cfg.poe_expert} bias expert "
+                    f"of this run (was the checkpoint trained with another poe_expert or poe_length_hidden?)"
+                ) from exc
+            restored = True
         if (ck / STATE_FILE).exists():
             state = json.loads((ck / STATE_FILE).read_text())
             self.dro_q = torch.tensor(state["dro_q"])
             self.pairs_trained = int(state.get("pairs_trained", 0))
+        return restored
 
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
@@ -453,8 +666,16 @@ def score_dataset(
     return r_c, r_r
 
 
+def chosen_longer_share(items: list[dict[str, Any]]) -> float:
+    """Share of pairs whose chosen response has more tokens than the rejected one (ties left out)."""
+    longer = sum(it["len_chosen"] > it["len_rejected"] for it in items)
+    shorter = sum(it["len_chosen"] < it["len_rejected"] for it in items)
+    return longer / (longer + shorter) if longer + shorter else math.nan
+
+
 def pair_metrics(items: list[dict[str, Any]], r_c: list[float], r_r: list[float]) -> dict[str, float]:
-    """accuracy, per-group and worst-group accuracy, flipped/unflipped accuracy, Spearman(reward, length)."""
+    """accuracy, per-group and worst-group accuracy, flipped/unflipped accuracy, accuracy where the shorter
+    (longer) response is preferred (response tokens; ties in neither), Spearman(reward, length)."""
     from scipy.stats import spearmanr
 
     right = [c > r for c, r in zip(r_c, r_r, strict=True)]
@@ -468,6 +689,14 @@ def pair_metrics(items: list[dict[str, Any]], r_c: list[float], r_r: list[float]
         out["worst_group_accuracy"] = min(sum(v) / len(v) for v in by_group.values())
     for name, flag in (("flipped", True), ("unflipped", False)):
         oks = [ok for it, ok in zip(items, right, strict=True) if it["flipped"] is flag]
+        if oks:
+            out[f"accuracy_{name}"] = sum(oks) / len(oks)
+    for name, keep in (
+        ("shorter_preferred", lambda it: it["len_chosen"] < it["len_rejected"]),
+        ("longer_preferred", lambda it: it["len_chosen"] > it["len_rejected"]),
+    ):
+        oks = [ok for it, ok in zip(items, right, strict=True) if keep(it)]
+        out[f"pairs_{name}"] = float(len(oks))
         if oks:
             out[f"accuracy_{name}"] = sum(oks) / len(oks)
     rewards = list(r_c) + list(r_r)
@@ -539,8 +768,8 @@ def train(config: RMConfig) -> dict[str, Any]:
         n_groups=max(x["group"] for x in train_ds.items) + 1,
     )
     ckpt = config.resume_checkpoint()
-    if ckpt:
-        trainer.load_extra_state(ckpt)
+    restored = trainer.load_extra_state(ckpt) if ckpt else False
+    warm_start = trainer.prepare_length_expert(restored)
     pairs_before = trainer.pairs_trained
     write_length_reports(
         config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
@@ -575,6 +804,8 @@ def train(config: RMConfig) -> dict[str, Any]:
         "train_seconds": seconds,
         "pairs_trained": pairs,
         "pairs_per_second": pairs / seconds if seconds > 0 else math.nan,
+        "train_chosen_longer_share": chosen_longer_share(train_ds.items),
+        "bias_expert": _expert_summary(trainer, warm_start),
         "train_length_report": train_report.as_dict(),
         "eval_length_report": eval_report.as_dict() if eval_report else None,
         "metrics": metrics,
@@ -602,6 +833,18 @@ def evaluate(
         model.config.pad_token_id = tok.pad_token_id
     r_c, r_r = score_dataset(model, ds, PairCollator(tok.pad_token_id, tok.padding_side))
     return {**pair_metrics(ds.items, r_c, r_r), "truncated": float(report.truncated)}
+
+
+def _expert_summary(trainer: RewardTrainer, warm_start: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which bias expert trained, its warm-start fit and (linear length expert) its final weights."""
+    if trainer.bias_expert is None:
+        return None
+    expert = trainer.length_expert
+    return {
+        "kind": trainer.cfg.poe_expert,
+        "warm_start": warm_start,
+        "weights": expert.linear_weights() if expert is not None else None,
+    }
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

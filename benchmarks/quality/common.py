@@ -38,9 +38,12 @@ class Sizes:
     rm_epochs: float = 1.0
     hh_train_limit: int | None = 600  # random subset of the 1,818 train pairs (None: all); CPU budget
     hh_test_limit: int | None = None
-    lb_train_limit: int | None = 320
+    lb_settings: tuple[str, ...] = ("issue", "chosen_longer")  # experiment 2's settings (length_bias.py)
+    lb_arms: tuple[str, ...] = ("plain", "poe_length", "poe_noisy", "poe_length_nors")  # and its arms
+    lb_instructions: int | None = None  # issue setting: a seeded subset of the 805 instructions (None: all)
+    lb_train_limit: int | None = 320  # chosen_longer setting: train pairs
     lb_test_limit: int | None = None
-    lb_max_length: int = 96
+    lb_max_length: int = 256  # the issue's setup
     groups_train_limit: int | None = 600
     sft_max_length: int = 256
     sft_steps: int = 300
@@ -82,6 +85,7 @@ class Sizes:
             rm_batch=8,
             hh_train_limit=48,
             hh_test_limit=24,
+            lb_instructions=40,
             lb_train_limit=32,
             lb_test_limit=24,
             lb_max_length=32,

@@ -1,17 +1,32 @@
-"""Experiment 2: length bias on AlpacaEval, reward model with and without product-of-experts debiasing.
+"""Experiment 2: length bias on AlpacaEval: a reward model plain and with product-of-experts debiasing.
 
 The three AlpacaEval annotation files judge the same model (gpt-3.5-turbo-1106) prompted concise,
-default and verbose against one baseline. Per instruction that gives four answers and three direct
-judge scores p_v = P(variant beats baseline); pairs are the three direct judgments plus the
-variant-vs-variant pairs whose scores differ by at least ``MIN_GAP`` (preference 1.5 + (p_b - p_a) / 2,
-written in AlpacaEval's own format and read by its reader). Instructions are split 80/20. The reward
-models train only on train pairs where the judge's preference follows length (the chosen answer is
-longer); held out, we report Spearman(reward, length) on all test pairs and accuracy on the test
-pairs where the shorter answer is preferred.
+default and verbose against one baseline; the judge mostly prefers the longer answer. Arms: (a) plain
+Bradley-Terry, (b) PoE with the trainer's length expert (``poe_expert: length``), (c) PoE with the
+paper's noisy-embedding expert, (d) the length expert without resampling by its residuals (an
+ablation; ``lb_arms`` picks the arms). Held out we report Spearman(reward, response tokens) over every test
+response, accuracy on all test pairs and on those where the shorter (longer) answer, in tokens, is
+preferred, all from ``training.rm.evaluate``; and each setting's chosen-longer share of the train shard.
+
+Settings:
+
+- ``issue`` (the issue's setup): the three files as ``curate ingest`` reads them, built with
+  ``lb_issue.yaml`` (the default policy's rm consumer, near-duplicate prompts kept, 20 % of the
+  instructions held out). ``lb_instructions`` uses a seeded subset of the 805 instructions (all three
+  files' judgments of each), for quick runs.
+- ``chosen_longer`` (the earlier setting): per instruction the three direct judgments plus the
+  variant-vs-variant pairs whose judge scores differ by at least ``MIN_GAP`` (preference
+  1.5 + (p_b - p_a) / 2, written in AlpacaEval's own format and read by its reader), instructions split
+  80/20; train only on train pairs whose chosen answer is longer (``lb_train.yaml``), test on all test
+  pairs (``lb_test.yaml``).
+
+Each finished training is appended to ``<work>/runs.jsonl``; a rerun with the same ``--work`` and sizes
+skips it (the machine is slow and shared; a cut run resumes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -29,19 +44,36 @@ from benchmarks.quality.common import (
     train_rm,
 )
 
+EXPERIMENT = "2 length bias (AlpacaEval)"
 VARIANTS = ("concise", "default", "verbose")
+FILES = {"default": "", "concise": "_concise", "verbose": "_verbose"}
 MIN_GAP = 0.1
 SPLIT_SALT = "curate-quality-alpacaeval-split-v1"
-ARMS = {"plain": {}, "poe": {"poe": True}}
+ARMS = {
+    "plain": ("(a) plain BT", {}),
+    "poe_length": ("(b) PoE, length expert", {"poe": True, "poe_expert": "length"}),
+    "poe_noisy": ("(c) PoE, noisy-embedding expert", {"poe": True, "poe_expert": "noisy_embedding"}),
+    # ablation: the length expert without resampling by its residuals (poe_resample: false)
+    "poe_length_nors": (
+        "(d) PoE, length expert, no resampling",
+        {"poe": True, "poe_expert": "length", "poe_resample": False},
+    ),
+}
+SETTINGS = {"issue": "issue setup: 3 files, held out by instruction", "chosen_longer": "train: chosen longer"}
+METRICS = (
+    ("Spearman(reward, length), test", "spearman_reward_length"),
+    ("accuracy, shorter preferred", "accuracy_shorter_preferred"),
+    ("accuracy, longer preferred", "accuracy_longer_preferred"),
+    ("accuracy, all test", "accuracy"),
+)
+
+
+def annotation_path(variant: str, shared: Path = SHARED) -> Path:
+    return shared / "alpaca-eval" / f"gpt-3.5-turbo-1106{FILES[variant]}.annotations.json"
 
 
 def load_alpaca_eval(shared: Path = SHARED) -> dict[str, list[dict]]:
-    folder = shared / "alpaca-eval"
-    names = {"default": "", "concise": "_concise", "verbose": "_verbose"}
-    return {
-        v: json.loads((folder / f"gpt-3.5-turbo-1106{suffix}.annotations.json").read_text())
-        for v, suffix in names.items()
-    }
+    return {v: json.loads(annotation_path(v, shared).read_text()) for v in FILES}
 
 
 def judgments(data: dict[str, list[dict]]) -> list[list[dict]]:
@@ -99,7 +131,39 @@ def chosen_longer(row: dict) -> bool:
     return len(chosen) > len(rejected)
 
 
-def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
+def issue_files(work: Path, instructions: int | None) -> list[Path]:
+    """The three annotation files; with ``instructions``, copies holding a seeded subset of the instructions."""
+    paths = [annotation_path(v) for v in VARIANTS]
+    if instructions is None:
+        return paths
+    data = load_alpaca_eval()
+    n = len(data["default"])
+    keep = sorted(random.Random(0).sample(range(n), min(instructions, n)))
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    for v, path in zip(VARIANTS, paths, strict=True):
+        sub = work / path.name  # same file name: the same source names as the whole files
+        sub.write_text(json.dumps([data[v][k] for k in keep]))
+        out.append(sub)
+    return out
+
+
+def prepare_issue(work: Path, sizes: Sizes, log) -> tuple[Path, Path, str]:
+    """(train build, test build, test split) of the issue setting."""
+    from curation.core.store import Store
+    from curation.ingest.pipeline import ingest_paths
+
+    store = Store(fresh_dir(work / "store_issue"))
+    for res in ingest_paths(store, [str(p) for p in issue_files(work / "files", sizes.lb_instructions)]):
+        if res.error:
+            raise RuntimeError(f"ingest {res}: {res.error}")
+    shards = build(store, "lb_issue")
+    log(f"exp2 issue: {count_rows(shards)} train pairs, {count_rows(shards, split='eval')} test pairs")
+    return shards, shards, "eval"
+
+
+def prepare_chosen_longer(work: Path, sizes: Sizes, log) -> tuple[Path, Path, str]:
+    """(train build, test build, test split) of the chosen-longer setting."""
     from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
 
@@ -111,59 +175,116 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
     if sizes.lb_test_limit is not None and len(test) > sizes.lb_test_limit:
         test = rng.sample(test, sizes.lb_test_limit)
     log(
-        f"exp2: {len(train)} train judgments, {sum(map(chosen_longer, train))} follow length, "
-        f"training on {len(follow)}; {len(test)} test pairs, {sum(not chosen_longer(r) for r in test)} shorter-preferred"
+        f"exp2 chosen_longer: {len(train)} train judgments, {sum(map(chosen_longer, train))} follow length, "
+        f"training on {len(follow)}; {len(test)} test pairs"
     )
-    store = Store(fresh_dir(work / "store"))
+    store = Store(fresh_dir(work / "store_chosen_longer"))
     for name, rows in (("lb_train", follow), ("lb_test", test)):
         path = work / f"{name}.json"
         path.write_text(json.dumps(rows))
         for res in ingest_paths(store, [str(path)], IngestOptions(reader="alpaca_eval", source=name)):
             if res.error:
                 raise RuntimeError(f"ingest {path}: {res.error}")
-    builds = {p: build(store, p) for p in ("lb_train", "lb_test", "lb_test_shorter")}
-    sizes_lb = {"max_length": sizes.lb_max_length}
+    return build(store, "lb_train"), build(store, "lb_test"), "train"
 
+
+PREPARE = {"issue": prepare_issue, "chosen_longer": prepare_chosen_longer}
+
+
+def sizes_key(sizes: Sizes, setting: str) -> str:
+    """What a finished training depends on, so a rerun with other sizes does not reuse it."""
+    relevant = {
+        k: getattr(sizes, k)
+        for k in ("test_fraction", "rm_batch", "rm_lr", "rm_epochs", "lb_max_length", "lb_instructions")
+    }
+    if setting == "chosen_longer":
+        relevant.update(lb_train_limit=sizes.lb_train_limit, lb_test_limit=sizes.lb_test_limit)
+    return hashlib.sha256(json.dumps([setting, relevant], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_done(path: Path) -> dict[tuple[str, str, str, int], dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["key"], r["setting"], r["arm"], r["seed"])] = r
+    return done
+
+
+def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
+    work.mkdir(parents=True, exist_ok=True)
+    runs_file = work / "runs.jsonl"
+    done = load_done(runs_file)
     rows_out = []
-    for arm, options in ARMS.items():
-        spearman, acc_short, acc_all, seconds = [], [], [], 0.0
-        for seed in sizes.seeds:
-            with Clock() as clock:
-                res = train_rm(
-                    builds["lb_train"], work / f"rm_{arm}_{seed}", sizes, seed, **sizes_lb, **options
+    for setting in sizes.lb_settings:
+        if setting not in SETTINGS:
+            raise ValueError(f"lb_settings: unknown setting {setting!r}; choose from {sorted(SETTINGS)}")
+        key = sizes_key(sizes, setting)
+        with Clock() as prep_clock:
+            train_build, test_build, test_split = PREPARE[setting](work, sizes, log)
+        for arm in sizes.lb_arms:
+            if arm not in ARMS:
+                raise ValueError(f"lb_arms: unknown arm {arm!r}; choose from {sorted(ARMS)}")
+            label, options = ARMS[arm]
+            results = []
+            for seed in sizes.seeds:
+                r = done.get((key, setting, arm, seed))
+                if r is None:
+                    with Clock() as clock:
+                        res = train_rm(
+                            train_build,
+                            work / f"rm_{setting}_{arm}_{seed}",
+                            sizes,
+                            seed,
+                            max_length=sizes.lb_max_length,
+                            **options,
+                        )
+                        metrics = eval_rm(Path(res["output_dir"]), test_build, split=test_split)
+                    shutil.rmtree(res["output_dir"], ignore_errors=True)
+                    r = {
+                        "key": key,
+                        "setting": setting,
+                        "arm": arm,
+                        "seed": seed,
+                        "seconds": clock.seconds,
+                        "metrics": metrics,
+                        "train_pairs": res["pairs_trained"],
+                        "train_chosen_longer_share": res["train_chosen_longer_share"],
+                        "bias_expert": res["bias_expert"],
+                    }
+                    with open(runs_file, "a") as fh:
+                        fh.write(json.dumps(r) + "\n")
+                m = r["metrics"]
+                log(
+                    f"exp2 {setting} {arm} seed {seed}: spearman {m.get('spearman_reward_length', float('nan')):.3f} "
+                    f"acc {m['accuracy']:.3f} shorter-preferred {m.get('accuracy_shorter_preferred', float('nan')):.3f} "
+                    f"({r['seconds']:.0f}s)"
                 )
-                m_all = eval_rm(Path(res["output_dir"]), builds["lb_test"])
-                m_short = eval_rm(Path(res["output_dir"]), builds["lb_test_shorter"])
-            seconds += clock.seconds
-            spearman.append(m_all.get("spearman_reward_length", float("nan")))
-            acc_all.append(m_all["accuracy"])
-            acc_short.append(m_short["accuracy"])
-            log(
-                f"exp2 {arm} seed {seed}: spearman {spearman[-1]:.3f} acc {acc_all[-1]:.3f} short {acc_short[-1]:.3f}"
-            )
-            shutil.rmtree(res["output_dir"], ignore_errors=True)
-        extra = {
-            "train_pairs": count_rows(builds["lb_train"]),
-            "test_pairs": count_rows(builds["lb_test"]),
-            "shorter_preferred_test_pairs": count_rows(builds["lb_test_shorter"]),
-        }
-        label = "(b) product of experts" if arm == "poe" else "(a) plain BT"
-        for metric, values in (
-            ("Spearman(reward, length), test", spearman),
-            ("accuracy, shorter preferred", acc_short),
-            ("accuracy, all test", acc_all),
-        ):
-            rows_out.append(
-                Row(
-                    "2 length bias (AlpacaEval)",
-                    label,
-                    "train: chosen longer",
-                    metric,
-                    values,
-                    list(sizes.seeds),
-                    seconds,
-                    command,
-                    extra,
+                results.append(r)
+            first = results[0]["metrics"]
+            extra = {
+                "train_pairs": count_rows(train_build),
+                "test_pairs": int(first["pairs"]),
+                "shorter_preferred_test_pairs": int(first["pairs_shorter_preferred"]),
+                "train_chosen_longer_share_tokens": results[0]["train_chosen_longer_share"],
+                "test_chosen_longer_share_tokens": first["pairs_longer_preferred"]
+                / max(1.0, first["pairs_longer_preferred"] + first["pairs_shorter_preferred"]),
+                "bias_expert": [r["bias_expert"] for r in results],
+            }
+            seconds = sum(r["seconds"] for r in results) + prep_clock.seconds / len(sizes.lb_arms)
+            for metric, name in METRICS:
+                rows_out.append(
+                    Row(
+                        EXPERIMENT,
+                        label,
+                        SETTINGS[setting],
+                        metric,
+                        [r["metrics"].get(name, float("nan")) for r in results],
+                        list(sizes.seeds),
+                        seconds,
+                        command,
+                        extra,
+                    )
                 )
-            )
     return rows_out

@@ -74,13 +74,20 @@ def ranking_pair_counts(scores: torch.Tensor, grades: torch.Tensor, groups: torc
 
 # ----------------------------------------------------------------------------- reward model (3-6)
 def bradley_terry_loss(
-    r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor, soft_label: torch.Tensor
+    r_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    margin: torch.Tensor,
+    soft_label: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-pair ``-(1 - a) log sigma(d) - a log sigma(-d)`` with d = r_c - r_r - margin (a = soft label).
+    """Per-pair ``-(1 - a) log sigma(d) - a log sigma(-d)`` with d = r_c - r_r + bias - margin (a = soft label).
 
-    a = 0 and margin = 0 give the plain Bradley-Terry loss -log sigma(r_c - r_r).
+    a = 0, margin = 0 and no bias give the plain Bradley-Terry loss -log sigma(r_c - r_r). ``bias`` is a
+    product-of-experts bias expert's logit for the pair (section 5), added during training only.
     """
     d = r_chosen.float() - r_rejected.float() - margin.float()
+    if bias is not None:
+        d = d + bias.float()
     a = soft_label.float()
     return (1.0 - a) * F.softplus(-d) + a * F.softplus(d)
 
