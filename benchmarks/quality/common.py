@@ -230,6 +230,21 @@ def eval_rm(model_dir: Path, shards: Path, split: str = "train") -> dict[str, fl
     return evaluate(model_dir, shards, split=split)
 
 
+def rm_length_shares(shards: Path) -> dict[str, dict[str, float | None]]:
+    """Per source: the chosen-longer share of the raw pairs and of the build's rm train shard (unweighted and
+    weighted by the shard weight), from the manifest's ``length_diagnostics`` (characters, ties left out)."""
+    manifest = json.loads((shards / "manifest.json").read_text())
+    out = {}
+    for src, d in (manifest.get("length_diagnostics") or {}).get("by_source", {}).items():
+        train = (d.get("curated_by_split") or {}).get("train") or {}
+        out[src] = {
+            "raw": d["raw"]["share"],
+            "train": train.get("share"),
+            "train_weighted": train.get("weighted_share"),
+        }
+    return out
+
+
 def count_rows(shards: Path, consumer: str = "rm", split: str = "train") -> int:
     manifest = json.loads((shards / "manifest.json").read_text())
     return sum(s["rows"] for s in manifest["shards"] if s["consumer"] == consumer and s["split"] == split)

@@ -20,6 +20,7 @@ from benchmarks.quality.common import (
     count_rows,
     eval_rm,
     fresh_dir,
+    rm_length_shares,
     train_rm,
     write_jsonl,
 )
@@ -91,6 +92,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
             "per_group_accuracy": per_group,
             "scorer": reports,
             "group_dro_eta": sizes.dro_eta if options else None,
+            "chosen_longer": rm_length_shares(builds["train"]),
         }
         for metric, values in (("worst-group accuracy", worst), ("accuracy, all test", acc)):
             out.append(

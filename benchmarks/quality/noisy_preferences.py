@@ -33,6 +33,7 @@ from benchmarks.quality.common import (
     eval_rm,
     fresh_dir,
     ingest,
+    rm_length_shares,
     train_rm,
     write_jsonl,
 )
@@ -164,7 +165,12 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
         entry["seconds"].append(clock.seconds)
         entry["pairs"].append(count_rows(clean_build))
         entry["extra"].append(
-            {"seed": seed, "train_seconds": res["train_seconds"], "pairs_per_second": res["pairs_per_second"]}
+            {
+                "seed": seed,
+                "train_seconds": res["train_seconds"],
+                "pairs_per_second": res["pairs_per_second"],
+                "chosen_longer": rm_length_shares(clean_build),
+            }
         )
         log(f"exp1 clean s{seed}: test accuracy {metrics['accuracy']:.4f} ({clock.seconds:.0f}s)")
         shutil.rmtree(res["output_dir"], ignore_errors=True)
@@ -200,6 +206,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
                         "seed": seed,
                         "train_seconds": res["train_seconds"],
                         "pairs_per_second": res["pairs_per_second"],
+                        "chosen_longer": rm_length_shares(builds[arm]),
                     }
                     | ({"scorer": score.get("report", {}), **diag} if arm == "curated" else {})
                 )

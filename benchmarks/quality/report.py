@@ -43,6 +43,31 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def length_table(results: list[dict]) -> str:
+    """The chosen-longer share (characters) of each rm arm's train shard next to the raw pairs', per source."""
+    lines = [
+        "| experiment | arm | setting | source | raw | train shard | train shard, weighted |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for res in results:
+        for r in res["rows"]:
+            extra = r.get("extra", {})
+            shares = extra.get("chosen_longer") or next(
+                (s["chosen_longer"] for s in extra.get("per_seed", []) if "chosen_longer" in s), None
+            )
+            key = (r["experiment"], r["arm"], r["setting"])
+            if not shares or key in seen:
+                continue
+            seen.add(key)
+            for src, d in shares.items():
+                lines.append(
+                    f"| {r['experiment']} | {r['arm']} | {r['setting']} | {src} | {_fmt(d['raw'])} | "
+                    f"{_fmt(d['train'])} | {_fmt(d['train_weighted'])} |"
+                )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(res: dict, path: Path) -> Path | None:
     """Bars (mean, std error bars, seed dots) per arm, grouped by setting, one panel per metric."""
     try:
@@ -108,6 +133,18 @@ def write_report(folder: Path, failures: dict[str, str] | None = None) -> Path:
     if notes.exists():
         parts += [notes.read_text().strip(), ""]
     parts += ["## Results", "", table(results), ""]
+    lengths = length_table(results)
+    if lengths:
+        parts += [
+            "### Chosen-longer share of each arm's rm train shard",
+            "",
+            "Characters of the assistant turns, ties left out, first seed's build (the policy's drops, flips "
+            "and weights; `length_diagnostics` of the build's manifest). Experiment 2 reports the trainer's own "
+            "token-based share (`train_chosen_longer_share`) in its per-row details.",
+            "",
+            lengths,
+            "",
+        ]
     for res in results:
         png = plot(res, folder / f"exp{res['experiment']}.png")
         m = res["machine"]
