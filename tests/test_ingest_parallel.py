@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
+from tests.test_flows import prefect_api, prefect_quiet_after_module  # noqa: F401  (fixtures)
 
 #: Columns that differ between two runs whatever they do: the run's id and its clock.
 RUN_COLUMNS = ("ingest_run", "started_at", "finished_at", "computed_at", "created_at")
@@ -109,3 +110,28 @@ def test_workers_without_ray_is_one_line_naming_the_extra(tmp_path, demo_data):
     assert len(lines) == 1, res.stderr
     assert "needs Ray" in lines[0] and "pip install 'curate[ray]'" in lines[0]
     assert not (tmp_path / "s").exists()  # refused before the store is made
+
+
+@pytest.mark.slow  # a Prefect test server and a local Ray instance (~40 s on 2 cores)
+def test_ingest_flow_with_workers_matches_the_serial_flow(prefect_api, shared_data, tmp_path, monkeypatch):  # noqa: F811
+    from flows.pipeline import IngestFailed, ingest_flow
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    )
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    llama = shared_data / "llama-factory"
+    _subset_json(llama / "dpo_en_demo.json", landing / "a_dpo.json", 0, 80)
+    _subset_json(llama / "dpo_en_demo.json", landing / "b_dpo.json", 50, 120)
+    _subset_json(llama / "alpaca_en_demo.json", landing / "c_alpaca.json", 0, 100)
+    (landing / "d_broken.json").write_text('[{"instruction": "x", ')
+    out = {}
+    for mode, kwargs in (("serial", {}), ("ray", {"workers": 2})):
+        with pytest.raises(IngestFailed, match="d_broken.json"):  # named; the others are ingested
+            ingest_flow(str(tmp_path / mode), [str(landing)], **kwargs)
+        out[mode] = _snapshot(tmp_path / mode)
+    assert out["serial"] == out["ray"]
+    runs = {r["source"]: r for f, rows in out["ray"].items() if f.endswith("run.parquet") for r in rows}
+    assert sorted(runs) == ["a_dpo", "b_dpo", "c_alpaca"] and runs["b_dpo"]["duplicates"] >= 30

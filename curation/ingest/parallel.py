@@ -114,11 +114,22 @@ def ingest_parallel(
     ``address=None`` starts a local Ray instance of ``workers`` CPUs (and stops it at the end);
     ``"auto"`` or ``"ray://head:10001"`` joins a running cluster. An instance already started in this
     process (``ray.init``) is used as it is."""
+    opts = opts or IngestOptions()
+    return ingest_files_parallel(store, [(f, opts) for f in expand_paths(paths)], workers, address, progress)
+
+
+def ingest_files_parallel(
+    store: Store,
+    items: list[tuple[Path, IngestOptions]],
+    workers: int = 2,
+    address: str | None = None,
+    progress: Callable[[UnitResult], None] | None = None,
+) -> list[UnitResult]:
+    """``ingest_parallel`` of (file, its options) pairs, committed in this order."""
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
     ray = import_ray()
-    opts = opts or IngestOptions()
-    files = expand_paths(paths)
+    files = [Path(f) for f, _ in items]
     results: list[UnitResult] = []
     if not files:
         return results
@@ -132,7 +143,7 @@ def ingest_parallel(
         def submit() -> None:
             while len(index) + len(done) + len(results) < len(files) and len(index) < workers:
                 i = len(index) + len(done) + len(results)
-                index[task.remote(str(store.root), str(files[i]), opts, run_id)] = i
+                index[task.remote(str(store.root), str(files[i]), items[i][1], run_id)] = i
 
         try:
             for i, path in enumerate(files):
@@ -142,7 +153,7 @@ def ingest_parallel(
                     for ref in ready:
                         done[index.pop(ref)] = ray.get(ref)
                     submit()
-                res = _commit_staged(store, path, opts, done.pop(i), results, run_ids)
+                res = _commit_staged(store, path, items[i][1], done.pop(i), results, run_ids)
                 results.append(res)
                 if progress:
                     progress(res)
@@ -275,4 +286,4 @@ def _recheck_duplicates(staged: Path, res: UnitResult, earlier: IdSet) -> np.nda
     return digests[~hit]
 
 
-__all__ = ["RAY_EXTRA", "RayMissing", "import_ray", "ingest_parallel", "stage_file"]
+__all__ = ["RAY_EXTRA", "RayMissing", "import_ray", "ingest_files_parallel", "ingest_parallel", "stage_file"]
