@@ -135,3 +135,73 @@ def test_ingest_flow_with_workers_matches_the_serial_flow(prefect_api, shared_da
     assert out["serial"] == out["ray"]
     runs = {r["source"]: r for f, rows in out["ray"].items() if f.endswith("run.parquet") for r in rows}
     assert sorted(runs) == ["a_dpo", "b_dpo", "c_alpaca"] and runs["b_dpo"]["duplicates"] >= 30
+
+
+def test_a_killed_parallel_run_leaves_only_staging_which_the_rerun_clears(shared_data, tmp_path):
+    """A worker's staged unit is never read as committed; the next writer clears it and ingests the file."""
+    from curation.core.store import Store
+    from curation.ingest.parallel import stage_file
+    from curation.ingest.pipeline import IngestOptions, ingest_paths
+
+    src = tmp_path / "alpaca.json"
+    _subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", src, 0, 50)
+    store = Store(tmp_path / "store")
+    with store.writer_lock("ingest"):  # as the driver holds it; then "killed" before committing
+        st = stage_file(str(store.root), str(src), IngestOptions(), "run-1")
+    assert st.error is None and st.staged and (Path(st.staged) / "sft.parquet").exists()
+    assert Path(st.staged).parent == store.staging
+    assert (
+        store.files("ingest/*/sft.parquet") == []
+        and store.query("SELECT count(*) AS n FROM sft")["n"][0].as_py() == 0
+    )
+    [res] = ingest_paths(store, [str(src)])
+    assert not res.skipped and res.accepted == 50 and res.unit == st.res.unit
+    assert not Path(st.staged).exists()
+
+
+def test_a_store_error_at_commit_names_what_was_kept_and_leaves_no_staging(
+    shared_data, tmp_path, monkeypatch
+):
+    import errno
+
+    from curation.core.errors import StoreError
+    from curation.core.store import Store
+    from curation.ingest.columnar import IdSet
+    from curation.ingest.parallel import _commit_staged, stage_file
+    from curation.ingest.pipeline import IngestOptions
+
+    files = []
+    for name, start in (("a.json", 0), ("b.json", 40)):
+        files.append(tmp_path / name)
+        _subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", files[-1], start, start + 60)
+    store, opts = Store(tmp_path / "store"), IngestOptions()
+    results, run_ids = [], {}
+    with store.writer_lock("ingest"):
+        staged = [stage_file(str(store.root), str(f), opts, "run-1") for f in files]
+        results.append(_commit_staged(store, files[0], opts, staged[0], results, run_ids))
+        assert isinstance(run_ids["sft"], IdSet) and len(run_ids["sft"]) == results[0].accepted
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(Store, "commit_dir", full)
+        with pytest.raises(StoreError, match=r"disk full while committing .*b\.json.*a\.json"):
+            _commit_staged(store, files[1], opts, staged[1], results, run_ids)
+    assert not Path(staged[1].staged).exists()
+    assert [p.name for p in (store.root / "ingest").iterdir()] == [results[0].unit]
+
+
+def test_a_worker_that_dies_is_a_one_line_store_error_naming_the_file(tmp_path):
+    from curation.core.errors import StoreError
+    from curation.ingest.parallel import _collect
+
+    class DeadWorker:
+        def get(self, ref):
+            raise RuntimeError("The worker died unexpectedly while executing this task.\n  Traceback ...")
+
+    st = _collect(DeadWorker(), object(), tmp_path / "big.jsonl")
+    assert isinstance(st.error, StoreError) and st.res is None and st.staged is None
+    assert str(st.error) == (
+        f"the Ray worker ingesting {tmp_path / 'big.jsonl'} failed: "
+        "The worker died unexpectedly while executing this task."
+    )

@@ -151,7 +151,8 @@ def ingest_files_parallel(
                 while i not in done:
                     ready, _ = ray.wait(list(index), num_returns=1)
                     for ref in ready:
-                        done[index.pop(ref)] = ray.get(ref)
+                        j = index.pop(ref)
+                        done[j] = _collect(ray, ref, files[j])
                     submit()
                 res = _commit_staged(store, path, items[i][1], done.pop(i), results, run_ids)
                 results.append(res)
@@ -165,6 +166,16 @@ def ingest_files_parallel(
                 if st.staged:
                     shutil.rmtree(st.staged, ignore_errors=True)
     return results
+
+
+def _collect(ray: Any, ref: Any, path: Path) -> Staged:
+    """A finished task's result; a worker that died (killed, out of memory) stops the run as a store error
+    does (the files before it stay committed), in one line naming the file."""
+    try:
+        return ray.get(ref)
+    except Exception as exc:  # ray.exceptions.RayError and its kin: the task never returned
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return Staged(error=StoreError(f"the Ray worker ingesting {path} failed: {why}"))
 
 
 @contextlib.contextmanager
