@@ -4,8 +4,9 @@ One command. It writes ``--files`` synthetic HH-RLHF-shaped preference JSONL fil
 each (turns and lengths drawn from the real hh-rlhf file, benchmarks/ingest/synth.py; one seed per
 file), then, for each round and each worker count, ingests all of them into a fresh store with the CLI
 in a child process (``--no-near-dedup``: near-dedup runs once after either, the same work) and records
-the wall time of the whole command (Ray's start included) and the child's peak RSS (the driver only:
-Ray workers are other processes). The stores of the two modes are compared (unit names and accounting).
+the wall time of the whole command (Ray's start included) and the CPU time of the CLI process as
+``RUSAGE_CHILDREN`` sees it (with Ray, the driver's; the Ray workers' time is not reliably in it). No per-run memory: ``ru_maxrss`` of children is the largest
+of all children so far. The stores of the two modes are compared (unit names and accounting).
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/scale/ingest_workers.py --files 4 --rows 150000 --rounds 2
 """
@@ -56,7 +57,7 @@ def run_cli(files: list[Path], store: Path, workers: int) -> dict:
         "workers": workers,
         "seconds": secs,
         "driver_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-        "driver_peak_rss_mb": after.ru_maxrss / 1024,
+        "children_max_rss_mb": after.ru_maxrss / 1024,  # largest RSS of any child so far, not this one's
     }
 
 
