@@ -70,19 +70,30 @@ def ingest_flow(
     format: str = "auto",
     source: str | None = None,
     near_threshold: float = 0.8,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Ingest files, globs or folders (one cached task per file), then recompute near-duplicates per kind.
 
     A file that cannot be read does not stop the others: they are ingested and
-    deduplicated, then the flow fails naming every file that was not.
+    deduplicated, then the flow fails naming every file that was not. With ``workers`` > 1 or a
+    ``ray_address``, one task ingests every file on Ray (curation.ingest.parallel: the same store).
     """
     st = Store(store)
     files = expand_inputs(inputs, {"reader": reader, "format": format, "source": source})
     steps: list[dict[str, str]] = []
     rows, errors = [], []
+    if workers > 1 or ray_address:
+        state = tasks.ingest_files_on_ray(str(st.root), files, workers, ray_address, return_state=True)
+        steps.append({"task": "ingest on Ray", "state": state.name})
+        for r in state.result():
+            if r["error"]:
+                errors.append(f"{r['source_file']}: {r['error']}")
+            else:
+                rows.append(r)
     # one task at a time: the store's writer lock serialises writers anyway
     ingest = _bound(tasks.ingest_file, st)
-    for path, options in files:
+    for path, options in [] if workers > 1 or ray_address else files:
         state = ingest(str(st.root), path, options, return_state=True)
         steps.append({"task": f"ingest {Path(path).name}", "state": state.name})
         if state.is_completed():

@@ -80,6 +80,25 @@ def ingest_file(store_root: str, path: str, options: dict[str, Any]) -> dict[str
     return asdict(res)
 
 
+@task(
+    task_run_name="ingest {store_root} on Ray",
+    retries=RETRIES,
+    retry_delay_seconds=BACKOFF,
+    retry_condition_fn=_retry_if_transient,
+)
+def ingest_files_on_ray(
+    store_root: str, files: list[tuple[str, dict[str, Any]]], workers: int, address: str | None
+) -> list[dict[str, Any]]:
+    """Ingest (file, options) pairs on Ray (curation.ingest.parallel), one Ray task per file, committed in
+    this order; returns every file's accounting row (``error`` set for a file that could not be read).
+    Not cached: the files already committed are skipped by the ingest itself."""
+    from curation.ingest.parallel import ingest_files_parallel
+    from curation.ingest.pipeline import IngestOptions
+
+    items = [(Path(f), IngestOptions(**options)) for f, options in files]
+    return [asdict(r) for r in ingest_files_parallel(Store(store_root), items, workers, address)]
+
+
 # ---------------------------------------------------------------- near-dedup
 def near_dedup_key(store_root: str, kind: str, threshold: float) -> str:
     return digest("near-dedup", store_root, kind, threshold, kind_data_key(Store(store_root), kind))

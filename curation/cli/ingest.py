@@ -55,6 +55,16 @@ def ingest(
     near_dedup: bool = typer.Option(
         True, help="Recompute the near-duplicate marks that are stale (new units, another threshold)."
     ),
+    workers: int = typer.Option(
+        1,
+        help="Ingest this many files at once on Ray (one task per file; the same store as one process). "
+        "Needs the extra: pip install 'curate[ray]'.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        help="Join this Ray cluster ('auto', 'ray://head:10001') instead of starting a local instance; "
+        "the store must be on a filesystem every node sees.",
+    ),
 ) -> None:
     """Read files into the store: normalise, hash, validate (Great Expectations), dedup; bad rows to quarantine."""
     from curation import catalog
@@ -75,10 +85,24 @@ def ingest(
     )
     if max_json_mb <= 0:
         fail("--max-json-mb must be positive")
+    if workers < 1:
+        fail("--workers must be at least 1")
+    if workers > 1 or ray_address:
+        from curation.ingest.parallel import RayMissing, import_ray
+
+        try:
+            import_ray()  # before the store is touched: one line naming the extra
+        except RayMissing as exc:
+            fail(str(exc))
     st = open_store(store, create=True)
     try:
         with _RowsProgress() as bar:
-            results = ingest_paths(st, paths, opts, progress=bar.done, on_batch=bar.update)
+            if workers > 1 or ray_address:  # one Ray task per file, committed in input order
+                from curation.ingest.parallel import ingest_parallel
+
+                results = ingest_parallel(st, paths, opts, workers, ray_address, progress=bar.done)
+            else:
+                results = ingest_paths(st, paths, opts, progress=bar.done, on_batch=bar.update)
         near = {}
         if near_dedup:  # after every ingest, even one that skipped every file: an earlier run may have
             # committed units and died before marking them (curation.ingest.dedup: marks know their inputs)

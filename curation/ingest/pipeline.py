@@ -232,7 +232,10 @@ def _ingest_file(
     seen: dict[str, IdSet],
     validators: dict[str, Validator],
     on_batch: Callable[[UnitResult], None] | None = None,
+    commit: Callable[[Path, UnitResult], None] | None = None,
 ) -> UnitResult:
+    """Ingest one file into a staged unit and commit it (``commit(staged, res)`` instead, if given: a
+    parallel worker leaves the staged folder to the driver, curation.ingest.parallel)."""
     limit = row_byte_limit(opts.max_chars)
     rows = read_rows(path, opts.format, opts.batch_rows, limit, opts.max_json_bytes)
     head: list[RawRow] = []
@@ -356,7 +359,10 @@ def _ingest_file(
         pq.write_table(pa.Table.from_pylist([run_row], schema=INGEST_RUN_SCHEMA), staged / "run.parquet")
         if not res.reconciles:  # a bug, never expected: refuse to commit numbers that do not add up
             raise StoreError(f"{path}: accounting does not reconcile: {asdict(res)}")
-        store.commit_dir(staged, f"ingest/{res.unit}")
+        if commit is None:
+            store.commit_dir(staged, f"ingest/{res.unit}")
+        else:
+            commit(staged, res)
     except BaseException:
         parsed.close()  # type: ignore[attr-defined]  (stops the reader if the loop never started)
         hashing.cancel()
