@@ -1,4 +1,4 @@
-"""Small curated shards built from real data, for trainer tests (a stand-in for curation/build.py).
+"""Small curated shards built from real data, for trainer tests (a stand-in for curation/builds/build.py).
 
 ``build_shards(store, out, ...)`` reads the ``sft``, ``pairs`` and ``rankings`` views of an ingested
 store, adds the shard columns of schemas/shards.py (deterministic but varied weights, margins, soft
