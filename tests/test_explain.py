@@ -1,6 +1,5 @@
 """`curate explain`: one record's provenance, scores and outcome in each build, on real scored data."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
 from __future__ import annotations
 
 import pyarrow.parquet as pq
@@ -11,12 +10,11 @@ from curation.builds.build import build
 from curation.builds.explain import explain
 from curation.builds.policy import bundled_policy, load_policy
 from curation.core.errors import StoreError
-from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
-def built(real_store):
-    store, _ = real_store
+def built(scored_store):
+    store, _ = scored_store
     res = build(store, load_policy(bundled_policy()))
     acc = pq.read_table(res.path / "accounting.parquet").to_pylist()
     return store, res, acc

@@ -11,7 +11,7 @@ from curation import catalog
 from curation.scoring import run_scorer
 from curation.scoring.semantic import clusters, near_pairs
 from curation.scoring.spurious_groups import balanced_weights, qdiv_head
-from tests.test_scoring_support import build_store
+from tests.fixtures.stores import build_store
 
 
 @pytest.fixture(scope="module")

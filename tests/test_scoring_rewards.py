@@ -14,7 +14,8 @@ import pytest
 
 from curation import catalog
 from curation.scoring import run_scorer, versions
-from tests.test_scoring_support import build_store, save_reward_model
+from tests.fixtures.scoring import save_reward_model
+from tests.fixtures.stores import build_store
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_length": 96, "progress": False, "device": "cpu"}

@@ -13,7 +13,7 @@ import pytest
 from curation import catalog
 from curation.scoring import run_scorer
 from curation.scoring.uncertainty import rank_normalise, ual_smoothing
-from tests.test_scoring_support import build_store
+from tests.fixtures.stores import build_store
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from curation.core.losses import IGNORE_INDEX
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
 from training.shards import load_split
 
 

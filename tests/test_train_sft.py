@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from curation.core.losses import IGNORE_INDEX, ual_token_loss
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
 from training.shards import load_split
 
 
