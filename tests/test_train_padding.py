@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_train_rescue import rescue_config
-from tests.test_train_sft import sft_config
+from tests.fixtures.training import rescue_config, sft_config
 from training.shards import load_split
 
 
