@@ -30,7 +30,8 @@ def test_kept_pair_shows_scores_and_training_columns(built):
     e = explain(store, row["id"][:10])
     assert e.id == row["id"] and e.kind == "pair"
     assert e.record["source_file"] == row["source_file"] and e.record["source_row"] == row["source_row"]
-    assert isinstance(e.scores["len_chosen"], int) and e.scores["length_explained"] is not None
+    # scored by length_bias, and not length-explained: the default policy's not_length_explained kept it
+    assert isinstance(e.scores["len_chosen"], int) and e.scores["length_explained"] is False
     (b,) = e.builds
     assert b["outcome"] == row["outcome"] and b["weight"] == row["weight"] and b["margin"] == row["margin"]
     assert b["clause"].startswith("weight = ")
