@@ -1,5 +1,4 @@
 """End to end on real data: ingest -> score (real scorers) -> build; accounting, determinism, TRL loading."""
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
 
 from __future__ import annotations
 
@@ -15,16 +14,14 @@ from curation.builds.build import build
 from curation.builds.policy import bundled_policy, load_policy, parse_policy
 from schemas.ids import prompt_text
 from schemas.shards import SHARD_SCHEMAS
-from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_accounting_reconciles_to_the_record(real_store):
-    store, scorers = real_store
-    assert "length_bias" in scorers, "the length_bias scorer is part of the scoring package"
+def test_accounting_reconciles_to_the_record(scored_store):
+    store, scorers = scored_store
     res = build(store, load_policy(bundled_policy()))
     m = res.manifest
     acc = pq.read_table(res.path / "accounting.parquet").to_pylist()
@@ -79,8 +76,8 @@ def test_accounting_reconciles_to_the_record(real_store):
     assert view == {c: t["records"] for c, t in m["accounting"]["totals"].items()}
 
 
-def test_shards_have_every_column_and_no_prompt_crosses_splits(real_store):
-    store, _ = real_store
+def test_shards_have_every_column_and_no_prompt_crosses_splits(scored_store):
+    store, _ = scored_store
     res = build(store, load_policy(bundled_policy()))
     for consumer, schema in SHARD_SCHEMAS.items():
         prompts = {}
@@ -97,8 +94,8 @@ def test_shards_have_every_column_and_no_prompt_crosses_splits(real_store):
         assert not prompts["train"] & prompts["eval"], f"{consumer}: a prompt is in both splits"
 
 
-def test_rebuild_is_byte_identical_and_manifest_hashes_lineage(real_store):
-    store, _ = real_store
+def test_rebuild_is_byte_identical_and_manifest_hashes_lineage(scored_store):
+    store, _ = scored_store
     pol = load_policy(bundled_policy())
     first = build(store, pol)
     shas1 = {s["path"]: s["sha256"] for s in first.manifest["shards"]}
@@ -117,12 +114,12 @@ def test_rebuild_is_byte_identical_and_manifest_hashes_lineage(real_store):
     assert {s["path"]: s["sha256"] for s in other.manifest["shards"]} != shas1
 
 
-def test_trl_and_datasets_read_the_shards(real_store, minilm, tmp_path):
-    datasets = pytest.importorskip("datasets")
-    data_utils = pytest.importorskip("trl.data_utils")
+def test_trl_and_datasets_read_the_shards(scored_store, minilm, tmp_path):
+    import datasets
     from transformers import AutoTokenizer
+    from trl import data_utils
 
-    store, _ = real_store
+    store, _ = scored_store
     res = build(store, load_policy(bundled_policy()))
     tok = AutoTokenizer.from_pretrained(str(minilm))
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -145,10 +142,10 @@ def test_trl_and_datasets_read_the_shards(real_store, minilm, tmp_path):
     assert "<assistant>" in text
 
 
-def test_interrupted_build_leaves_no_complete_looking_shards_and_rerun_finishes(real_store, monkeypatch):
+def test_interrupted_build_leaves_no_complete_looking_shards_and_rerun_finishes(scored_store, monkeypatch):
     import curation.builds.build as b
 
-    store, _ = real_store
+    store, _ = scored_store
     pol = load_policy(bundled_policy())
     calls = {"n": 0}
     real_write = b.write_shard
@@ -184,16 +181,16 @@ def test_interrupted_build_leaves_no_complete_looking_shards_and_rerun_finishes(
     assert not list((store.root / ".staging").iterdir())
 
 
-def test_build_takes_the_writer_lock(real_store):
+def test_build_takes_the_writer_lock(scored_store):
     from curation.core.errors import StoreLocked
 
-    store, _ = real_store
+    store, _ = scored_store
     with store.writer_lock("other writer"), pytest.raises(StoreLocked, match="locked by PID"):
         build(store, load_policy(bundled_policy()))
 
 
-def test_mix_ratios_and_caps_on_real_sources(real_store):
-    store, _ = real_store
+def test_mix_ratios_and_caps_on_real_sources(scored_store):
+    store, _ = scored_store
     data = json.loads(load_policy(bundled_policy()).canonical_json())
     data["consumers"] = {"rm": data["consumers"]["rm"]}
     data["consumers"]["rm"]["mix"] = {

@@ -10,12 +10,12 @@ import pytest
 from curation import catalog
 from curation.builds.build import build
 from curation.builds.policy import bundled_policy, load_policy, parse_policy
-from tests.test_build_helpers import ingest, score, subset_lines
+from tests.fixtures.inputs import subset_lines
+from tests.fixtures.stores import ingest, score
 
 
 @pytest.mark.slow
 def test_group_ids_and_weights_from_the_real_scorer(store, shared_data, tmp_path):
-    pytest.importorskip("curation.scoring.spurious_groups")
     hh = subset_lines(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", tmp_path / "hh.jsonl", 100)
     ingest(store, [hh])
     from curation.scoring import run_scorer

@@ -22,7 +22,8 @@ import pytest
 
 from curation.builds.build import build, build_names, read_manifest
 from curation.core.store import Store
-from tests.test_build_helpers import ingest, subset_lines
+from tests.fixtures.inputs import subset_lines
+from tests.fixtures.stores import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "curation" / "builds" / "policies" / "default.yaml"

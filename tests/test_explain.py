@@ -1,6 +1,5 @@
 """`curate explain`: one record's provenance, scores and outcome in each build, on real scored data."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
 from __future__ import annotations
 
 import pyarrow.parquet as pq
@@ -11,12 +10,11 @@ from curation.builds.build import build
 from curation.builds.explain import explain
 from curation.builds.policy import bundled_policy, load_policy
 from curation.core.errors import StoreError
-from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
-def built(real_store):
-    store, _ = real_store
+def built(scored_store):
+    store, _ = scored_store
     res = build(store, load_policy(bundled_policy()))
     acc = pq.read_table(res.path / "accounting.parquet").to_pylist()
     return store, res, acc
@@ -32,7 +30,8 @@ def test_kept_pair_shows_scores_and_training_columns(built):
     e = explain(store, row["id"][:10])
     assert e.id == row["id"] and e.kind == "pair"
     assert e.record["source_file"] == row["source_file"] and e.record["source_row"] == row["source_row"]
-    assert isinstance(e.scores["len_chosen"], int) and e.scores["length_explained"] is not None
+    # scored by length_bias, and not length-explained: the default policy's not_length_explained kept it
+    assert isinstance(e.scores["len_chosen"], int) and e.scores["length_explained"] is False
     (b,) = e.builds
     assert b["outcome"] == row["outcome"] and b["weight"] == row["weight"] and b["margin"] == row["margin"]
     assert b["clause"].startswith("weight = ")

@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.inputs import subset_json, subset_lines
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """A throwaway Prefect API (prefect_test_harness) with PREFECT_HOME under pytest's tmp folder."""
-    home = tmp_path_factory.mktemp("prefect_home")
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_HOME, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with (
-        temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-        prefect_test_harness(server_startup_timeout=60),
-    ):
-        yield home
-
-
-@pytest.fixture(autouse=True, scope="module")
-def prefect_quiet_after_module():
-    """Drain Prefect's event and log workers when the module ends. Left running, the events worker keeps a
-    websocket whose keepalive pings draw from the global ``random`` module, which Hypothesis, in later
-    test files, reports as "Do not use the random module inside strategies"."""
-    yield
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    EventsWorker.drain_all(timeout=30)
-    APILogWorker.drain_all(timeout=30)
-
-
-def _subset_json(src: Path, dst: Path, start: int, stop: int) -> None:
-    dst.write_text(json.dumps(json.loads(src.read_text())[start:stop]))
-
-
-def _subset_lines(src: Path, dst: Path, n: int) -> None:
-    with src.open() as fh:
-        dst.write_text("".join(line for _, line in zip(range(n), fh, strict=False)))
+pytestmark = pytest.mark.usefixtures("prefect_quiet_after_module")
 
 
 @pytest.fixture
@@ -53,9 +17,9 @@ def landing(tmp_path, shared_data) -> Path:
     """Small real inputs of each kind: ShareGPT pairs, Alpaca SFT, OASST ranking trees."""
     folder = tmp_path / "landing"
     folder.mkdir()
-    _subset_json(shared_data / "llama-factory" / "dpo_en_demo.json", folder / "dpo.json", 0, 40)
-    _subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", folder / "alpaca.json", 0, 60)
-    _subset_lines(shared_data / "oasst" / "en_100_tree.jsonl", folder / "oasst.jsonl", 8)
+    subset_json(shared_data / "llama-factory" / "dpo_en_demo.json", folder / "dpo.json", 0, 40)
+    subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", folder / "alpaca.json", 0, 60)
+    subset_lines(shared_data / "oasst" / "en_100_tree.jsonl", folder / "oasst.jsonl", 8)
     return folder
 
 
@@ -93,7 +57,7 @@ def test_pipeline_caches_on_content_and_reruns_only_dependents(prefect_api, land
     assert second["ingest"]["files"] == first["ingest"]["files"]
 
     # one changed pair file: its ingest, the pair near-dedup and everything downstream run again
-    _subset_json(shared_data / "llama-factory" / "dpo_en_demo.json", moved / "dpo.json", 40, 70)
+    subset_json(shared_data / "llama-factory" / "dpo_en_demo.json", moved / "dpo.json", 40, 70)
     third = _states(pipeline_flow(**(kwargs | {"inputs": [str(moved)]})))
     assert third["ingest dpo.json"] == "Completed"
     assert third["near-dedup pair"] == "Completed"

@@ -36,6 +36,7 @@ from curation.ingest.readers.hh import HHReader
 from curation.ingest.validate import derive
 from schemas import SCHEMAS
 from schemas.ids import record_id
+from tests.fixtures.inputs import real_conversations
 
 WS = " \t\n\x1c\x1f\u3000\u2028\xa0\x85"
 text = st.text(alphabet=st.sampled_from(list("ab é中😀") + list(WS)), max_size=12)
@@ -338,25 +339,6 @@ def test_messages_columnar_equals_convert(rows):
         for i in rest:
             with pytest.raises(RowError):
                 reader.convert(nullable[i])
-
-
-def real_conversations(shared_data) -> list[dict]:
-    """Real OpenAI-format conversations with string contents: the cookbook's toy file and LLaMA-Factory's
-    v1 SFT demo (its text parts joined, as the reader joins them; loss weights dropped)."""
-    rows = [
-        orjson.loads(x)
-        for x in (shared_data / "openai-cookbook/toy_chat_fine_tuning.jsonl").read_bytes().splitlines()
-    ]
-    for line in (shared_data / "llama-factory/v1_sft_demo.jsonl").read_bytes().splitlines():
-        turns = orjson.loads(line)["messages"]
-        rows.append(
-            {
-                "messages": [
-                    {"role": t["role"], "content": "\n".join(p["value"] for p in t["content"])} for t in turns
-                ]
-            }
-        )
-    return rows
 
 
 def test_messages_columnar_on_real_conversations(shared_data):

@@ -630,7 +630,7 @@ def test_messages_units_identical(shared_data, tmp_path):
     content before role, large strings): Arrow batches on threads, columns from the line path, and row by
     row (``convert`` alone) give the same unit."""
     from curation.ingest.readers.chat import MessagesReader
-    from tests.test_ingest_columnar import real_conversations
+    from tests.fixtures.inputs import real_conversations
 
     rows = real_conversations(shared_data)
     lines = [orjson.dumps(r) for r in rows[:400]]

@@ -190,7 +190,7 @@ def test_read_only_store_fails_at_the_lock_in_one_line(two_files, tmp_path, monk
     Store(store)
     _fail_at(monkeypatch, "lock", errno.EROFS)
     res = CliRunner().invoke(app, ["ingest", *two_files, "--store", str(store)])
-    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert res.exit_code == 1 and (res.exception is None or isinstance(res.exception, SystemExit))
     text = " ".join(res.output.split())
     assert f"read-only file system while taking the writer lock {store}/.lock; nothing was written" in text
     assert "Traceback" not in text and not list(store.iterdir())

@@ -1,7 +1,6 @@
 """Chosen-longer share (characters, ties left out) per source, raw and in the rm shards, in the manifest,
 `curate stats`, `curate build` and `curate explain`; and the balance_length remedy, on real pairs."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers and tests.test_build_remedies)
 from __future__ import annotations
 
 import json
@@ -14,8 +13,7 @@ from typer.testing import CliRunner
 from curation.builds.build import build
 from curation.builds.policy import bundled_policy, load_policy, parse_policy
 from curation.cli import app
-from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
-from tests.test_build_remedies import _klass, fixture_scores  # noqa: F401  (fixture)
+from tests.fixtures.scoring import fixture_class
 
 
 def _text(messages) -> str:
@@ -57,10 +55,10 @@ def _by(rows, *keys) -> dict:
     return out
 
 
-def test_manifest_shares_match_the_raw_pairs_and_the_shards(real_store, fixture_scores):
+def test_manifest_shares_match_the_raw_pairs_and_the_shards(scored_store, fixture_scores):
     """Raw shares from the pairs view and curated ones from the shard files as written (flips included),
     weighted and unweighted, overall, per split and per quality class, all recomputed here in Python."""
-    store, _ = real_store
+    store, _ = scored_store
     res = build(store, _policy(balance=False))
     diag = res.manifest["length_diagnostics"]
     assert "characters" in diag["definition"] and "ties" in diag["definition"]
@@ -80,17 +78,17 @@ def test_manifest_shares_match_the_raw_pairs_and_the_shards(real_store, fixture_
         for (split,), part in _by(kept, "split").items():
             assert d["curated_by_split"][split]["share"] == pytest.approx(_share(part), abs=1e-6)
         for cls in ("incorrect", "ambiguous", "clean"):
-            sub = [r for r in raw if _klass(r["id"]) == cls]
+            sub = [r for r in raw if fixture_class(r["id"]) == cls]
             assert d["raw_by_class"][cls]["share"] == pytest.approx(_share(sub), abs=1e-6)
         moved = 100 * (abs(d["curated"]["weighted_share"] - 0.5) - abs(d["raw"]["share"] - 0.5))
         assert d["further_from_half_points"] == pytest.approx(moved, abs=0.01)
 
 
-def test_balance_length_makes_the_weighted_share_half_per_source(real_store, fixture_scores):
+def test_balance_length_makes_the_weighted_share_half_per_source(scored_store, fixture_scores):
     """balance_length on real pairs with the fixture's group weights and flips: in every source and split
     the weighted chosen-longer share of the shards is 0.5 and the mean weight 1, and each weight is the
     group weight times one factor per (source, split, longer or shorter)."""
-    store, _ = real_store
+    store, _ = scored_store
     plain = _shard_rows(build(store, _policy(balance=False), name="plain"))
     res = build(store, _policy(balance=True), name="balanced")
     rows = _shard_rows(res)
@@ -116,11 +114,11 @@ def test_balance_length_makes_the_weighted_share_half_per_source(real_store, fix
     assert res.manifest["length_diagnostics"]["warnings"] == []
 
 
-def test_default_policy_keeps_every_source_within_two_points_of_raw(real_store):
+def test_default_policy_keeps_every_source_within_two_points_of_raw(scored_store):
     """The bundled default (balance on) on the real subsets scored with the real length_bias scorer: no
     source's weighted chosen-longer share is further from 0.5 than raw by more than 2 points, although
     its length filter alone moves the unweighted share (it drops chosen-longer pairs only)."""
-    store, _ = real_store
+    store, _ = scored_store
     res = build(store, "default")
     diag = res.manifest["length_diagnostics"]
     assert diag["warnings"] == []
@@ -130,11 +128,11 @@ def test_default_policy_keeps_every_source_within_two_points_of_raw(real_store):
     assert hh["curated"]["share"] < hh["raw"]["share"] - 0.02  # the filter's pull, undone by the weights
 
 
-def test_cli_build_warns_naming_the_source_and_stats_and_explain_show_the_shares(real_store, tmp_path):
+def test_cli_build_warns_naming_the_source_and_stats_and_explain_show_the_shares(scored_store, tmp_path):
     """Without balance_length the default's length filter moves HH's share more than 3 points: `curate
     build` warns naming the source (and the manifest records it); `curate stats` shows raw, per-class and
     per-build shares; `curate explain` shows a pair's lengths and its source's shares."""
-    store, _ = real_store
+    store, _ = scored_store
     data = json.loads(load_policy(bundled_policy()).canonical_json())
     data["consumers"]["rm"]["balance_length"] = False
     data["name"] = "unbalanced"

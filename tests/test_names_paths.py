@@ -32,7 +32,8 @@ from curation.core.errors import StoreError
 from curation.core.names import safe_name
 from curation.core.store import Store
 from curation.ingest.sources import SourceError, expand_paths
-from tests.test_build_helpers import ingest, subset_lines
+from tests.fixtures.inputs import subset_lines
+from tests.fixtures.stores import ingest
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,5 @@
 """Policy files: validation of every key and type, safe loading, and SQL clauses checked before any write."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
 from __future__ import annotations
 
 import json
@@ -10,7 +9,6 @@ import pytest
 
 from curation.builds.build import build
 from curation.builds.policy import PolicyError, bundled_policy, load_policy, parse_policy
-from tests.test_build_helpers import real_store, real_store_template  # noqa: F401  (fixtures)
 
 
 def _write(tmp_path, text: str, name: str = "p.yaml"):
@@ -111,8 +109,8 @@ def test_yaml_cannot_execute_code(tmp_path):
         ),
     ],
 )
-def test_bad_expression_fails_before_any_shard_is_written(real_store, clause, expected):
-    store, _ = real_store
+def test_bad_expression_fails_before_any_shard_is_written(scored_store, clause, expected):
+    store, _ = scored_store
     data = json.loads(load_policy(bundled_policy()).canonical_json())
     data["consumers"]["rm"].update(clause)
     with pytest.raises(PolicyError) as e:
@@ -123,8 +121,8 @@ def test_bad_expression_fails_before_any_shard_is_written(real_store, clause, ex
     assert not list(store.root.glob(".staging/*"))
 
 
-def test_weight_that_is_null_for_kept_rows_is_refused_with_examples(real_store):
-    store, _ = real_store
+def test_weight_that_is_null_for_kept_rows_is_refused_with_examples(scored_store):
+    store, _ = scored_store
     data = json.loads(load_policy(bundled_policy()).canonical_json())
     data["consumers"]["rm"]["weight"] = "CASE WHEN len_chosen > 50 THEN NULL ELSE 1.0 END"
     with pytest.raises(

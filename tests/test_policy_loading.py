@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation import policy as policy_module
+from curation.builds import policy as policy_module
 from curation.builds.policy import PolicyError, bundled_policy, load_policy
 
 

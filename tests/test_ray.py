@@ -8,13 +8,13 @@ import tempfile
 
 import pytest
 
-from tests.test_flows import _subset_json, prefect_api, prefect_quiet_after_module  # noqa: F401  (fixtures)
+from tests.fixtures.inputs import subset_json
 
-pytest.importorskip("prefect_ray")
+pytestmark = pytest.mark.usefixtures("prefect_quiet_after_module")
 
 
 @pytest.mark.slow  # starts a local Ray instance (~20-40 s on 2 cores)
-def test_scoring_on_ray_matches_local_run(prefect_api, shared_data, tmp_path):  # noqa: F811
+def test_scoring_on_ray_matches_local_run(prefect_api, shared_data, tmp_path):
     from curation.catalog import query
     from curation.core.store import Store
     from flows.pipeline import ingest_flow, score_flow
@@ -23,7 +23,7 @@ def test_scoring_on_ray_matches_local_run(prefect_api, shared_data, tmp_path):  
     os.environ["RAY_AUTH_MODE"] = "disabled"
     landing = tmp_path / "landing"
     landing.mkdir()
-    _subset_json(shared_data / "llama-factory" / "dpo_en_demo.json", landing / "dpo.json", 0, 60)
+    subset_json(shared_data / "llama-factory" / "dpo_en_demo.json", landing / "dpo.json", 0, 60)
     scorers = {"length_bias": {"progress": False}}
     sql = "SELECT id, len_prompt, len_chosen, len_rejected, len_diff, chosen_longer FROM scored_pairs ORDER BY id"
 

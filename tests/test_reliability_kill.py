@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
-from tests.test_build_helpers import ingest, subset_lines
+from tests.fixtures.inputs import subset_lines
+from tests.fixtures.stores import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 CURATE = [sys.executable, "-m", "curation.cli"]
@@ -91,7 +91,7 @@ def test_sigkill_during_build_then_rerun_gives_identical_shards(scored_store, tm
 
 
 @pytest.mark.slow
-def test_sigkill_during_rm_training_then_resume_is_bit_identical(real_shards, minilm, tmp_path):  # noqa: F811
+def test_sigkill_during_rm_training_then_resume_is_bit_identical(real_shards, minilm, tmp_path):
     import torch
     from safetensors.torch import load_file
 

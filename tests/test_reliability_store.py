@@ -35,7 +35,7 @@ def _hold_lock(root: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(root)], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    assert proc.stdout.readline().strip() == "locked"
     return proc
 
 

@@ -1,6 +1,5 @@
 """`curate report`: a self-contained HTML file, rendered in headless Chromium with the network cut off."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.test_build_helpers)
 from __future__ import annotations
 
 import re
@@ -12,13 +11,7 @@ import pytest
 from curation.builds.build import build
 from curation.builds.policy import bundled_policy, load_policy
 from curation.builds.report import render_report
-from tests.test_build_helpers import (  # noqa: F401  (fixtures)
-    available_scorers,
-    ingest,
-    real_store,
-    real_store_template,
-    score,
-)
+from tests.fixtures.stores import SCORED_STORE_SCORERS, ingest, score
 
 FIGURES = (
     "margin_by_class",
@@ -62,8 +55,8 @@ def _chromium(*args: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=180, check=True)
 
 
-def test_report_is_self_contained_with_every_figure(real_store, tmp_path):
-    store, _ = real_store
+def test_report_is_self_contained_with_every_figure(scored_store, tmp_path):
+    store, _ = scored_store
     build(store, load_policy(bundled_policy()))
     out = render_report(store, tmp_path / "r" / "report.html")
     page = out.read_text()
@@ -90,8 +83,7 @@ def test_demo_report_renders_in_headless_chromium(store, demo_data, tmp_path):
     # every demo file whose layout is detected (gsm8k/test.jsonl needs a column mapping)
     files = sorted(p for p in demo_data.rglob("*") if p.suffix in (".json", ".jsonl", ".gz"))
     ingest(store, [p for p in files if p.name != "test.jsonl"])
-    scorers = score(store, available_scorers())
-    assert "length_bias" in scorers
+    score(store, SCORED_STORE_SCORERS)
     build(store, load_policy(bundled_policy()))
     report = render_report(store, tmp_path / "demo-report.html")
 

@@ -212,7 +212,8 @@ def test_score_and_train_print_one_line_for_a_refused_model(tmp_path, minilm, sh
     from curation.builds.build import build
     from curation.cli import app
     from curation.core.store import Store
-    from tests.test_build_helpers import ingest, subset_lines
+    from tests.fixtures.inputs import subset_lines
+    from tests.fixtures.stores import ingest
 
     store = Store(tmp_path / "store")
     ingest(

@@ -11,7 +11,7 @@ from curation import catalog
 from curation.scoring import run_scorer
 from curation.scoring.semantic import clusters, near_pairs
 from curation.scoring.spurious_groups import balanced_weights, qdiv_head
-from tests.test_scoring_support import build_store
+from tests.fixtures.stores import build_store
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,14 @@ def test_spurious_groups_use_reward_margin_when_present(hh_store):
     s = run_scorer(hh_store, "spurious_groups", clusters=4, progress=False)
     assert s.report["loss_source"] == "reward_margin" and not s.skipped
     table = q(hh_store, "SELECT * FROM score_groups")
-    assert all(t["mean_margin"] is not None and 0 <= t["flagged_share"] <= 1 for t in table)
+    pairs = q(hh_store, "SELECT group_id, margin, quality_class FROM scored_pairs")
+    for t in table:  # each group's margin and flagged share are its pairs' reward_margin results
+        members = [p for p in pairs if p["group_id"] == t["group_id"]]
+        assert t["size"] == len(members)
+        assert t["mean_margin"] == pytest.approx(np.mean([p["margin"] for p in members]))
+        assert t["flagged_share"] == pytest.approx(np.mean([p["quality_class"] != "clean" for p in members]))
+    flagged = np.mean([p["quality_class"] != "clean" for p in pairs])
+    assert 0.3 <= flagged <= 0.5, flagged  # reward_margin flags its lowest 40 % (incorrect + ambiguous)
 
 
 def test_qdiv_head_finds_the_hard_group_and_keeps_label_balance():

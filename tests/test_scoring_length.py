@@ -8,7 +8,7 @@ import pytest
 
 from curation import catalog
 from curation.scoring import run_scorer, versions
-from tests.test_scoring_support import add_hh, build_store
+from tests.fixtures.stores import add_hh, build_store
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from curation import catalog
 from curation.scoring import run_scorer, versions
 from curation.scoring.crossfit import crossfit_rewards, residualise
 from curation.scoring.reward_margin import classify, length_stratum
-from tests.test_scoring_support import build_store, save_reward_model, write_subset
+from tests.fixtures.inputs import write_subset
+from tests.fixtures.scoring import save_reward_model
+from tests.fixtures.stores import build_store
 
 FIT = {"backend": "crossfit", "folds": 5, "repeats": 1, "progress": False}
 #: The flagged set's chosen-longer share may differ from the whole set's by this much (issue 22's target).

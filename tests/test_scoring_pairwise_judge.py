@@ -35,8 +35,8 @@ from curation.scoring.chat_client import (
     message_content,
 )
 from curation.scoring.pairwise_judge import parse_verdict, verdict_log_odds
-from tests.conftest import REPO
-from tests.test_scoring_support import build_store
+from tests.fixtures.paths import REPO
+from tests.fixtures.stores import build_store
 
 N = 40
 BIAS = 0.7071  # never a multiple of 0.01, so (len A - len B) / 100 never equals it

@@ -9,11 +9,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
 from curation import catalog
+from curation.core.models import ModelSpec
 from curation.scoring import run_scorer
+from curation.scoring.runner import CausalLMEntropy, RunnerConfig
+from curation.scoring.texts import prompt_of_sft, render
 from curation.scoring.uncertainty import rank_normalise, ual_smoothing
-from tests.test_scoring_support import build_store
+from tests.fixtures.stores import build_store
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +134,15 @@ def test_entropy_of_tiny_causal_lm(sft_store, tiny_lm):
         progress=False,
         device="cpu",
     )
-    u = np.array([x["uncertainty"] for x in rows(sft_store, "SELECT uncertainty FROM scored_sft")])
-    assert s.records == len(u) and u.min() == 0.0 and u.max() == 1.0  # rank-normalised
-    assert len(np.unique(u)) > len(u) // 2
+    r = rows(sft_store, "SELECT messages, uncertainty FROM scored_sft")
+    u = np.array([x["uncertainty"] for x in r])
+    assert s.records == len(u) and len(np.unique(u)) > len(u) // 2
+    # u is the rank of each record's mean response-token entropy, computed here one record at a time
+    lm = CausalLMEntropy(ModelSpec(str(tiny_lm)), RunnerConfig(device="cpu", max_length=128))
+    prompts = [render(lm.tokenizer, prompt_of_sft(x["messages"])) for x in r]
+    fulls = [render(lm.tokenizer, x["messages"]) for x in r]
+    entropy = np.array([lm.entropy([p], [f])[0] for p, f in zip(prompts, fulls, strict=True)])
+    assert u == pytest.approx((rankdata(entropy) - 1) / (len(u) - 1))
 
 
 def test_column_source_and_its_errors(sft_store):

@@ -10,8 +10,6 @@ import time
 
 import pytest
 
-from tests.test_flows import prefect_api  # noqa: F401  (session fixture shared with the flow tests)
-
 
 def test_deployment_file_is_read_with_schedules_and_overlap_guard():
     from flows.deploy import DEFAULT_FILE, load_specs
@@ -34,7 +32,7 @@ def test_unknown_deployment_is_refused_by_name(tmp_path):
         load_specs(bad)
 
 
-def test_curate_serve_registers_schedules_and_stops_cleanly(prefect_api, tmp_path):  # noqa: F811
+def test_curate_serve_registers_schedules_and_stops_cleanly(prefect_api, tmp_path):
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName

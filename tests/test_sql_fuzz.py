@@ -42,7 +42,7 @@ from curation.core.sql import (
     sandbox,
 )
 from curation.scoring.texts import load_records
-from tests.test_sql_readonly import fingerprint, ingest_real_pairs_and_sft
+from tests.fixtures.stores import ingest_real_pairs_and_sft, tree_fingerprint
 
 SECRET = "curate-secret-0d5e"
 
@@ -315,11 +315,11 @@ def arena(shared_data, tmp_path_factory):
     ).to_pylist()[0]
     (unit,) = {p.parent for p in store.files("ingest/*/pair.parquet")}
     a = Arena(store, root, unit.resolve(), outside, cwd, counts["p"], counts["s"])
-    before = fingerprint(base)
+    before = tree_fingerprint(base)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)  # DuckDB's default temp folder ./.tmp is a link out of the store
         yield a
-    assert fingerprint(base) == before, "the adversarial SQL suite changed a file"
+    assert tree_fingerprint(base) == before, "the adversarial SQL suite changed a file"
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +540,7 @@ def test_engine_alone_no_function_writes_or_leaks(arena):
         str(arena.unit / "pair.parquet"),
         arena.fill("{outside}/secret.txt"),
     ]
-    before = fingerprint(arena.root.parent)
+    before = tree_fingerprint(arena.root.parent)
     with contextlib.closing(catalog.connect(arena.store)) as con:
         rows = con.sql(
             "SELECT function_name, function_type, parameter_types FROM duckdb_functions() "
@@ -562,7 +562,7 @@ def test_engine_alone_no_function_writes_or_leaks(arena):
                 with contextlib.suppress(duckdb.Error):
                     assert SECRET not in str(con.sql(sql).fetchall()), sql
     assert calls > 2000
-    assert fingerprint(arena.root.parent) == before
+    assert tree_fingerprint(arena.root.parent) == before
 
 
 ENGINE_OUTSIDE_STATEMENTS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from curation import catalog
 from curation.catalog import query
 from curation.core.sql import SQLRefused
 from curation.ingest.pipeline import ingest_paths
+from tests.fixtures.stores import ingest_real_pairs_and_sft, tree_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,38 +94,6 @@ def test_cli_sql_refuses_and_writes_out(filled, tmp_path):
 
 
 # ------------------------------------------------ issue 23: items 1, 4, 5 and 15, on real data
-def ingest_real_pairs_and_sft(root: Path, shared: Path):
-    """A store with LLaMA-Factory's real DPO pairs (300 rows) and SFT conversations (500 rows)."""
-    from curation.core.store import Store
-
-    store = Store(root)
-    ingest_paths(
-        store,
-        [
-            str(shared / "llama-factory" / "dpo_en_demo.json"),
-            str(shared / "llama-factory" / "v1_sft_demo.jsonl"),
-        ],
-    )
-    return store
-
-
-def fingerprint(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root`` (links not followed): files by bytes and mtime, links by target."""
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
-
-
 @pytest.fixture(scope="module")
 def real(shared_data, tmp_path_factory):
     return ingest_real_pairs_and_sft(tmp_path_factory.mktemp("sql_real") / "store", shared_data)
@@ -154,7 +122,7 @@ def test_item1_explain_analyze_copy_cannot_empty_a_unit_through_the_cli(real_cop
     the unit. Every statement is now checked as DuckDB parses it, what EXPLAIN wraps included."""
     (unit_file,) = real_copy.files("ingest/*/pair.parquet")
     pairs, accepted = _counts(real_copy)
-    before = fingerprint(real_copy.root)  # after a first query, which makes the spill folder .sql-tmp/
+    before = tree_fingerprint(real_copy.root)  # after a first query, which makes the spill folder .sql-tmp/
     assert pairs == accepted > 250
     for sql in (
         f"EXPLAIN ANALYZE COPY (SELECT * FROM pairs LIMIT 0) TO '{unit_file}' (FORMAT parquet)",
@@ -172,7 +140,7 @@ def test_item1_explain_analyze_copy_cannot_empty_a_unit_through_the_cli(real_cop
         assert res.returncode == 2, (sql, res.stdout, res.stderr)
         assert "read-only SQL" in res.stderr
         assert "COPY" in res.stderr or "one statement at a time" in res.stderr
-    assert fingerprint(real_copy.root) == before
+    assert tree_fingerprint(real_copy.root) == before
     assert _counts(real_copy) == (pairs, accepted)
 
 

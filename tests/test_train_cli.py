@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 from curation import catalog
 from curation.cli import app
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
 
 runner = CliRunner()
 

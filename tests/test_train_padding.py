@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
-from tests.test_train_rescue import rescue_config
-from tests.test_train_sft import sft_config
+from tests.fixtures.training import rescue_config, sft_config
 from training.shards import load_split
 
 

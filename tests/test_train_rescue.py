@@ -6,30 +6,8 @@ import pytest
 import torch
 
 from curation.core.losses import IGNORE_INDEX
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
+from tests.fixtures.training import rescue_config
 from training.shards import load_split
-
-
-def rescue_config(shards, model, out, **kw):
-    from training.rescue import RescueConfig
-
-    base = dict(
-        shards=str(shards),
-        model=str(model),
-        output_dir=str(out),
-        max_length=128,
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=4,
-        learning_rate=3e-3,
-        logging_steps=1,
-        save_strategy="no",
-        max_eval_samples=12,
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-    )
-    base.update(kw)
-    return RescueConfig(**base)
 
 
 def test_tokenize_groups_scores_candidate_tokens_and_picks_best(real_shards, tiny_lm, tmp_path):  # noqa: F811

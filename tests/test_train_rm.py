@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from curation.core.losses import bradley_terry_loss
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
 from training.shards import ShardError, load_split
 
 
@@ -254,7 +253,7 @@ def alpaca_shards(pairs: list[dict], out, labels: str = "judge", limit: int | No
     labels: 'judge' as the judge said; 'longer' / 'shorter': chosen is the longer / shorter response (by
     characters), a pure length signal in one direction.
     """
-    from tests.shard_fixtures import write_shards
+    from tests.fixtures.shards import write_shards
 
     rows = []
     for r in pairs[:limit]:

@@ -9,30 +9,8 @@ import pytest
 import torch
 
 from curation.core.losses import IGNORE_INDEX, ual_token_loss
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
+from tests.fixtures.training import sft_config
 from training.shards import load_split
-
-
-def sft_config(shards, model, out, **kw):
-    from training.sft import SFTConfig
-
-    base = dict(
-        shards=str(shards),
-        model=str(model),
-        output_dir=str(out),
-        max_length=96,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
-        learning_rate=3e-3,
-        logging_steps=1,
-        save_strategy="no",
-        max_eval_samples=16,
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-    )
-    base.update(kw)
-    return SFTConfig(**base)
 
 
 def test_labels_cover_assistant_tokens_only(real_shards, tiny_lm, tmp_path):  # noqa: F811

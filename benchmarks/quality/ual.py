@@ -3,7 +3,7 @@
 GSM8K question/answer pairs (low entropy: one right answer) and Alpaca demos (high entropy: many good
 answers) are ingested as two sources; the ``uncertainty`` scorer gives every sample u and its UAL
 epsilon; two builds (plain: epsilon 0; UAL: the scored epsilon) share one salted-hash train/eval
-split. A tiny causal LM (tests/tiny_models.py: BPE trained on the same kind of text, random weights)
+split. A tiny causal LM (tests/fixtures/tiny_models.py: BPE trained on the same kind of text, random weights)
 is trained from the same initial weights on each build, and we report the plain token cross-entropy
 of the assistant tokens on the held-out split, per source.
 """
@@ -72,7 +72,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
     from curation.core.store import Store
     from curation.ingest.pipeline import IngestOptions, ingest_paths
     from curation.scoring import run_scorer
-    from tests.tiny_models import build_tiny_causal_lm, gsm8k_and_alpaca_texts
+    from tests.fixtures.tiny_models import build_tiny_causal_lm, gsm8k_and_alpaca_texts
     from training.sft import SFTConfig, train
 
     per_source = sizes.sft_per_source + sizes.sft_eval_per_source

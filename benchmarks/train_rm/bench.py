@@ -32,7 +32,7 @@ def build_shard(shared: Path, work: Path, limit: int) -> Path:
     """Plain HH pairs (weight 1, margin 0, no soft label) as an rm shard, all in the train split."""
     from curation.core.store import Store
     from curation.ingest.pipeline import ingest_paths
-    from tests.shard_fixtures import write_shards
+    from tests.fixtures.shards import write_shards
 
     store = Store(work / "store")
     ingest_paths(store, [str(shared / "hh-rlhf" / "harmless-base-test.jsonl.gz")])
