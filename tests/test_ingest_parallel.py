@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
@@ -14,14 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from tests.test_flows import prefect_api, prefect_quiet_after_module  # noqa: F401  (fixtures)
+from tests.fixtures.inputs import subset_json
+
+pytestmark = pytest.mark.usefixtures("prefect_quiet_after_module")
 
 #: Columns that differ between two runs whatever they do: the run's id and its clock.
 RUN_COLUMNS = ("ingest_run", "started_at", "finished_at", "computed_at", "created_at")
-
-
-def _subset_json(src: Path, dst: Path, start: int, stop: int) -> None:
-    dst.write_text(json.dumps(json.loads(src.read_text())[start:stop]))
 
 
 def _landing(shared_data: Path, folder: Path) -> list[str]:
@@ -31,9 +28,9 @@ def _landing(shared_data: Path, folder: Path) -> list[str]:
     ingested, reported by name)."""
     folder.mkdir()
     llama = shared_data / "llama-factory"
-    _subset_json(llama / "dpo_en_demo.json", folder / "a_dpo.json", 0, 160)
-    _subset_json(llama / "dpo_en_demo.json", folder / "b_dpo.json", 100, 260)
-    _subset_json(llama / "alpaca_en_demo.json", folder / "c_alpaca.json", 0, 300)
+    subset_json(llama / "dpo_en_demo.json", folder / "a_dpo.json", 0, 160)
+    subset_json(llama / "dpo_en_demo.json", folder / "b_dpo.json", 100, 260)
+    subset_json(llama / "alpaca_en_demo.json", folder / "c_alpaca.json", 0, 300)
     (folder / "d_alpaca_copy.json").write_bytes((folder / "c_alpaca.json").read_bytes())
     with gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as fh:
         hh = [next(fh) for _ in range(600)]
@@ -123,9 +120,9 @@ def test_ingest_flow_with_workers_matches_the_serial_flow(prefect_api, shared_da
     landing = tmp_path / "landing"
     landing.mkdir()
     llama = shared_data / "llama-factory"
-    _subset_json(llama / "dpo_en_demo.json", landing / "a_dpo.json", 0, 80)
-    _subset_json(llama / "dpo_en_demo.json", landing / "b_dpo.json", 50, 120)
-    _subset_json(llama / "alpaca_en_demo.json", landing / "c_alpaca.json", 0, 100)
+    subset_json(llama / "dpo_en_demo.json", landing / "a_dpo.json", 0, 80)
+    subset_json(llama / "dpo_en_demo.json", landing / "b_dpo.json", 50, 120)
+    subset_json(llama / "alpaca_en_demo.json", landing / "c_alpaca.json", 0, 100)
     (landing / "d_broken.json").write_text('[{"instruction": "x", ')
     out = {}
     for mode, kwargs in (("serial", {}), ("ray", {"workers": 2})):
@@ -144,7 +141,7 @@ def test_a_killed_parallel_run_leaves_only_staging_which_the_rerun_clears(shared
     from curation.ingest.pipeline import IngestOptions, ingest_paths
 
     src = tmp_path / "alpaca.json"
-    _subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", src, 0, 50)
+    subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", src, 0, 50)
     store = Store(tmp_path / "store")
     with store.writer_lock("ingest"):  # as the driver holds it; then "killed" before committing
         st = stage_file(str(store.root), str(src), IngestOptions(), "run-1")
@@ -173,7 +170,7 @@ def test_a_store_error_at_commit_names_what_was_kept_and_leaves_no_staging(
     files = []
     for name, start in (("a.json", 0), ("b.json", 40)):
         files.append(tmp_path / name)
-        _subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", files[-1], start, start + 60)
+        subset_json(shared_data / "llama-factory" / "alpaca_en_demo.json", files[-1], start, start + 60)
     store, opts = Store(tmp_path / "store"), IngestOptions()
     results, run_ids = [], {}
     with store.writer_lock("ingest"):
