@@ -535,7 +535,7 @@ def test_columnar_takes_most_clean_real_rows(shared_data, name):
     rest = _columnar_rows_equal_convert(reader, values)
     assert len(values) >= 300 and sum(through) == len(values) - len(rest) >= 0.9 * len(values)
     for layout in reader.layouts:  # the Arrow path: the same rows, the same records
-        fit = [i for i, v in enumerate(values) if reader.fits(v) is layout]
+        fit = [i for i, v in enumerate(values) if reader.fits()(v) is layout]
         if not fit:
             continue
         rows = [values[i] for i in fit]

@@ -1,4 +1,4 @@
-"""Alpaca: ``{instruction, input, output, system?, history?}``; ``alpaca_prompt`` is shared with the pair form."""
+"""Alpaca: ``{instruction, input, output, system?, history?}`` (``alpaca_prompt``: the pair form's too)."""
 
 from __future__ import annotations
 

@@ -72,19 +72,23 @@ class Reader(ABC):
         """Options that change the output (part of the ingest unit key)."""
         return {}
 
-    def fits(self, row: Mapping[str, Any]) -> pa.Schema | None:
-        """The first of ``layouts`` that ``row`` fits: each of its fields null, missing or of the layout's
-        type (a struct with no other key), and no other field one the reader reads."""
-        for schema in self.layouts:
-            if _fits_row(schema)(row) and not (row.keys() - set(schema.names)) & self.reads:
-                return schema
-        return None
+    def fits(self) -> Callable[[Mapping[str, Any]], pa.Schema | None]:
+        """A function of a row: the first of ``layouts`` it fits (each of its fields null, missing or of the
+        layout's type, a struct with no other key; and no other field one the reader reads), or None."""
+        checks, reads = [(s, _fits_row(s), frozenset(s.names)) for s in self.layouts], self.reads
+
+        def fit(row: Mapping[str, Any]) -> pa.Schema | None:
+            for schema, test, names in checks:
+                if test(row) and (row.keys() <= names or not (row.keys() - names) & reads):
+                    return schema
+            return None
+
+        return fit
 
     def block_schema(self, sample: Sequence[Mapping[str, Any]]) -> pa.Schema | None:
         """The layout a file's batches are parsed with: the one most of its first rows fit."""
-        if not self.layouts:
-            return None
-        return max(self.layouts, key=lambda schema: sum(self.fits(row) is schema for row in sample))
+        fit = self.fits()
+        return max(self.layouts, key=lambda s: sum(fit(row) is s for row in sample)) if self.layouts else None
 
     def take_rows(self, values: Sequence[Mapping[str, Any] | None]) -> tuple[pl.DataFrame | None, list[int]]:
         """``columnar`` over the rows that fit a layout (None is a row left out), with their ``meta``:
@@ -93,23 +97,22 @@ class Reader(ABC):
 
         groups: dict[pa.Schema, list[int]] = {}  # layout -> positions of the rows that fit it
         meta: list[str] = ["{}"] * len(values)
+        fit, reads = self.fits(), self.reads
         for i, row in enumerate(values):
-            schema = None if row is None else self.fits(row)
-            if schema is None:
+            if row is None or (schema := fit(row)) is None:
                 continue
-            other = {k: v for k, v in row.items() if k not in self.reads}  # type: ignore[union-attr]
-            try:
-                meta[i] = meta_json(other) if other else "{}"
-            except RowError:  # convert says so
-                continue
+            if not row.keys() <= reads:
+                try:
+                    meta[i] = meta_json({k: v for k, v in row.items() if k not in reads})
+                except RowError:  # convert says so
+                    continue
             groups.setdefault(schema, []).append(i)
         frames, rest = [], set(range(len(values))) - {i for idx in groups.values() for i in idx}
         for schema, idx in groups.items():
-            frame = pl.DataFrame(
-                {"_i": idx, **{f: [values[i].get(f) for i in idx] for f in schema.names}},  # type: ignore[union-attr]
-                schema={"_i": pl.Int64, **pl.from_arrow(schema.empty_table()).schema},  # type: ignore[union-attr]
-            )
-            fast, slow = self.columnar(frame)
+            rows = [values[i] or {} for i in idx]
+            columns = {"_i": idx, **{f: [row.get(f) for row in rows] for f in schema.names}}
+            types = {"_i": pl.Int64, **pl.from_arrow(schema.empty_table()).schema}  # type: ignore[union-attr]
+            fast, slow = self.columnar(pl.DataFrame(columns, schema=types))
             frames.append(fast)
             rest.update(slow)
         if not frames:
@@ -130,9 +133,8 @@ class Reader(ABC):
 def _with_meta(fast: pl.DataFrame, meta: list[str] | None) -> pl.DataFrame:
     import polars as pl
 
-    if meta is None:
-        return fast.with_columns(pl.lit("{}").alias("meta"))
-    return fast.with_columns(pl.Series("meta", meta, dtype=pl.String).gather(fast.get_column("_i")))
+    column = pl.lit("{}") if meta is None else pl.Series(meta, dtype=pl.String).gather(fast.get_column("_i"))
+    return fast.with_columns(column.alias("meta"))
 
 
 def _fits(typ: pa.DataType) -> Callable[[Any], bool]:
@@ -154,7 +156,14 @@ def _fits(typ: pa.DataType) -> Callable[[Any], bool]:
 @functools.cache
 def _fits_row(schema: pa.Schema) -> Callable[[Mapping[str, Any]], bool]:
     fields = [(f.name, _fits(f.type)) for f in schema]
-    return lambda row: all(test(row.get(n)) for n, test in fields)
+
+    def test(row: Mapping[str, Any]) -> bool:
+        for name, fits in fields:  # noqa: SIM110 (a generator costs more than the test itself)
+            if not fits(row.get(name)):
+                return False
+        return True
+
+    return test
 
 
 # ------------------------------------------------------------------ helpers

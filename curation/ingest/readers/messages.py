@@ -7,15 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.ingest.readers import turns
 from curation.ingest.readers.base import Frame, Reader, Record, Taken, extra_meta, split_prompt
 from curation.ingest.readers.registry import register
-from curation.ingest.readers.turns import (
-    ROLE_CONTENT,
-    messages_columnar,
-    normalize_messages,
-    opens_conversation,
-    turn_extras,
-)
 
 
 @register(priority=20)
@@ -26,17 +20,17 @@ class MessagesReader(Reader):
     reads = frozenset({"messages"})
     #: turns of {role, content} strings (content as a list of parts, tool calls or a turn's other fields
     #: go row by row)
-    layouts = (pa.schema([("messages", pa.list_(ROLE_CONTENT))]),)
+    layouts = (pa.schema([("messages", pa.list_(turns.ROLE_CONTENT))]),)
 
     @classmethod
     def sniff(cls, row: Mapping[str, Any]) -> bool:
-        return opens_conversation(row, "messages", "role") and "chosen" not in row
+        return turns.opens_conversation(row, "messages", "role") and "chosen" not in row
 
     def columnar(self, frame: Frame) -> Taken:
-        return messages_columnar(frame)
+        return turns.messages_columnar(frame)
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
-        messages = normalize_messages(row.get("messages"), "messages")
+        messages = turns.normalize_messages(row.get("messages"), "messages")
         split_prompt(messages, "messages")  # must end with an assistant turn after a user turn
-        meta = extra_meta(row, self.reads) | turn_extras(row["messages"])
+        meta = extra_meta(row, self.reads) | turns.turn_extras(row["messages"])
         return [{"messages": messages, "meta": meta}]

@@ -50,5 +50,6 @@ def detect(rows: Iterable[Mapping[str, Any]], where: str) -> type[Reader]:
     keys = sorted({k for r in sample for k in r})[:12]
     raise DetectError(
         f"{where}: unknown layout (fields: {', '.join(keys)}). Pass --reader "
-        f"({', '.join(r.name for r in readers())}) or a column mapping: --kind sft --map prompt=FIELD --map response=FIELD"
+        f"({', '.join(r.name for r in readers())}) or a column mapping: "
+        "--kind sft --map prompt=FIELD --map response=FIELD"
     )

@@ -1,4 +1,4 @@
-"""ShareGPT preference: ``{conversations: [{from, value}], chosen: {from, value}, rejected: ..., system?}``."""
+"""ShareGPT preference: ``{conversations: [{from, value}], chosen: {from, value}, rejected, system?}``."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.ingest.readers import turns
 from curation.ingest.readers.base import Frame, Reader, Record, RowError, Taken, blank_text, extra_meta
 from curation.ingest.readers.registry import register
-from curation.ingest.readers.turns import (
-    SHAREGPT_TURN,
-    map_roles,
-    normalize_messages,
-    system_first,
-    turns_ok,
-    with_system,
-)
 
 
 @register(priority=90)
@@ -29,9 +22,9 @@ class ShareGPTPairReader(Reader):
     layouts = (
         pa.schema(
             [
-                ("conversations", pa.list_(SHAREGPT_TURN)),
-                ("chosen", SHAREGPT_TURN),
-                ("rejected", SHAREGPT_TURN),
+                ("conversations", pa.list_(turns.SHAREGPT_TURN)),
+                ("chosen", turns.SHAREGPT_TURN),
+                ("rejected", turns.SHAREGPT_TURN),
                 ("system", pa.string()),
             ]
         ),
@@ -42,16 +35,17 @@ class ShareGPTPairReader(Reader):
         return isinstance(row.get("conversations"), list) and isinstance(row.get("chosen"), Mapping | list)
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
-        prompt = with_system(
-            row.get("system"), normalize_messages(row.get("conversations"), "conversations", "from", "value")
+        prompt = turns.with_system(
+            row.get("system"),
+            turns.normalize_messages(row.get("conversations"), "conversations", "from", "value"),
         )
         if prompt[-1]["role"] == "assistant":
             raise RowError("conversations", "prompt ends with an assistant turn")
         sides = {}
         for side in ("chosen", "rejected"):
             value = row.get(side)
-            turns = value if isinstance(value, list) else [value] if value is not None else None
-            sides[side] = normalize_messages(turns, side, "from", "value")
+            given = value if isinstance(value, list) else [value] if value is not None else None
+            sides[side] = turns.normalize_messages(given, side, "from", "value")
             if any(m["role"] != "assistant" for m in sides[side]):
                 raise RowError(side, "response turns must come from the assistant (gpt)")
         return [
@@ -77,14 +71,16 @@ class ShareGPTPairReader(Reader):
             *[pl.col(side).struct.rename_fields(names) for side in sides],
             "system",
         )
-        frame = map_roles(frame, lists=["prompt"], turns=sides)
-        ok = turns_ok("prompt")
+        frame = turns.map_roles(frame, lists=["prompt"], turns=sides)
+        ok = turns.turns_ok("prompt")
         for side in sides:
             turn = pl.col(side).struct
             ok = (
                 ok & (turn.field("role") == "assistant").fill_null(False) & ~blank_text(turn.field("content"))
             )
-        frame = frame.with_columns(ok.alias("_ok")).with_columns(system_first("prompt", pl.col("system")))
+        frame = frame.with_columns(ok.alias("_ok")).with_columns(
+            turns.system_first("prompt", pl.col("system"))
+        )
         ok = pl.col("_ok") & (
             pl.col("prompt").list.eval(pl.element().struct.field("role")).list.last() != "assistant"
         )

@@ -163,7 +163,7 @@ def turns_ok(column: str) -> pl.Expr:
 
 
 def system_first(column: str, system: pl.Expr) -> pl.Expr:
-    """``with_system``: a system string that is not blank goes first, unless the first turn is a system turn."""
+    """``with_system``: a system string that is not blank goes first, unless the first turn is a system's."""
     import polars as pl
 
     prepend = (
