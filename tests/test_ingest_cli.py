@@ -64,3 +64,14 @@ def test_allocator_settings_come_before_polars():
     assert _python(code, _RJEM_MALLOC_CONF="narenas:2") == "False True narenas:2"
     late = "import polars; from curation.cli import configure_allocators as c; print(c())"
     assert _python(late) == "False"
+
+
+def test_ingest_help_lists_the_registered_readers():
+    """`curate ingest --help` lists every registered reader with its summary, in detection order."""
+    from curation.ingest.readers import READERS
+
+    res = CliRunner().invoke(app, ["ingest", "--help"])
+    assert res.exit_code == 0
+    text = "".join(res.output.replace("│", "").split())  # the terminal's width wraps the lines anywhere
+    places = [text.find("".join(f"{r.name}: {r.summary}".split())) for r in READERS]
+    assert len(READERS) == 11 and -1 not in places and places == sorted(places)

@@ -24,15 +24,14 @@ from curation.ingest.columnar import (
     hex_ids,
     xxh3_digests,
 )
+from curation.ingest.readers import BY_NAME
 from curation.ingest.readers.alpaca import AlpacaReader
-from curation.ingest.readers.base import RowError
-from curation.ingest.readers.chat import (
-    MessagesReader,
-    ShareGPTPairReader,
-    ShareGPTReader,
-    TRLPreferenceReader,
-)
+from curation.ingest.readers.base import RowError, meta_json
 from curation.ingest.readers.hh import HHReader
+from curation.ingest.readers.messages import MessagesReader
+from curation.ingest.readers.sharegpt import ShareGPTReader
+from curation.ingest.readers.sharegpt_pair import ShareGPTPairReader
+from curation.ingest.readers.trl import TRLPreferenceReader
 from curation.ingest.validate import derive
 from schemas import SCHEMAS
 from schemas.ids import record_id
@@ -155,10 +154,10 @@ hh_text = st.lists(st.one_of(marker, st.text(alphabet="ab \n", max_size=6)), max
 
 
 def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
-    """Every row is taken by ``convert_columns`` or left to the row path (the returned positions), each
+    """Every row is taken by ``take_rows`` or left to the row path (the returned positions), each
     row it takes is exactly the record ``convert`` gives, and each row it leaves ``convert`` handles
     (records or a RowError, never another exception)."""
-    fast, rest = reader.convert_columns(values)
+    fast, rest = reader.take_rows(values)
     done = set() if fast is None else set(fast.get_column("_i").to_list())
     assert done | set(rest) == set(range(len(values))) and not done & set(rest)
     for row in [] if fast is None else fast.iter_rows(named=True):
@@ -175,34 +174,37 @@ def _columnar_rows_equal_convert(reader, values: list[dict]) -> list[int]:
 def _arrow_rows_equal_columns(
     reader, values: list[dict], plain=None, schema: pa.Schema | None = None
 ) -> None:
-    """The Arrow form (``schema``, by default the reader's ``arrow_schema``) of the rows of exactly its
+    """The Arrow form (``schema``, by default the reader's first layout) of the rows of exactly its
     fields (by default strings; else those ``plain`` accepts) gives what the list form gives."""
-    schema = schema or reader.arrow_schema
+    schema = schema or reader.layouts[0]
     fields = set(schema.names)
     keep = plain or (lambda v: set(v) == fields and all(isinstance(x, str) for x in v.values()))
     rows = [v for v in values if keep(v)]
     if rows:
         table = pa.Table.from_pylist(rows, schema=schema)
-        a_fast, a_rest = reader.convert_arrow(table)
-        l_fast, l_rest = reader.convert_columns(rows)
+        a_fast, a_rest = reader.take_table(table, None)
+        l_fast, l_rest = reader.take_rows(rows)
         assert a_rest == l_rest and a_fast.to_dicts() == (l_fast.to_dicts() if l_fast is not None else [])
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(hh_text, hh_text, st.sampled_from(["same", "same", "changed", "none"])),
+        st.tuples(hh_text, hh_text, st.sampled_from(["same", "same", "changed", "none", "null", "id"])),
         min_size=1,
         max_size=8,
     )
 )
 def test_hh_columnar_equals_convert(rows):
     """Fuzzed transcripts: the vectorised rows are exactly what convert gives; the others go row by row.
-    The rejected transcript shares the chosen one's beginning, has it with one letter changed, or not."""
+    The rejected transcript shares the chosen one's beginning, has it with one letter changed, or not, or
+    is null; or the row has an id (its meta)."""
     values = []
     for c, r, share in rows:
-        prefix = {"same": "\n\nHuman: q" + c, "changed": "\n\nHuman: z" + c, "none": ""}[share]
-        values.append({"chosen": "\n\nHuman: q" + c, "rejected": prefix + r})
+        prefix = {"same": "\n\nHuman: q" + c, "changed": "\n\nHuman: z" + c}.get(share, "")
+        values.append({"chosen": "\n\nHuman: q" + c, "rejected": None if share == "null" else prefix + r})
+        if share == "id":  # a field the reader does not read: meta
+            values[-1] = {"id": c, "rejected": "\n\nHuman: q" + c + r, "chosen": values[-1]["chosen"]}
     reader = HHReader()
     _columnar_rows_equal_convert(reader, values)
 
@@ -257,7 +259,7 @@ def test_alpaca_columnar_equals_convert(rows):
     # Arrow makes a missing or null input null: the columns read it as no input, as convert does
     no_input = [{"instruction": v["instruction"], "output": v["output"]} for v in values]
     if all(isinstance(v["instruction"], str) and isinstance(v["output"], str) for v in no_input):
-        fast, rest = reader.convert_arrow(pa.Table.from_pylist(no_input, schema=reader.arrow_schema))
+        fast, rest = reader.take_table(pa.Table.from_pylist(no_input, schema=reader.layouts[0]), None)
         for row in fast.iter_rows(named=True):
             assert row["messages"] == reader.convert(no_input[row["_i"]])[0]["messages"]
 
@@ -266,7 +268,7 @@ def test_hh_columnar_on_real_file(shared_data):
     with gzip.open(shared_data / "hh-rlhf/harmless-base-test.jsonl.gz") as fh:
         values = [orjson.loads(x) for x in fh]
     reader = HHReader()
-    fast, rest = reader.convert_columns(values)
+    fast, rest = reader.take_rows(values)
     assert fast.height + len(rest) == len(values) and fast.height > 0.99 * len(values)
     for row in fast.iter_rows(named=True):
         (want,) = reader.convert(values[row["_i"]])
@@ -333,7 +335,7 @@ def test_messages_columnar_equals_convert(rows):
         and all(t is None or ("name" not in t and not isinstance(t["content"], list)) for t in v["messages"])
     ]
     if nullable:
-        fast, rest = reader.convert_arrow(pa.Table.from_pylist(nullable, schema=reader.arrow_schema))
+        fast, rest = reader.take_table(pa.Table.from_pylist(nullable, schema=reader.layouts[0]), None)
         for row in fast.iter_rows(named=True):
             assert row["messages"] == reader.convert(nullable[row["_i"]])[0]["messages"]
         for i in rest:
@@ -459,4 +461,67 @@ def test_trl_message_pairs_columnar_equals_convert(values):
         turns = [*v["chosen"], *v["rejected"], *(v.get("messages") or [])]
         return v.keys() <= reader.reads and type(v["prompt"]) is str and all(_plain_turn(t) for t in turns)
 
-    _arrow_rows_equal_columns(reader, values, plain, TRLPreferenceReader.message_schema)
+    _arrow_rows_equal_columns(reader, values, plain, TRLPreferenceReader.layouts[1])
+
+
+def _real_rows(shared_data, name: str) -> list[dict]:
+    """Clean real rows of each columnar reader's format: the files as they are, and for TRL (no TRL file
+    here) LLaMA-Factory's DPO demo in both TRL layouts, with an id kept in meta."""
+    lf = shared_data / "llama-factory"
+    if name == "hh":
+        with gzip.open(shared_data / "hh-rlhf/harmless-base-test.jsonl.gz") as fh:
+            return [orjson.loads(x) for x in fh]
+    if name == "messages":  # kto's boolean label and the joined v1 demo: other fields go to meta
+        return orjson.loads((lf / "kto_en_demo.json").read_bytes()) + real_conversations(shared_data)
+    files = {
+        "alpaca": "alpaca_en_demo",
+        "sharegpt": "glaive_toolcall_en_demo",
+        "sharegpt_pair": "dpo_en_demo",
+    }
+    if name in files:
+        return orjson.loads((lf / f"{files[name]}.json").read_bytes())
+    dpo = orjson.loads((lf / "dpo_en_demo.json").read_bytes())
+    strings = [
+        {"prompt": r["conversations"][-1]["value"], "chosen": r["chosen"]["value"], "id": k}
+        | {"rejected": r["rejected"]["value"]}
+        for k, r in enumerate(dpo)
+    ]
+    turns = [
+        r
+        | {
+            s: [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r[s]}]
+            for s in ("chosen", "rejected")
+        }
+        for r in strings
+    ]
+    return strings + turns
+
+
+@pytest.mark.parametrize("name", ["hh", "alpaca", "messages", "sharegpt", "sharegpt_pair", "trl"])
+def test_columnar_takes_most_clean_real_rows(shared_data, name):
+    """At least 90 % of the rows of clean real data go through the reader's columnar function (rows with
+    fields it does not read, like an id, a label or a tools list, included: those go to meta), and each
+    record it makes is the one ``convert`` makes, meta included; the Arrow form of the rows that fit gives
+    the same records."""
+    reader = BY_NAME[name]()
+    values = _real_rows(shared_data, name)
+    through = []
+    columnar = reader.columnar
+
+    def spy(frame):
+        fast, slow = columnar(frame)
+        through.append(fast.height)
+        return fast, slow
+
+    reader.columnar = spy
+    rest = _columnar_rows_equal_convert(reader, values)
+    assert len(values) >= 300 and sum(through) == len(values) - len(rest) >= 0.9 * len(values)
+    for layout in reader.layouts:  # the Arrow path: the same rows, the same records
+        fit = [i for i, v in enumerate(values) if reader.fits()(v) is layout]
+        if not fit:
+            continue
+        rows = [values[i] for i in fit]
+        meta = [meta_json({k: x for k, x in v.items() if k not in reader.reads}) for v in rows]
+        a_fast, a_rest = reader.take_table(pa.Table.from_pylist(rows, schema=layout), meta)
+        l_fast, l_rest = reader.take_rows(rows)
+        assert a_rest == l_rest and a_fast.to_dicts() == l_fast.to_dicts()

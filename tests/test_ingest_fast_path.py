@@ -30,8 +30,8 @@ from curation.ingest.blocks import ArrowBlock, ParquetBlock, read_batches, read_
 from curation.ingest.pipeline import IngestOptions, UnitResult, _batches, ingest_paths
 from curation.ingest.readers.alpaca import AlpacaReader
 from curation.ingest.readers.base import Reader, RowError, extra_meta, meta_json
-from curation.ingest.readers.chat import TRLPreferenceReader
 from curation.ingest.readers.hh import HHReader
+from curation.ingest.readers.trl import TRLPreferenceReader
 from curation.ingest.sources import read_rows
 
 HH = "hh-rlhf/harmless-base-test.jsonl.gz"
@@ -88,21 +88,21 @@ def assert_same_batches(path: Path, batch_rows: int, reader: type[Reader] = HHRe
     """read_batches == _batches(read_rows(...)) row for row; returns the block-path batches."""
     exact = list(_batches(read_rows(path, "jsonl"), batch_rows))
     digest = hashlib.sha256()
-    fast = list(read_batches(path, batch_rows, reader.arrow_schema, reader.reads, digest))
+    fast = list(read_batches(path, batch_rows, reader.layouts[0], reader.reads, digest))
     assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()  # the file as stored
     assert [len(b) for b in fast] == [len(b) for b in exact]
     # parsed on Arrow's thread pool (the serial loop's choice), the same batches
-    threaded = list(read_batches(path, batch_rows, reader.arrow_schema, reader.reads, parse_threads=True))
+    threaded = list(read_batches(path, batch_rows, reader.layouts[0], reader.reads, parse_threads=True))
     for got, want in zip(threaded, fast, strict=True):
         assert type(got) is type(want)
         assert got.table.equals(want.table) if isinstance(got, ArrowBlock) else got == want
-    names = set(reader.arrow_schema.names)
+    names = set(reader.layouts[0].names)
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ArrowBlock):
             assert got == want
             continue
         assert got.row_numbers().tolist() == [r.row for r in want]
-        parsed, meta = got.table.to_pylist(), got.meta()
+        parsed, meta = got.table.to_pylist(), got.meta
         for i, raw in enumerate(want):
             assert got.raw(i) == raw  # what the row path sees for a row it takes
             assert raw.error is None and isinstance(raw.value, dict)
@@ -168,7 +168,7 @@ def ingest_three_ways(
         opts = IngestOptions(
             batch_rows=batch_rows, block_path=block_path, overlap=overlap, reader=reader.name
         )
-        by_row = mock.patch.object(reader, "convert_columns", Reader.convert_columns)
+        by_row = mock.patch.object(reader, "layouts", ())
         with contextlib.nullcontext() if columns else by_row:
             (res,) = ingest_paths(Store(root), [str(path)], opts)
         units.append(_unit(root))
@@ -191,9 +191,9 @@ def units_of_jsonl_and_parquet(
 ) -> tuple[dict, dict]:
     """``ingest_three_ways`` of ``lines`` with the ``hostile`` ones as JSONL (``_jsonl_with_hostile``, at
     ``placement`` = (every, start, copies)) and of ``table`` as Parquet (row groups of 70 rows), whose every
-    batch takes the Arrow path (read with ``schema``, by default the reader's ``arrow_schema``); each accepts
+    batch takes the Arrow path (read with ``schema``, by default the reader's first layout); each accepts
     at least ``min_accepted`` records. Returns (the JSONL file's unit, the Parquet file's unit)."""
-    schema = schema or reader.arrow_schema
+    schema = schema or reader.layouts[0]
     jsonl = _jsonl_with_hostile(
         tmp_path / f"{reader.name}.jsonl", lines, hostile, *placement, reader, batch_rows, schema
     )
@@ -279,7 +279,7 @@ def test_ingest_with_other_fields_identical(hh_lines, tmp_path):
     for k, bad in enumerate(HOSTILE[:12]):
         lines.insert(97 * k + 3, bad)
     path = _write(tmp_path / "hh.jsonl", lines, bom=False, gz=False)
-    assert sum(isinstance(b, ArrowBlock) for b in read_batches(path, 60, HHReader.arrow_schema)) >= 2
+    assert sum(isinstance(b, ArrowBlock) for b in read_batches(path, 60, HHReader.layouts[0])) >= 2
     unit, res = ingest_three_ways(tmp_path, path, HHReader, 60)
     metas = [orjson.loads(r["meta"]) for r in unit["pair.parquet"]]
     assert len(metas) > 380 and all(set(m) == {"id", "source"} for m in metas)
@@ -309,7 +309,7 @@ def test_ingest_units_identical(hh_lines, tmp_path, gz):
         lines.insert(37 * k + 11, bad)
     lines += hh_lines[:50]  # exact duplicates of earlier batches
     path = _write(tmp_path / ("hh.jsonl.gz" if gz else "hh.jsonl"), lines, bom=True, gz=gz)
-    batches = list(read_batches(path, 60, HHReader.arrow_schema))
+    batches = list(read_batches(path, 60, HHReader.layouts[0]))
     assert any(isinstance(b, ArrowBlock) for b in batches) and any(isinstance(b, list) for b in batches)
     units, results = [], []
     # block or line path, batches overlapped on threads or one after another: the same unit
@@ -373,13 +373,13 @@ def _jsonl_with_hostile(
 ) -> Path:
     """``lines`` with the ``hostile`` ones inserted ``every`` lines from ``start``, then the first ``copies``
     lines again (exact duplicates of earlier batches), written to ``path``; its batches take both paths
-    (read with ``schema``, by default the reader's ``arrow_schema``)."""
+    (read with ``schema``, by default the reader's first layout)."""
     lines = list(lines)
     for k, bad in enumerate(hostile):
         lines.insert(every * k + start, bad)
     lines += lines[:copies]
     _write(path, lines, bom=False, gz=False)
-    batches = list(read_batches(path, batch_rows, schema or reader.arrow_schema))
+    batches = list(read_batches(path, batch_rows, schema or reader.layouts[0]))
     assert sum(isinstance(b, ArrowBlock) for b in batches) >= 2 and any(isinstance(b, list) for b in batches)
     return path
 
@@ -436,7 +436,7 @@ def _hh_parquet(
 
 def assert_same_parquet_batches(path: Path, batch_rows: int) -> list:
     exact = list(_batches(read_rows(path, "parquet"), batch_rows))
-    fast = list(read_parquet_batches(path, batch_rows, HHReader.arrow_schema))
+    fast = list(read_parquet_batches(path, batch_rows, HHReader.layouts[0]))
     assert [len(b) for b in fast] == [len(b) for b in exact]
     for got, want in zip(fast, exact, strict=True):
         if not isinstance(got, ParquetBlock):
@@ -501,7 +501,7 @@ def test_parquet_ingest_units_identical(hh_rows, tmp_path):
         "tags": pa.array([["a", "b"][: i % 3] for i in range(n)]),
     }
     path = _hh_parquet(tmp_path / "extra.parquet", rows[:n], pa.string(), None, **others)
-    assert all(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.arrow_schema))
+    assert all(isinstance(b, ParquetBlock) for b in read_parquet_batches(path, 60, HHReader.layouts[0]))
     units = []
     for block_path in (True, False):
         root = tmp_path / f"extra_{block_path}"
@@ -525,7 +525,7 @@ def test_trl_parquet_units_identical(hh_lines, tmp_path):
     assert (
         sum(
             isinstance(b, ParquetBlock)
-            for b in read_parquet_batches(path, 50, TRLPreferenceReader.arrow_schema)
+            for b in read_parquet_batches(path, 50, TRLPreferenceReader.layouts[0])
         )
         == 3
     )
@@ -576,7 +576,7 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
     parquet = tmp_path / "alpaca.parquet"
     pq.write_table(pa.Table.from_pylist(hub), parquet, row_group_size=70)
     assert all(
-        isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, 50, AlpacaReader.arrow_schema)
+        isinstance(b, ParquetBlock) for b in read_parquet_batches(parquet, 50, AlpacaReader.layouts[0])
     )
     system = tmp_path / "system.parquet"
     pq.write_table(
@@ -584,7 +584,7 @@ def test_alpaca_units_identical(alpaca_rows, tmp_path):
     )
     assert not any(
         isinstance(b, ParquetBlock)
-        for b in read_parquet_batches(system, 50, AlpacaReader.arrow_schema, AlpacaReader.reads)
+        for b in read_parquet_batches(system, 50, AlpacaReader.layouts[0], AlpacaReader.reads)
     )
     units = {}
     for path in (jsonl, parquet, system):
@@ -629,7 +629,7 @@ def test_messages_units_identical(shared_data, tmp_path):
     """Real conversations with hostile lines as JSONL, and as Parquet in the hub's layout (struct fields
     content before role, large strings): Arrow batches on threads, columns from the line path, and row by
     row (``convert`` alone) give the same unit."""
-    from curation.ingest.readers.chat import MessagesReader
+    from curation.ingest.readers.messages import MessagesReader
     from tests.fixtures.inputs import real_conversations
 
     rows = real_conversations(shared_data)
@@ -663,7 +663,7 @@ def test_sharegpt_units_identical(shared_data, tmp_path):
     """Real ShareGPT conversations (LLaMA-Factory's glaive demo: human, gpt, function_call, observation)
     with hostile lines as JSONL, and as Parquet with its tools column: Arrow batches on threads, columns from
     the line path, and row by row give the same unit."""
-    from curation.ingest.readers.chat import ShareGPTReader
+    from curation.ingest.readers.sharegpt import ShareGPTReader
 
     rows = orjson.loads((shared_data / "llama-factory" / "glaive_toolcall_en_demo.json").read_bytes())
     plain = [
@@ -701,7 +701,7 @@ SHAREGPT_PAIR_HOSTILE = [
 def test_sharegpt_pair_units_identical(shared_data, tmp_path):
     """Real ShareGPT pairs (LLaMA-Factory's DPO demo) with hostile lines as JSONL, and as Parquet: Arrow
     batches on threads, columns from the line path, and row by row give the same unit."""
-    from curation.ingest.readers.chat import ShareGPTPairReader
+    from curation.ingest.readers.sharegpt_pair import ShareGPTPairReader
 
     rows = orjson.loads((shared_data / "llama-factory" / "dpo_en_demo.json").read_bytes())
     lines = [orjson.dumps(r) for r in rows]
@@ -781,7 +781,7 @@ def test_trl_message_pairs_units_identical(shared_data, tmp_path):
         orjson.loads((shared_data / "llama-factory" / "dpo_en_demo.json").read_bytes())
     )
     schema = TRLPreferenceReader().block_schema(rows)
-    assert schema == TRLPreferenceReader.message_schema
+    assert schema == TRLPreferenceReader.layouts[1]
     lines, table = [orjson.dumps(r) for r in rows], pa.Table.from_pylist(rows)
     jsonl_unit, parquet_unit = units_of_jsonl_and_parquet(
         tmp_path, lines, TRL_MESSAGES_HOSTILE, (23, 5, 12), table, TRLPreferenceReader, 40, 290, schema
@@ -804,7 +804,7 @@ def test_trl_message_pairs_units_identical(shared_data, tmp_path):
     assert len(parquet_unit["pair.parquet"]) >= 290
     # and ingest reads the Parquet file in that layout: every batch reaches the columns
     arrow = mock.patch.object(
-        TRLPreferenceReader, "convert_arrow", autospec=True, side_effect=TRLPreferenceReader.convert_arrow
+        TRLPreferenceReader, "take_table", autospec=True, side_effect=TRLPreferenceReader.take_table
     )
     with arrow as spy:
         spy_file = tmp_path / "spy.parquet"

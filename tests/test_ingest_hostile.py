@@ -370,7 +370,7 @@ def test_over_long_lines_and_blank_runs_agree_on_both_paths(shared_data, tmp_pat
     limit = 6000  # some real HH lines are longer too
     exact = list(_batches(read_rows(path, "jsonl", limit=limit), 40, batch_bytes))
     fast = list(
-        read_batches(path, 40, HHReader.arrow_schema, HHReader.reads, limit=limit, batch_bytes=batch_bytes)
+        read_batches(path, 40, HHReader.layouts[0], HHReader.reads, limit=limit, batch_bytes=batch_bytes)
     )
     assert [len(b) for b in fast] == [len(b) for b in exact] and any(isinstance(b, ArrowBlock) for b in fast)
     if batch_bytes < 1 << 20:  # each batch ends at the line that brings its text to 20 KB, not at 40 lines

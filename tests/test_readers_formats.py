@@ -136,3 +136,34 @@ def test_completions_ties_stay_ties(shared_data):
         grades = [c["grade"] for c in rec["candidates"]]
         assert [g == max(grades) for g in grades] == correct or len(set(correct)) == 1
         assert len(set(grades)) == len(set(correct))  # all tied -> one grade, never an order
+
+
+def test_readers_register_themselves_in_priority_order():
+    """Every format module of the package registers its reader (the column mapping is chosen explicitly,
+    never detected); detection tries them by priority, most specific first; a clash is refused."""
+    import importlib
+    import pkgutil
+
+    import curation.ingest.readers as package
+    from curation.ingest.readers import READERS, MappingReader, Reader
+    from curation.ingest.readers.registry import register
+
+    assert [r.name for r in READERS] == [
+        *("hh", "alpaca_eval", "sharegpt_pair", "sharegpt", "oasst", "solutions", "completions"),
+        *("alpaca_pair", "trl", "messages", "alpaca"),
+    ]
+    defined = {
+        obj
+        for m in pkgutil.iter_modules(package.__path__)
+        for obj in vars(importlib.import_module(f"{package.__name__}.{m.name}")).values()
+        if isinstance(obj, type) and issubclass(obj, Reader) and obj not in (Reader, MappingReader)
+    }
+    assert defined == set(READERS)
+
+    class Again(Reader):
+        name = "again"
+
+    with pytest.raises(ValueError, match="clashes with 'hh'"):
+        register(priority=110)(Again)
+    with pytest.raises(ValueError, match="clashes with 'trl'"):
+        register(priority=1)(BY_NAME["trl"])

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from curation.cli.common import StoreOpt, console, err, esc, fail, open_store, parse_pairs, text
 from curation.core.errors import StoreError
+from curation.ingest.readers import reader_help
 
 
 def ingest(
@@ -19,9 +20,7 @@ def ingest(
     ),
     store: str | None = StoreOpt,
     reader: str = typer.Option(
-        "auto",
-        help="Reader: auto, hh, alpaca, alpaca_pair, sharegpt, sharegpt_pair, messages, trl, "
-        "alpaca_eval, oasst, solutions, completions.",
+        "auto", help="Reader: auto (detected, trying them in this order) or one of:\n\n" + reader_help()
     ),
     fmt: str = typer.Option("auto", "--format", help="File format: auto, json, jsonl, parquet, csv."),
     source: str | None = typer.Option(

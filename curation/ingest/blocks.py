@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,8 @@ class ArrowBatch:
 
     first_row: int
     table: pa.Table
+    #: each row's ``meta`` as the row path writes it (JSON), when the rows have fields besides ``table``'s
+    meta: list[str] | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -102,10 +104,6 @@ class ArrowBatch:
     def raw(self, i: int) -> RawRow:
         """Row ``i`` exactly as the row path reads it."""
         raise NotImplementedError
-
-    def meta(self) -> list[str] | None:
-        """Each row's ``meta`` as the row path writes it, when the rows have fields besides ``table``'s."""
-        return None
 
 
 @dataclass
@@ -118,7 +116,6 @@ class ArrowBlock(ArrowBatch):
     ends: np.ndarray
     rows: np.ndarray
     limit: int = MAX_ROW_BYTES
-    other: list[str] | None = None  # the JSON ``meta`` of each row, from its other fields
 
     def row_numbers(self) -> np.ndarray:
         return self.rows
@@ -127,22 +124,15 @@ class ArrowBlock(ArrowBatch):
         line = bytes(self.data[int(self.starts[i]) : int(self.ends[i])])
         return decode_line(line, int(self.rows[i]), self.limit)
 
-    def meta(self) -> list[str] | None:
-        return self.other
-
 
 @dataclass
 class ParquetBlock(ArrowBatch):
     """Parquet rows; ``table`` holds the reader's columns, cast to its schema."""
 
     read: pa.Table  # as read from the file (the row path's values, struct fields in the file's order)
-    other: list[str] | None = None  # the JSON ``meta`` of each row, from the file's other columns
 
     def raw(self, i: int) -> RawRow:
         return RawRow(self.first_row + i, self.read.slice(i, 1).to_pylist()[0])
-
-    def meta(self) -> list[str] | None:
-        return self.other
 
 
 Batch = list[RawRow] | ArrowBatch
@@ -468,7 +458,7 @@ def _arrow_block(
         meta = [meta_json(r) for r in fields.to_pylist()] if same else _line_meta(data, starts, ends, reads)
         if meta is None:
             return None
-    return ArrowBlock(int(rows[0]), table, data, starts, ends, rows, limit, meta)
+    return ArrowBlock(int(rows[0]), table, data, starts, ends, rows, limit, meta=meta)
 
 
 def _line_meta(data: Buffer, starts: np.ndarray, ends: np.ndarray, reads: frozenset[str]) -> list[str] | None:
@@ -583,4 +573,4 @@ def _parquet_block(table: pa.Table, row: int, schema: pa.Schema, others: list[st
         meta = [meta_json(r) for r in table.select(others).to_pylist()] if others else None
     except (pa.ArrowException, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    return ParquetBlock(row, cast.combine_chunks(), table, meta)
+    return ParquetBlock(row, cast.combine_chunks(), table, meta=meta)

@@ -9,29 +9,14 @@ of their error message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from curation.ingest.readers.base import PY_WHITESPACE
 from schemas import Kind
-
-#: Exactly the characters Python's ``str.strip()`` removes (``str.isspace``), so stripped lengths agree
-#: with Python; tests check it against the running interpreter.
-PY_WHITESPACE = (
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
-
-
-def blank_text(texts: pl.Expr) -> pl.Expr:
-    """Null, or empty after Python's ``str.strip()``: what the readers' ``text`` and turn checks refuse."""
-    return texts.is_null() | (texts.str.strip_chars(PY_WHITESPACE).str.len_bytes() == 0)
-
 
 _ROLE_LETTER = {"system": "S", "user": "U", "assistant": "A", "tool": "T"}
 _MESSAGE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -92,51 +77,6 @@ def content_key_expr(kind: Kind) -> pl.Expr:
     if kind == "ranking":
         parts.append(_candidates_key())
     return pl.concat_str(parts)
-
-
-Columnar = Callable[[pl.DataFrame], tuple[pl.DataFrame, list[int]]]
-
-
-def rows_columnar(
-    values: Sequence[Mapping[str, Any]],
-    takes: Callable[[Mapping[str, Any]], bool],
-    schema: pa.Schema,
-    columnar: Columnar,
-) -> tuple[pl.DataFrame | None, list[int]]:
-    """A reader's ``convert_columns`` from its ``columnar`` function (a frame of ``_i`` and the ``schema``
-    columns -> (canonical records with ``_i``, the ``_i`` it leaves)): it takes the rows ``takes`` accepts
-    (they must fit ``schema``; a missing field is null); the other rows and those it leaves go row by row."""
-    idx = [i for i, v in enumerate(values) if takes(v)]
-    if not idx:
-        return None, list(range(len(values)))
-    types = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
-    frame = pl.DataFrame(
-        {"_i": idx, **{f: [values[i].get(f) for i in idx] for f in schema.names}},
-        schema={"_i": pl.Int64, **types},
-    )
-    fast, slow = columnar(frame)
-    return fast, sorted(set(range(len(values))) - set(idx) | set(slow))
-
-
-def string_rows_columnar(
-    values: Sequence[Mapping[str, Any]], fields: tuple[str, ...], columnar: Columnar
-) -> tuple[pl.DataFrame | None, list[int]]:
-    """``rows_columnar`` for the rows that hold exactly ``fields``, all strings."""
-
-    def takes(v: Mapping[str, Any]) -> bool:
-        return len(v) == len(fields) and all(type(v.get(f)) is str for f in fields)
-
-    return rows_columnar(values, takes, string_schema(fields), columnar)
-
-
-def string_schema(fields: Sequence[str]) -> pa.Schema:
-    """The Arrow schema of rows of ``fields``, all strings (what the string readers' Arrow paths take)."""
-    return pa.schema([(f, pa.string()) for f in fields])
-
-
-def indexed(table: pa.Table) -> pl.DataFrame:
-    """An Arrow batch as a polars frame with ``_i`` (Int64), the row's position in the batch."""
-    return pl.from_arrow(table).with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))  # type: ignore[union-attr]
 
 
 def xxh3_digests(keys: pl.Series) -> np.ndarray:

@@ -23,7 +23,7 @@ committed.
 
 Work is done a batch at a time (``batch_rows`` input rows, so memory does not
 grow with the file): a reader converts what it can column-at-a-time
-(``Reader.convert_columns``, e.g. HH transcripts with polars string ops) and
+(``Reader.columnar``, e.g. HH transcripts with polars string ops) and
 the rest row by row; then ids, the derived columns that Great Expectations
 checks, and exact dedup are computed over the whole batch (curation.ingest.columnar).
 With more than one core the stages overlap on threads (curation.ingest.overlap: parse ahead,
@@ -404,9 +404,17 @@ class _Ctx:
     validator: Validator
 
     def q(self, raw: RawRow, fld: str, reason: str) -> dict[str, Any]:
-        return _q(
-            self.source, Path(self.path), raw.row, fld, reason, raw.raw_text(), self.reader.name, self.run_id
-        )
+        """The quarantine row of ``raw``."""
+        return {
+            "source": self.source,
+            "source_file": self.path,  # str(path)
+            "source_row": raw.row,
+            "field": fld,
+            "reason": reason,
+            "raw": raw.raw_text(),
+            "reader": self.reader.name,
+            "ingest_run": self.run_id,
+        }
 
 
 def _content_schema(kind: str) -> pa.Schema:
@@ -426,19 +434,10 @@ def _convert(batch: Batch, ctx: _Ctx) -> tuple[pl.DataFrame | None, list[dict[st
     batch order) go through ``Reader.convert``: first the rows that are not valid JSON objects
     are quarantined, then each remaining row is converted or quarantined with its RowError."""
     if isinstance(batch, ArrowBatch):
-        fast, rest = ctx.reader.convert_arrow(batch.table)
-        meta = batch.meta()
-        if meta is not None and fast is not None and fast.height:
-            fast = fast.with_columns(pl.Series("meta", meta, dtype=pl.String).gather(fast.get_column("_i")))
-        pending = [(i, batch.raw(i)) for i in rest]
-    else:
-        live = [i for i, raw in enumerate(batch) if raw.error is None]
-        fast, rest = ctx.reader.convert_columns([batch[i].value for i in live])
-        if fast is not None and fast.height:
-            pos = pl.Series("_pos", live, dtype=pl.Int64)
-            fast = fast.with_columns(pos.gather(fast.get_column("_i")).alias("_i"))
-        slow = {live[j] for j in rest}
-        pending = [(i, raw) for i, raw in enumerate(batch) if raw.error is not None or i in slow]
+        fast, rest = ctx.reader.take_table(batch.table, batch.meta)
+    else:  # a row that is not a JSON object (its error) is left to the loop below
+        fast, rest = ctx.reader.take_rows([raw.value if raw.error is None else None for raw in batch])
+    pending = [(i, _raw(batch, i)) for i in rest]
     quarantine = [ctx.q(raw, raw.field, raw.error) for _, raw in pending if raw.error is not None]
     frames = []
     if fast is not None and fast.height:
@@ -581,21 +580,6 @@ def _batches(rows: Iterator[RawRow], size: int, max_bytes: int = BATCH_BYTES) ->
             batch, held = [], 0
     if batch:
         yield batch
-
-
-def _q(
-    source: str, path: Path, row: int, fld: str, reason: str, raw: str, reader: str, run_id: str
-) -> dict[str, Any]:
-    return {
-        "source": source,
-        "source_file": str(path),
-        "source_row": row,
-        "field": fld,
-        "reason": reason,
-        "raw": raw,
-        "reader": reader,
-        "ingest_run": run_id,
-    }
 
 
 #: Leaf columns holding long texts (message contents, raw input lines) and one value per record.

@@ -1,59 +1,21 @@
-"""Readers: one small class per input format, and auto-detection among them."""
+"""Readers: one module per input format, each registering its reader (readers.registry), and detection."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import importlib
+import pkgutil
 
-from curation.ingest.readers.alpaca import AlpacaPairReader, AlpacaReader
-from curation.ingest.readers.alpaca_eval import AlpacaEvalReader
 from curation.ingest.readers.base import Reader, RowError
-from curation.ingest.readers.chat import (
-    MessagesReader,
-    ShareGPTPairReader,
-    ShareGPTReader,
-    TRLPreferenceReader,
-)
-from curation.ingest.readers.hh import HHReader, split_transcript
+from curation.ingest.readers.hh import split_transcript
 from curation.ingest.readers.mapping import MappingReader
-from curation.ingest.readers.rankings import CompletionsReader, OASSTTreeReader, SolutionsReader
+from curation.ingest.readers.registry import DetectError, detect, reader_help, readers
 
-#: Detection order matters: the most specific formats first.
-READERS: tuple[type[Reader], ...] = (
-    HHReader,
-    AlpacaEvalReader,
-    ShareGPTPairReader,
-    ShareGPTReader,
-    OASSTTreeReader,
-    SolutionsReader,
-    CompletionsReader,
-    AlpacaPairReader,
-    TRLPreferenceReader,
-    MessagesReader,
-    AlpacaReader,
-)
-BY_NAME: dict[str, type[Reader]] = {r.name: r for r in READERS}
+for _module in pkgutil.iter_modules(__path__):  # every format module, so that its reader registers
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-
-class DetectError(ValueError):
-    pass
-
-
-def detect(rows: Iterable[Mapping[str, Any]], where: str) -> type[Reader]:
-    """The first reader that recognises most of the sample rows."""
-    sample = [r for r in rows if r is not None][:20]
-    if not sample:
-        raise DetectError(f"{where}: no readable row to detect the format from; pass --reader")
-    for reader in READERS:
-        hits = sum(reader.sniff(r) for r in sample)
-        if hits * 2 > len(sample):
-            return reader
-    keys = sorted({k for r in sample for k in r})[:12]
-    raise DetectError(
-        f"{where}: unknown layout (fields: {', '.join(keys)}). Pass --reader "
-        f"({', '.join(BY_NAME)}) or a column mapping: --kind sft --map prompt=FIELD --map response=FIELD"
-    )
-
+#: Detection order: the most specific formats first (each reader's registered priority).
+READERS = readers()
+BY_NAME = {r.name: r for r in READERS}
 
 __all__ = [
     "BY_NAME",
@@ -63,5 +25,6 @@ __all__ = [
     "Reader",
     "RowError",
     "detect",
+    "reader_help",
     "split_transcript",
 ]

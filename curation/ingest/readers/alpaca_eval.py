@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from curation.ingest.readers.base import Reader, Record, RowError, extra_meta, msg, text
+from curation.ingest.readers.registry import register
 
 
+@register(priority=100)
 class AlpacaEvalReader(Reader):
     """A judgment becomes a pair whose ``strength`` is the judge's probability for the winner.
 

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
-from curation.ingest.columnar import indexed, string_rows_columnar, string_schema
 from curation.ingest.readers.base import (
+    Frame,
     Message,
     Reader,
     Record,
     RowError,
+    Taken,
     extra_meta,
     pair_from_conversations,
     text,
 )
+from curation.ingest.readers.registry import register
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ?")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
@@ -40,34 +41,18 @@ def split_transcript(transcript: str, field: str = "transcript") -> list[Message
     return [{"role": _ROLE[rest[i]], "content": rest[i + 1]} for i in range(0, len(rest), 2)]
 
 
+@register(priority=110)
 class HHReader(Reader):
     name = "hh"
     kind = "pair"
     summary = "HH-RLHF: {chosen, rejected} whole transcripts with Human:/Assistant: turns"
+    reads = frozenset({"chosen", "rejected"})
+    layouts = (pa.schema([(f, pa.string()) for f in ("chosen", "rejected")]),)
 
     @classmethod
     def sniff(cls, row: Mapping[str, Any]) -> bool:
         c = row.get("chosen")
         return isinstance(c, str) and "\n\nHuman:" in c and isinstance(row.get("rejected"), str)
-
-    def convert_columns(self, values: Sequence[Mapping[str, Any]]) -> tuple[pl.DataFrame | None, list[int]]:
-        """Vectorised ``convert`` for the common rows (see ``hh_pairs_columnar``); the rest go row by row."""
-        return string_rows_columnar(values, self.arrow_fields, hh_pairs_columnar)
-
-    #: The only fields of a row ``convert_arrow`` takes (curation.ingest.blocks parses exactly these).
-    arrow_fields = ("chosen", "rejected")
-    arrow_schema = string_schema(arrow_fields)
-    reads = frozenset(arrow_fields)
-
-    def convert_arrow(self, table: pa.Table) -> tuple[pl.DataFrame | None, list[int]]:
-        """``convert_columns`` for rows parsed by Arrow as exactly {chosen: string, rejected: string}
-        (a missing or null field is null): rows with a null go to ``convert``, as do the rows
-        ``hh_pairs_columnar`` leaves."""
-        frame = indexed(table)
-        null = pl.col("chosen").is_null() | pl.col("rejected").is_null()
-        nulls = frame.filter(null).get_column("_i").to_list()
-        fast, slow = hh_pairs_columnar(frame.filter(~null).select("_i", "chosen", "rejected"))
-        return fast, sorted(nulls + slow)
 
     def convert(self, row: Mapping[str, Any]) -> list[Record]:
         chosen = split_transcript(text(row.get("chosen"), "chosen"), "chosen")
@@ -75,6 +60,9 @@ class HHReader(Reader):
         rec = pair_from_conversations(chosen, rejected, "chosen")
         rec["meta"] = extra_meta(row, self.reads)
         return [rec]
+
+    def columnar(self, frame: Frame) -> Taken:
+        return hh_pairs_columnar(frame)
 
 
 #: Turn markers with and without the optional space (as ``_TURN`` consumes it) and the letter that
@@ -84,29 +72,27 @@ _ROLE_OF = {"U": "user", "u": "user", "A": "assistant", "a": "assistant"}
 _ASSISTANT = b"\n\nAssistant:"
 
 
-def _turns(col: str) -> pl.Expr:
-    """The transcript split at its turn markers: a first part (text before the first marker), then each
-    turn as its marker's letter (U/u/A/a: user or assistant, with or without the space) and its content."""
-    marked = pl.col(col).str.replace_many(
+def hh_pairs_columnar(frame: Frame) -> Taken:
+    """``HHReader.convert`` over a frame of (_i, chosen, rejected) strings, for the rows where it is exact.
+
+    Exact for rows with two transcripts, no NUL character in the chosen one, which starts with the Human
+    marker and ends with an assistant turn after a user turn, and a rejected transcript with the same bytes
+    up to that last assistant marker and then one assistant turn (so the shared prefix is the prompt and the
+    last turns are the responses, as ``pair_from_conversations`` finds). Returns (canonical pair frame with
+    _i, the _i of the other rows).
+    """
+    import polars as pl
+
+    # the chosen transcript split at its turn markers: a first part (text before the first marker), then
+    # each turn as its marker's letter (U/u/A/a: user or assistant, with or without the space) and content
+    marked = pl.col("chosen").str.replace_many(
         list(_MARKERS),
         ["\x00" + letter for letter in _MARKERS.values()],
         leftmost=True,  # the marker with its space wins where both match
     )
-    return marked.str.split("\x00")
-
-
-def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
-    """``HHReader.convert`` over a frame of (_i, chosen, rejected) strings, for the rows where it is exact.
-
-    Exact for rows with no NUL character in the chosen transcript, which starts with the Human marker and
-    ends with an assistant turn after a user turn, and a rejected transcript with the same bytes up to that
-    last assistant marker and then one assistant turn (so the shared prefix is the prompt and the last
-    turns are the responses, as ``pair_from_conversations`` finds). Returns (canonical pair frame with
-    _i, the _i of the other rows).
-    """
     t = frame.select(
         "_i",
-        _turns("chosen").alias("c"),
+        marked.str.split("\x00").alias("c"),
         pl.col("chosen").cast(pl.Binary).alias("cb"),
         pl.col("rejected").cast(pl.Binary).alias("rb"),
         pl.col("chosen").str.contains("\x00", literal=True).alias("nul"),
@@ -151,6 +137,5 @@ def hh_pairs_columnar(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[int]]:
         single(last_c.str.slice(1)).alias("chosen"),
         single(rejected).alias("rejected"),
         pl.lit(None, dtype=pl.Float64).alias("strength"),
-        pl.lit("{}").alias("meta"),
     )
     return fast, slow

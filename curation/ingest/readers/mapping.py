@@ -19,9 +19,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from curation.ingest.readers.base import Reader, Record, RowError, extra_meta, msg, optional_text, text
-from curation.ingest.readers.chat import normalize_messages
-from curation.ingest.readers.rankings import candidate, dense_grades
+from curation.ingest.readers.base import (
+    Reader,
+    Record,
+    RowError,
+    candidate,
+    dense_grades,
+    extra_meta,
+    msg,
+    optional_text,
+    text,
+)
+from curation.ingest.readers.turns import normalize_messages
 from schemas import Kind
 
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
