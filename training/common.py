@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -274,7 +273,3 @@ def write_length_reports(config: TrainingArguments, **reports) -> None:
     out = Path(config.output_dir) / "length_report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({k: v for k, v in reports.items() if v is not None}, indent=2))
-
-
-def finite_or_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
