@@ -175,9 +175,9 @@ class ShardTrainer(Trainer):
             "global_step": out.global_step,
             "train_seconds": seconds,
             **self.run_summary(trained, seconds),
-            **extra,
             "train_length_report": data.train_report,
             "eval_length_report": data.eval_report,
+            **extra,
             "metrics": metrics,
             "log_history": self.state.log_history,
         }

@@ -201,6 +201,9 @@ def tokenize_pairs(
 ) -> tuple[list[dict[str, Any]], LengthReport]:
     """Tokenise prompt+chosen and prompt+rejected with LEFT truncation (the response end is kept)."""
     ensure_chat_template(tokenizer)
+    report = LengthReport(what, max_length)
+    if not rows:  # the tokenizer fails on an empty batch; the caller names the empty split
+        return [], report
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     texts = []
     for r in rows:
@@ -217,7 +220,6 @@ def tokenize_pairs(
     features = pair_length_features(
         [len(x) for x in resp[0::2]], [len(x) for x in resp[1::2]], markdown[0::2], markdown[1::2]
     ).tolist()
-    report = LengthReport(what, max_length)
     out = []
     for i, r in enumerate(rows):
         too_long = max(full_lengths[2 * i], full_lengths[2 * i + 1]) > budget
