@@ -1,19 +1,13 @@
-"""The base the three trainers share (as TRL's trainers share theirs): ``ShardTrainer`` and its run.
-
-``ShardTrainer`` is a ``transformers.Trainer`` whose ``args`` is the method's config (a
-``CurateTrainingConfig``). It brings the length-grouped (optionally weighted) train sampler, the
-per-step log and checkpoint-complete marker, evaluation plumbing, a count of trained units and ``run``:
-resume from the last complete checkpoint, train, save, evaluate, and the run summary every trainer
-returns. A method subclass adds its loss (``compute_loss``), its metrics (``eval_metrics``) and, where it
-needs them, the hooks ``before_training``, ``save_final`` and ``run_summary``.
-
-    spec, tok = start(config)
-    data = load_data(config, "sft", "samples", lambda split, limit, held_out: ...)
-    return SFTTrainer(model=..., args=config, train_dataset=data.train, ...).run(data)
+"""The trainers' shared base, as TRL's: ``ShardTrainer`` (a ``transformers.Trainer`` whose ``args`` is the
+method's config) with the length-grouped, optionally weighted train sampler, the step log, evaluation
+plumbing and ``run`` (resume, train, save, evaluate, the result dict); ``load_data`` for the splits. A
+method adds ``compute_loss``, ``eval_metrics`` and, if needed, ``before_training``, ``save_final`` and
+``run_summary``: ``SFTTrainer(model=..., args=config, train_dataset=data.train, ...).run(data)``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,13 +18,7 @@ import torch
 from transformers import Trainer
 
 from curation.core.models import ModelSpec, load_tokenizer
-from training.common import (
-    CurateTrainingConfig,
-    JsonlLogCallback,
-    ListDataset,
-    SortedBucketSampler,
-    write_length_reports,
-)
+from training.common import CurateTrainingConfig, JsonlLogCallback, ListDataset, SortedBucketSampler
 from training.shards import LengthReport, splits
 
 
@@ -160,7 +148,11 @@ class ShardTrainer(Trainer):
         """Train (resuming from ``resume_from_checkpoint``), save, evaluate; the run's result."""
         checkpoint = self.cfg.resume_checkpoint()
         extra = self.before_training(checkpoint)
-        write_length_reports(self.args, train=data.train_report, eval=data.eval_report)
+        if self.args.should_save:  # what each split truncated or dropped for length
+            path = Path(self.args.output_dir) / "length_report.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            reports = {"train": data.train_report, "eval": data.eval_report}
+            path.write_text(json.dumps({k: v for k, v in reports.items() if v is not None}, indent=2))
         trained_before = self.units_trained
         t0 = time.perf_counter()
         out = self.train(resume_from_checkpoint=checkpoint)

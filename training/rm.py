@@ -51,7 +51,7 @@ from curation.core.models import (
 )
 from curation.core.padding import pad_batch
 from training.base import ShardTrainer, load_data, load_padded_tokenizer, start
-from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template, length_sorted_batches
+from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template
 from training.shards import LengthReport, read_rows
 
 log = logging.getLogger(__name__)
@@ -663,9 +663,8 @@ def score_dataset(
     device = next(model.parameters()).device
     r_c = [0.0] * len(ds)
     r_r = [0.0] * len(ds)
-    order = length_sorted_batches(ds.lengths, 1)
     batches, cur = [], []
-    for (i,) in order:
+    for i in sorted(range(len(ds)), key=lambda i: ds.lengths[i]):
         if cur and (len(cur) + 1) * 2 * ds.lengths[i] > token_budget:
             batches.append(cur)
             cur = []
