@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -77,3 +79,5 @@ def test_train_rescue_loss_goes_down_and_ranking_accuracy(real_shards, tiny_lm, 
     m, b = result["metrics"], result["metrics_before"]
     assert m["eval_groups"] > 0 and m["eval_ordered_pairs"] > 0 and 0 <= m["eval_ranking_accuracy"] <= 1
     assert m["eval_loss"] < b["eval_loss"]
+    written = json.loads((tmp_path / "rescue" / "length_report.json").read_text())["train"]
+    assert written == result["train_length_report"] and written["candidates_cut"] >= 0

@@ -105,7 +105,6 @@ def test_noisy_embedding_poe_sum_weights_margin_and_group_dro_in_the_loss(real_s
         args=cfg,
         train_dataset=ds,
         data_collator=PairCollator(tok.pad_token_id),
-        rm_config=cfg,
         n_groups=2,
     )
     opt = trainer.create_optimizer()
@@ -192,7 +191,6 @@ def test_checkpoint_and_resume(real_shards, minilm, tmp_path):  # noqa: F811
         args=cfg,
         train_dataset=ds,
         data_collator=PairCollator(tok.pad_token_id),
-        rm_config=cfg,
         n_groups=2,
     )
     assert trainer.length_expert.net.weight.abs().sum() == 0
@@ -323,7 +321,6 @@ def test_length_expert_logit_is_added_to_the_bradley_terry_logit(alpaca_pairs, m
         args=cfg,
         train_dataset=ds,
         data_collator=PairCollator(tok.pad_token_id),
-        rm_config=cfg,
         n_groups=1,
     )
     assert isinstance(trainer.length_expert, LengthExpert)
@@ -368,7 +365,6 @@ def test_resampling_by_residual_keeps_the_poe_objective_in_expectation(alpaca_pa
         args=cfg,
         train_dataset=ds,
         data_collator=PairCollator(tok.pad_token_id),
-        rm_config=cfg,
         n_groups=1,
     )
     trainer.prepare_length_expert()

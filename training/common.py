@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -212,12 +211,6 @@ class SortedBucketSampler(Sampler[int]):
         return iter([i for b in batches for i in b] + tail)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Deterministic length-sorted batches for evaluation."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def ensure_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         log.info("tokenizer has no chat template: using curate's plain <|role|> template")
@@ -265,16 +258,3 @@ class JsonlLogCallback(TrainerCallback):
             row = {"step": state.global_step, "epoch": state.epoch, **logs}
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(row, default=float) + "\n")
-
-
-def write_length_reports(config: TrainingArguments, **reports) -> None:
-    """``<output_dir>/length_report.json``: what each split truncated or dropped for length."""
-    if not config.should_save:
-        return
-    out = Path(config.output_dir) / "length_report.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({k: v for k, v in reports.items() if v is not None}, indent=2))
-
-
-def finite_or_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x

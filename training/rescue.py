@@ -12,13 +12,11 @@ contribute nothing. Metric: ranking accuracy (correctly ordered pairs) on held-o
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from curation.core.losses import (
     IGNORE_INDEX,
@@ -26,24 +24,22 @@ from curation.core.losses import (
     length_normalised_scores,
     ranking_pair_counts,
 )
-from curation.core.models import ModelSpec, encode_untruncated, load_causal_lm, load_tokenizer
-from curation.core.padding import padded_width
-from training.common import (
-    CurateTrainingConfig,
-    JsonlLogCallback,
-    ListDataset,
-    SortedBucketSampler,
-    ensure_chat_template,
-    write_length_reports,
-)
-from training.shards import LengthReport, load_split, splits
+from curation.core.models import encode_untruncated, load_causal_lm
+from curation.core.padding import pad_batch
+from training.base import ShardTrainer, load_data, start
+from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template
+from training.shards import LengthReport, read_rows
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RescueConfig(CurateTrainingConfig):
-    """RESCUE options (plus every transformers.TrainingArguments option)."""
+    """RESCUE options (plus every transformers.TrainingArguments option), docs/methods.md section 2.
+
+    Paper defaults: lr 2e-5, cosine, 1 epoch (``--num_train_epochs 1``; TrainingArguments' 3 is kept),
+    max length 512, 2-6 candidates per prompt, alpha 0.1, lambda 1.0 (reference) and 0.85 (others).
+    """
 
     # A batch's row count varies with its groups' candidates, so rounding widths leaves most shapes new:
     # on an H200 it did not speed up the first epoch and cost about 9 % once warm (benchmarks/gpu).
@@ -151,17 +147,11 @@ class GroupCollator:
 
     def __call__(self, groups: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [s for g in groups for s in g["seqs"]]
-        width = padded_width(max(len(s["input_ids"]) for s in seqs), self.multiple_of, self.limit)
-        n = len(seqs)
-        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            k = len(s["input_ids"])
-            ids[i, :k] = torch.tensor(s["input_ids"])
-            labels[i, s["prompt_len"] : k] = ids[i, s["prompt_len"] : k]
-            mask[i, :k] = 1
-        best = torch.zeros(n, dtype=torch.bool)
+        ids, mask = pad_batch([s["input_ids"] for s in seqs], self.pad_token_id, self.multiple_of, self.limit)
+        prompt_len = torch.tensor([s["prompt_len"] for s in seqs])
+        scored = mask.bool() & (torch.arange(ids.size(1)) >= prompt_len[:, None])  # the candidate's tokens
+        labels = torch.where(scored, ids, IGNORE_INDEX)
+        best = torch.zeros(len(seqs), dtype=torch.bool)
         at = 0
         for g in groups:
             best[at + g["best"]] = True
@@ -202,38 +192,18 @@ def rescue_losses(
     return sft_weight * sft + alpha * rank, scores
 
 
-class RescueTrainer(Trainer):
-    def __init__(self, *args, rescue_config: RescueConfig, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.cfg = rescue_config
-
-    def _get_train_sampler(self, train_dataset=None):
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        if self.cfg.length_grouping and hasattr(ds, "lengths"):
-            return SortedBucketSampler(ds.lengths, self.args.per_device_train_batch_size, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
-
+class RescueTrainer(ShardTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         per_group, scores = rescue_losses(logits, inputs, self.cfg.alpha, self.cfg.sft_weight)
         loss = (per_group * inputs["weights"]).mean()
         return (loss, {"scores": scores}) if return_outputs else loss
 
-    @torch.no_grad()
-    def evaluate(
-        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if ds is None:
-            return {}
-        model = self.model
-        was = model.training
-        model.eval()
+    def eval_metrics(self, ds) -> dict[str, float]:
         right = total = top1 = groups = 0
         loss_sum = 0.0
-        for batch in self.get_eval_dataloader(ds):
-            batch = self._prepare_inputs(batch)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for batch in self.eval_batches(ds):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             per_group, scores = rescue_losses(logits, batch, self.cfg.alpha, self.cfg.sft_weight)
             loss_sum += float((per_group * batch["weights"]).sum())
             r, t = ranking_pair_counts(scores, batch["grades"], batch["groups"])
@@ -242,73 +212,42 @@ class RescueTrainer(Trainer):
                 sel = batch["groups"] == g
                 top1 += int(batch["grades"][sel][scores[sel].argmax()] == batch["grades"][sel].max())
                 groups += 1
-        model.train(was)
-        metrics = {
-            f"{metric_key_prefix}_loss": loss_sum / max(1, groups),
-            f"{metric_key_prefix}_ranking_accuracy": right / max(1, total),
-            f"{metric_key_prefix}_top1_accuracy": top1 / max(1, groups),
-            f"{metric_key_prefix}_ordered_pairs": float(total),
-            f"{metric_key_prefix}_groups": float(groups),
+        return {
+            "loss": loss_sum / max(1, groups),
+            "ranking_accuracy": right / max(1, total),
+            "top1_accuracy": top1 / max(1, groups),
+            "ordered_pairs": float(total),
+            "groups": float(groups),
         }
-        self.log(metrics)
-        return metrics
+
+    def before_training(self, checkpoint: str | None) -> dict[str, Any]:
+        return {"metrics_before": self.evaluate() if self.eval_dataset is not None else {}}
 
 
 # ----------------------------------------------------------------------------- entry point
 def load_groups(shards: str, split: str, tok, cfg: RescueConfig, limit: int | None):
-    table = load_split(shards, "ranking", split, verify=cfg.verify_shards)
-    if limit is not None:
-        table = table.slice(0, limit)
-    items, report, cut = tokenize_groups(table.to_pylist(), tok, cfg, f"ranking/{split}")
+    rows = read_rows(shards, "ranking", split, limit, cfg.verify_shards)
+    items, report, cut = tokenize_groups(rows, tok, cfg, f"ranking/{split}")
     lengths = [sum(len(s["input_ids"]) for s in g["seqs"]) for g in items]
     return ListDataset(items, lengths), report, cut
 
 
 def train(config: RescueConfig) -> dict[str, Any]:
     """Train a causal LM with RESCUE on the ranking shards; returns metrics and the output folder."""
-    config.check_required()
-    spec = ModelSpec(config.model, config.trust_remote_code, config.allow_download)
-    tok = load_tokenizer(spec)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    train_ds, train_report, cut = load_groups(
-        config.shards, config.train_split, tok, config, config.max_train_samples
-    )
-    if len(train_ds) == 0:
-        raise ValueError(f"{config.shards}: no ranking/{config.train_split} groups left to train on")
-    eval_ds, eval_report = None, None
-    if config.eval_split and config.eval_split in splits(config.shards, "ranking"):
-        eval_ds, eval_report, _ = load_groups(
-            config.shards, config.eval_split, tok, config, config.max_eval_samples
-        )
+    spec, tok = start(config)
+
+    def load(split: str, limit: int | None, held_out: bool):
+        ds, report, cut = load_groups(config.shards, split, tok, config, limit)
+        return ds, report if held_out else {**report.as_dict(), "candidates_cut": cut}
+
+    data = load_data(config, "ranking", "groups", load)
     set_seed(config.seed)  # before the model: any new weights are drawn from the seeded generator
     trainer = RescueTrainer(
         model=load_causal_lm(spec),
         args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         data_collator=GroupCollator(tok.pad_token_id, config.width_multiple(), config.max_length),
         processing_class=tok,
-        callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
-        rescue_config=config,
     )
-    before = trainer.evaluate() if eval_ds is not None else {}
-    write_length_reports(
-        config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
-    )
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=config.resume_checkpoint())
-    seconds = time.perf_counter() - t0
-    trainer.save_model(config.output_dir)
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    return {
-        "output_dir": config.output_dir,
-        "train_loss": out.training_loss,
-        "global_step": out.global_step,
-        "train_seconds": seconds,
-        "train_length_report": {**train_report.as_dict(), "candidates_cut": cut},
-        "eval_length_report": eval_report.as_dict() if eval_report else None,
-        "metrics_before": before,
-        "metrics": metrics,
-        "log_history": trainer.state.log_history,
-    }
+    return trainer.run(data)

@@ -26,14 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from curation.core.length_features import FEATURE_NAMES, markdown_matrix, pair_length_features
 from curation.core.losses import (
@@ -48,20 +47,12 @@ from curation.core.models import (
     bf16_supported,
     encode_untruncated,
     load_sequence_classifier,
-    load_tokenizer,
     pick_device,
 )
 from curation.core.padding import pad_batch
-from training.common import (
-    CurateTrainingConfig,
-    JsonlLogCallback,
-    ListDataset,
-    SortedBucketSampler,
-    ensure_chat_template,
-    length_sorted_batches,
-    write_length_reports,
-)
-from training.shards import LengthReport, load_split
+from training.base import ShardTrainer, load_data, load_padded_tokenizer, start
+from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template
+from training.shards import LengthReport, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +64,12 @@ POE_EXPERTS = ("length", "noisy_embedding")
 
 @dataclass
 class RMConfig(CurateTrainingConfig):
-    """Reward-model training options (plus every transformers.TrainingArguments option)."""
+    """Reward-model options (plus every transformers.TrainingArguments option), docs/methods.md 3-6.
+
+    Paper defaults: lr 5e-6, 1 epoch (Secrets of RLHF II: batch 32; ours 8); SimCSE beta 1, dropout 0.05
+    (contrastive RM); PoE bias expert at 3x the learning rate (Loose lips); group DRO eta 0.01
+    (Q-Diversity). Ours: SimCSE temperature 0.05, PoE noise 0.1 of the embedding std.
+    """
 
     max_length: int = field(
         default=256,
@@ -95,7 +91,7 @@ class RMConfig(CurateTrainingConfig):
         metadata={"help": "Weight of the (r_c + r_r)^2 centring term (0 = off; TRL suggests 0.01)."},
     )
     simcse_beta: float = field(
-        default=0.0, metadata={"help": "Weight of the SimCSE contrastive loss (0 = off)."}
+        default=0.0, metadata={"help": "Weight of the SimCSE contrastive loss (0 = off; paper: 1)."}
     )
     simcse_temperature: float = field(default=0.05, metadata={"help": "SimCSE cosine temperature tau."})
     simcse_variant: str = field(
@@ -161,7 +157,7 @@ class RMConfig(CurateTrainingConfig):
     )
     poe_hidden: int = field(default=64, metadata={"help": "noisy_embedding expert: hidden width of its MLP."})
     group_dro: bool = field(default=False, metadata={"help": "Group DRO over the shard's group ids."})
-    group_dro_eta: float = field(default=0.01, metadata={"help": "Group DRO step size eta."})
+    group_dro_eta: float = field(default=0.01, metadata={"help": "Group DRO step size eta (paper: 0.01)."})
     bf16_autocast: str = field(
         default="false",
         metadata={
@@ -205,6 +201,9 @@ def tokenize_pairs(
 ) -> tuple[list[dict[str, Any]], LengthReport]:
     """Tokenise prompt+chosen and prompt+rejected with LEFT truncation (the response end is kept)."""
     ensure_chat_template(tokenizer)
+    report = LengthReport(what, max_length)
+    if not rows:  # the tokenizer fails on an empty batch; the caller names the empty split
+        return [], report
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     texts = []
     for r in rows:
@@ -221,7 +220,6 @@ def tokenize_pairs(
     features = pair_length_features(
         [len(x) for x in resp[0::2]], [len(x) for x in resp[1::2]], markdown[0::2], markdown[1::2]
     ).tolist()
-    report = LengthReport(what, max_length)
     out = []
     for i, r in enumerate(rows):
         too_long = max(full_lengths[2 * i], full_lengths[2 * i + 1]) > budget
@@ -252,10 +250,8 @@ def tokenize_pairs(
 def load_pairs(
     shards: str, split: str, tokenizer, max_length: int, overlong: str, limit: int | None, verify: bool = True
 ) -> tuple[ListDataset, LengthReport]:
-    table = load_split(shards, "rm", split, verify=verify)
-    if limit is not None:
-        table = table.slice(0, limit)
-    items, report = tokenize_pairs(table.to_pylist(), tokenizer, max_length, overlong, f"rm/{split}")
+    rows = read_rows(shards, "rm", split, limit, verify)
+    items, report = tokenize_pairs(rows, tokenizer, max_length, overlong, f"rm/{split}")
     return ListDataset(items, [max(len(x["chosen_ids"]), len(x["rejected_ids"])) for x in items]), report
 
 
@@ -413,40 +409,39 @@ def fit_bias_only(
 
 
 # ----------------------------------------------------------------------------- trainer
-class RewardTrainer(Trainer):
-    """transformers.Trainer with the quality-aware pairwise loss and reward-model metrics."""
+class RewardTrainer(ShardTrainer):
+    """The quality-aware pairwise loss, the bias experts, group DRO and reward-model metrics.
 
-    def __init__(self, *args, rm_config: RMConfig, n_groups: int, **kwargs) -> None:
+    ``n_groups``: the number of group ids (default: from the train pairs).
+    """
+
+    cfg: RMConfig
+    trained_key = "pairs_trained"
+
+    def __init__(self, *args, n_groups: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.cfg = rm_config
+        cfg = self.cfg
+        if n_groups is None:
+            n_groups = max((x["group"] for x in self.train_dataset.items), default=0) + 1
         self.n_groups = max(1, n_groups)
         self.dro_q = torch.full((self.n_groups,), 1.0 / self.n_groups)
-        self.head_input = HeadInput(self.model) if rm_config.simcse_beta > 0 else None
+        self.head_input = HeadInput(self.model) if cfg.simcse_beta > 0 else None
         self.bias_expert: BiasExpert | LengthExpert | None = None
         self.poe_draw: list[float] | None = None  # the length expert's draw weight per train pair
-        if rm_config.poe and rm_config.poe_expert == "length":
+        self.warm_start: dict[str, Any] | None = None  # the length expert's fit alone, this run
+        if cfg.poe and cfg.poe_expert == "length":
             self.bias_expert = self.new_length_expert()
-        elif rm_config.poe:
+        elif cfg.poe:
             self.bias_expert = BiasExpert(
-                self.model.get_input_embeddings(), rm_config.poe_hidden, rm_config.poe_noise_std
+                self.model.get_input_embeddings(), cfg.poe_hidden, cfg.poe_noise_std
             ).to(self.args.device)
         if self.bias_expert is not None and self.accelerator.num_processes > 1:
             # its gradients are averaged across processes too
             self.bias_expert = self.accelerator.prepare_model(self.bias_expert)
-        self.pairs_trained = 0
 
-    # length-grouped batches, drawn in proportion to the length expert's residuals when it resamples
-    def _get_train_sampler(self, train_dataset=None):
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        draw = self.poe_draw if ds is self.train_dataset else None
-        if self.cfg.length_grouping and hasattr(ds, "lengths"):
-            return SortedBucketSampler(
-                ds.lengths, self.args.per_device_train_batch_size, self.args.seed, weights=draw
-            )
-        if draw is not None:
-            gen = torch.Generator().manual_seed(self.args.seed)
-            return torch.utils.data.WeightedRandomSampler(draw, len(draw), replacement=True, generator=gen)
-        return super()._get_train_sampler(train_dataset)
+    def train_sampler_weights(self) -> list[float] | None:
+        """Drawn in proportion to the length expert's residuals when it resamples (else each pair once)."""
+        return self.poe_draw
 
     def create_optimizer(self, model=None):
         opt = super().create_optimizer(model)
@@ -567,8 +562,7 @@ class RewardTrainer(Trainer):
             loss = per_pair.mean()
         if cfg.simcse_beta > 0 and model.training:
             loss = loss + cfg.simcse_beta * self._simcse(model, inputs)
-        if model.training:
-            self.pairs_trained += int(r_c.shape[0])
+        self.count_trained(model, int(r_c.shape[0]))
         return (loss, {"r_chosen": r_c, "r_rejected": r_r}) if return_outputs else loss
 
     def _simcse(self, model, inputs) -> torch.Tensor:
@@ -595,7 +589,7 @@ class RewardTrainer(Trainer):
                 self.accelerator.unwrap_model(self.bias_expert).state_dict(), str(out / BIAS_EXPERT_FILE)
             )
         (out / STATE_FILE).write_text(
-            json.dumps({"dro_q": self.dro_q.tolist(), "pairs_trained": self.pairs_trained})
+            json.dumps({"dro_q": self.dro_q.tolist(), "pairs_trained": self.units_trained})
         )
 
     def load_extra_state(self, checkpoint: str) -> bool:
@@ -617,20 +611,45 @@ class RewardTrainer(Trainer):
         if (ck / STATE_FILE).exists():
             state = json.loads((ck / STATE_FILE).read_text())
             self.dro_q = torch.tensor(state["dro_q"])
-            self.pairs_trained = int(state.get("pairs_trained", 0))
+            self.units_trained = int(state.get("pairs_trained", 0))
         return restored
 
-    def evaluate(
-        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if ds is None:
-            return {}
+    def eval_metrics(self, ds) -> dict[str, float]:
         model = self.accelerator.unwrap_model(self.model)
         scores = score_dataset(model, ds, self.data_collator, self.cfg.eval_batch_size_tokens, self.args.bf16)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in pair_metrics(ds.items, *scores).items()}
-        self.log(metrics)
-        return metrics
+        return pair_metrics(ds.items, *scores)
+
+    # ------------------------------------------------------------------------- the run
+    def before_training(self, checkpoint: str | None) -> dict[str, Any]:
+        """Restore the bias expert and DRO weights when resuming; fit the length expert alone."""
+        restored = self.load_extra_state(checkpoint) if checkpoint else False
+        self.warm_start = self.prepare_length_expert(restored)
+        return {}
+
+    def save_final(self) -> None:
+        """The main model only (no bias expert), its tokenizer truncating as in training, curate_rm.json."""
+        self.processing_class.model_max_length = self.cfg.max_length  # a plain pipeline truncates the same
+        super().save_final()
+        if self.args.should_save:
+            info = {"max_length": self.cfg.max_length, "truncation_side": "left", "config": asdict(self.cfg)}
+            (Path(self.args.output_dir) / RM_INFO_FILE).write_text(
+                json.dumps(json.loads(json.dumps(info, default=str)), indent=2)
+            )
+
+    def run_summary(self, trained: int, seconds: float) -> dict[str, Any]:
+        expert = self.length_expert
+        return {
+            **super().run_summary(trained, seconds),
+            "pairs_per_second": trained / seconds if seconds > 0 else math.nan,
+            "train_chosen_longer_share": chosen_longer_share(self.train_dataset.items),
+            "bias_expert": None  # which expert trained, its fit alone and (linear) its final weights
+            if self.bias_expert is None
+            else {
+                "kind": self.cfg.poe_expert,
+                "warm_start": self.warm_start,
+                "weights": expert.linear_weights() if expert is not None else None,
+            },
+        }
 
 
 # ----------------------------------------------------------------------------- scoring and metrics
@@ -644,9 +663,8 @@ def score_dataset(
     device = next(model.parameters()).device
     r_c = [0.0] * len(ds)
     r_r = [0.0] * len(ds)
-    order = length_sorted_batches(ds.lengths, 1)
     batches, cur = [], []
-    for (i,) in order:
+    for i in sorted(range(len(ds)), key=lambda i: ds.lengths[i]):
         if cur and (len(cur) + 1) * 2 * ds.lengths[i] > token_budget:
             batches.append(cur)
             cur = []
@@ -709,43 +727,21 @@ def pair_metrics(items: list[dict[str, Any]], r_c: list[float], r_r: list[float]
 
 # ----------------------------------------------------------------------------- entry points
 def _tokenizer(spec: ModelSpec, max_length: int):
-    tok = load_tokenizer(spec)
+    tok = load_padded_tokenizer(spec)
     tok.truncation_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
     return tok
 
 
 def train(config: RMConfig) -> dict[str, Any]:
     """Train a reward model on ``config.shards``; returns metrics, length reports and the output folder."""
-    config.check_required()
-    spec = ModelSpec(config.model, config.trust_remote_code, config.allow_download)
-    tok = _tokenizer(spec, config.max_length)
-    train_ds, train_report = load_pairs(
-        config.shards,
-        config.train_split,
-        tok,
-        config.max_length,
-        config.overlong,
-        config.max_train_samples,
-        config.verify_shards,
-    )
-    if len(train_ds) == 0:
-        raise ValueError(f"{config.shards}: no rm/{config.train_split} pairs left to train on")
-    eval_ds, eval_report = None, None
-    if config.eval_split:
-        from training.shards import splits
+    spec, tok = start(config)
+    tok.truncation_side = "left"
 
-        if config.eval_split in splits(config.shards, "rm"):
-            eval_ds, eval_report = load_pairs(
-                config.shards,
-                config.eval_split,
-                tok,
-                config.max_length,
-                "truncate",
-                config.max_eval_samples,
-                config.verify_shards,
-            )
+    def load(split: str, limit: int | None, held_out: bool):
+        overlong = "truncate" if held_out else config.overlong
+        return load_pairs(config.shards, split, tok, config.max_length, overlong, limit, config.verify_shards)
+
+    data = load_data(config, "rm", "pairs", load)
     set_seed(config.seed)  # before the model: a new score head is drawn from the seeded generator
     model = load_sequence_classifier(spec, num_labels=1)
     if model.config.pad_token_id is None:
@@ -757,60 +753,14 @@ def train(config: RMConfig) -> dict[str, Any]:
     trainer = RewardTrainer(
         model=model,
         args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         data_collator=PairCollator(
             tok.pad_token_id, tok.padding_side, config.width_multiple(), config.max_length
         ),
         processing_class=tok,
-        callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
-        rm_config=config,
-        n_groups=max(x["group"] for x in train_ds.items) + 1,
     )
-    ckpt = config.resume_checkpoint()
-    restored = trainer.load_extra_state(ckpt) if ckpt else False
-    warm_start = trainer.prepare_length_expert(restored)
-    pairs_before = trainer.pairs_trained
-    write_length_reports(
-        config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
-    )
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=ckpt)
-    seconds = time.perf_counter() - t0
-    tok.model_max_length = config.max_length  # so a plain pipeline truncates the same way
-    trainer.save_model(config.output_dir)
-    if trainer.args.should_save:
-        (Path(config.output_dir) / RM_INFO_FILE).write_text(
-            json.dumps(
-                {
-                    "max_length": config.max_length,
-                    "truncation_side": "left",
-                    "config": _jsonable(asdict(config)),
-                },
-                indent=2,
-            )
-        )
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    # pairs trained by all processes together
-    pairs = int(
-        trainer.accelerator.reduce(
-            torch.tensor(trainer.pairs_trained - pairs_before, device=trainer.args.device), "sum"
-        )
-    )
-    return {
-        "output_dir": config.output_dir,
-        "train_loss": out.training_loss,
-        "global_step": out.global_step,
-        "train_seconds": seconds,
-        "pairs_trained": pairs,
-        "pairs_per_second": pairs / seconds if seconds > 0 else math.nan,
-        "train_chosen_longer_share": chosen_longer_share(train_ds.items),
-        "bias_expert": _expert_summary(trainer, warm_start),
-        "train_length_report": train_report.as_dict(),
-        "eval_length_report": eval_report.as_dict() if eval_report else None,
-        "metrics": metrics,
-        "log_history": trainer.state.log_history,
-    }
+    return trainer.run(data)
 
 
 def evaluate(
@@ -833,19 +783,3 @@ def evaluate(
         model.config.pad_token_id = tok.pad_token_id
     r_c, r_r = score_dataset(model, ds, PairCollator(tok.pad_token_id, tok.padding_side))
     return {**pair_metrics(ds.items, r_c, r_r), "truncated": float(report.truncated)}
-
-
-def _expert_summary(trainer: RewardTrainer, warm_start: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Which bias expert trained, its warm-start fit and (linear length expert) its final weights."""
-    if trainer.bias_expert is None:
-        return None
-    expert = trainer.length_expert
-    return {
-        "kind": trainer.cfg.poe_expert,
-        "warm_start": warm_start,
-        "weights": expert.linear_weights() if expert is not None else None,
-    }
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))

@@ -12,34 +12,29 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from curation.core.losses import IGNORE_INDEX, segment_mean, ual_token_loss
-from curation.core.models import ModelSpec, lifted_length_limit, load_causal_lm, load_tokenizer
+from curation.core.models import lifted_length_limit, load_causal_lm
 from curation.core.padding import padded_width
-from training.common import (
-    CurateTrainingConfig,
-    JsonlLogCallback,
-    ListDataset,
-    SortedBucketSampler,
-    ensure_chat_template,
-    render_with_spans,
-    write_length_reports,
-)
-from training.shards import LengthReport, load_split, splits
+from training.base import ShardTrainer, load_data, start
+from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template, render_with_spans
+from training.shards import LengthReport, read_rows
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SFTConfig(CurateTrainingConfig):
-    """SFT options (plus every transformers.TrainingArguments option)."""
+    """UAL SFT options (plus every transformers.TrainingArguments option), docs/methods.md section 1.
+
+    Paper defaults: LoRA r 8, alpha 16, dropout 0.1 (``--use_lora``), lr 3e-4 with LoRA, effective batch
+    64, warmup 10 %; the shard's epsilons average 0.1. Without LoRA the default lr is ours (2e-5).
+    """
 
     max_length: int = field(default=1024, metadata={"help": "Maximum tokens per sample (or per packed row)."})
     learning_rate: float = field(
@@ -192,17 +187,8 @@ def sft_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[to
     return segment_mean(tok, mask, batch["segments"][:, 1:], batch["weights"].numel()), mask
 
 
-class SFTTrainer(Trainer):
-    def __init__(self, *args, sft_config: SFTConfig, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.cfg = sft_config
-        self.samples_trained = 0
-
-    def _get_train_sampler(self, train_dataset=None):
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        if self.cfg.length_grouping and hasattr(ds, "lengths"):
-            return SortedBucketSampler(ds.lengths, self.args.per_device_train_batch_size, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
+class SFTTrainer(ShardTrainer):
+    trained_key = "samples_trained"
 
     def _forward(self, model, inputs):
         return model(
@@ -215,24 +201,13 @@ class SFTTrainer(Trainer):
         logits = self._forward(model, inputs)
         per_sample, _ = sft_losses(logits, inputs)
         loss = (per_sample * inputs["weights"]).mean()
-        if model.training:
-            self.samples_trained += int(inputs["weights"].numel())
+        self.count_trained(model, int(inputs["weights"].numel()))
         return (loss, {"logits": logits}) if return_outputs else loss
 
-    @torch.no_grad()
-    def evaluate(
-        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if ds is None:
-            return {}
-        model = self.model
-        was = model.training
-        model.eval()
+    def eval_metrics(self, ds) -> dict[str, float]:
         loss_sum = nll_sum = right = tokens = n = 0.0
-        for batch in self.get_eval_dataloader(ds):
-            batch = self._prepare_inputs(batch)
-            logits = self._forward(model, batch)
+        for batch in self.eval_batches(ds):
+            logits = self._forward(self.model, batch)
             per_sample, mask = sft_losses(logits, batch)
             loss_sum += float((per_sample * batch["weights"]).sum())
             n += batch["weights"].numel()
@@ -244,46 +219,38 @@ class SFTTrainer(Trainer):
             nll_sum += float(nll)
             right += float(((lg.argmax(-1) == labels) & mask).sum())
             tokens += float(mask.sum())
-        model.train(was)
-        metrics = {
-            f"{metric_key_prefix}_loss": loss_sum / max(1, n),
-            f"{metric_key_prefix}_nll": nll_sum / max(1, tokens),
-            f"{metric_key_prefix}_perplexity": math.exp(min(50.0, nll_sum / max(1, tokens))),
-            f"{metric_key_prefix}_token_accuracy": right / max(1, tokens),
-            f"{metric_key_prefix}_samples": n,
+        return {
+            "loss": loss_sum / max(1, n),
+            "nll": nll_sum / max(1, tokens),
+            "perplexity": math.exp(min(50.0, nll_sum / max(1, tokens))),
+            "token_accuracy": right / max(1, tokens),
+            "samples": n,
         }
-        self.log(metrics)
-        return metrics
+
+    def save_final(self) -> None:
+        """The LoRA-merged model (loads with plain transformers) when asked, else what Trainer saves."""
+        if not (self.cfg.use_lora and self.cfg.merge_lora):
+            return super().save_final()
+        merged = self.accelerator.unwrap_model(self.model).merge_and_unload()
+        merged.save_pretrained(self.args.output_dir)
+        self.processing_class.save_pretrained(self.args.output_dir)
 
 
 # ----------------------------------------------------------------------------- entry point
 def load_sft(
     shards: str, split: str, tok, cfg: SFTConfig, limit: int | None
 ) -> tuple[ListDataset, LengthReport]:
-    table = load_split(shards, "sft", split, verify=cfg.verify_shards)
-    if limit is not None:
-        table = table.slice(0, limit)
-    samples, report = tokenize_conversations(table.to_pylist(), tok, cfg, f"sft/{split}")
+    rows = read_rows(shards, "sft", split, limit, cfg.verify_shards)
+    samples, report = tokenize_conversations(rows, tok, cfg, f"sft/{split}")
     return pack(samples, cfg.max_length, cfg.packing), report
 
 
 def train(config: SFTConfig) -> dict[str, Any]:
     """Fine-tune a causal LM on the sft shards; returns metrics, length reports and the output folder."""
-    config.check_required()
-    spec = ModelSpec(config.model, config.trust_remote_code, config.allow_download)
-    tok = load_tokenizer(spec)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    train_ds, train_report = load_sft(
-        config.shards, config.train_split, tok, config, config.max_train_samples
+    spec, tok = start(config)
+    data = load_data(
+        config, "sft", "samples", lambda split, limit, _: load_sft(config.shards, split, tok, config, limit)
     )
-    if len(train_ds) == 0:
-        raise ValueError(f"{config.shards}: no sft/{config.train_split} samples left to train on")
-    eval_ds, eval_report = None, None
-    if config.eval_split and config.eval_split in splits(config.shards, "sft"):
-        eval_ds, eval_report = load_sft(
-            config.shards, config.eval_split, tok, config, config.max_eval_samples
-        )
     set_seed(config.seed)  # before the model and LoRA: new weights are drawn from the seeded generator
     model = load_causal_lm(spec)
     if config.use_lora:
@@ -305,34 +272,9 @@ def train(config: SFTConfig) -> dict[str, Any]:
     trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         data_collator=SFTCollator(tok.pad_token_id, config.width_multiple(), config.max_length),
         processing_class=tok,
-        callbacks=[JsonlLogCallback(Path(config.output_dir) / "log.jsonl")],
-        sft_config=config,
     )
-    write_length_reports(
-        config, train=train_report.as_dict(), eval=eval_report.as_dict() if eval_report else None
-    )
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=config.resume_checkpoint())
-    seconds = time.perf_counter() - t0
-    if config.use_lora and config.merge_lora:
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        merged.save_pretrained(config.output_dir)
-        tok.save_pretrained(config.output_dir)
-    else:
-        trainer.save_model(config.output_dir)
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    return {
-        "output_dir": config.output_dir,
-        "train_loss": out.training_loss,
-        "global_step": out.global_step,
-        "train_seconds": seconds,
-        "samples_trained": trainer.samples_trained,
-        "train_length_report": train_report.as_dict(),
-        "eval_length_report": eval_report.as_dict() if eval_report else None,
-        "metrics": metrics,
-        "log_history": trainer.state.log_history,
-    }
+    return trainer.run(data)

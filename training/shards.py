@@ -50,6 +50,14 @@ def splits(shard_dir: str | Path, consumer: str) -> list[str]:
     return sorted({s["split"] for s in read_manifest(shard_dir)["shards"] if s.get("consumer") == consumer})
 
 
+def read_rows(
+    shard_dir: str | Path, consumer: str, split: str, limit: int | None = None, verify: bool = True
+) -> list[dict]:
+    """The first ``limit`` rows (all if None) of ``consumer``/``split`` as dicts (see ``load_split``)."""
+    table = load_split(shard_dir, consumer, split, verify=verify)
+    return (table if limit is None else table.slice(0, limit)).to_pylist()
+
+
 def load_split(shard_dir: str | Path, consumer: str, split: str = "train", verify: bool = True) -> pa.Table:
     """All shards of ``consumer``/``split`` as one table with the schema of schemas/shards.py."""
     if consumer not in CONSUMERS:
