@@ -6,9 +6,7 @@ import json
 
 import pytest
 
-from tests.shard_fixtures import real_shards, real_store  # noqa: F401 (fixtures)
-from tests.test_train_rm import rm_config
-from tests.test_train_sft import sft_config
+from tests.fixtures.training import rm_config, sft_config
 
 
 def test_method_trainers_keep_only_their_loss_metrics_and_hooks():

@@ -77,7 +77,11 @@ def test_train_rescue_loss_goes_down_and_ranking_accuracy(real_shards, tiny_lm, 
     losses = [h["loss"] for h in result["log_history"] if "loss" in h]
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
     m, b = result["metrics"], result["metrics_before"]
-    assert m["eval_groups"] > 0 and m["eval_ordered_pairs"] > 0 and 0 <= m["eval_ranking_accuracy"] <= 1
+    assert (
+        m["eval_groups"] > 0 and m["eval_ordered_pairs"] == b["eval_ordered_pairs"] > 0
+    )  # the same eval set
+    right = m["eval_ranking_accuracy"] * m["eval_ordered_pairs"]  # a share of the ordered pairs
+    assert right == pytest.approx(round(right), abs=1e-6)
     assert m["eval_loss"] < b["eval_loss"]
     written = json.loads((tmp_path / "rescue" / "length_report.json").read_text())["train"]
     assert written == result["train_length_report"] and written["candidates_cut"] >= 0

@@ -10,27 +10,8 @@ import pytest
 import torch
 
 from curation.core.losses import bradley_terry_loss
+from tests.fixtures.training import rm_config
 from training.shards import ShardError, load_split
-
-
-def rm_config(shards, minilm, out, **kw):
-    from training.rm import RMConfig
-
-    base = dict(
-        shards=str(shards),
-        model=str(minilm),
-        output_dir=str(out),
-        max_length=48,
-        per_device_train_batch_size=4,
-        learning_rate=1e-4,
-        logging_steps=1,
-        save_strategy="no",
-        max_eval_samples=24,
-        disable_tqdm=True,
-        seed=0,
-    )
-    base.update(kw)
-    return RMConfig(**base)
 
 
 def test_loader_checks_kind_hash_and_version(real_shards, tmp_path):  # noqa: F811
@@ -141,9 +122,8 @@ def test_train_rm_loss_goes_down_and_metrics(real_shards, minilm, tmp_path):  # 
     assert result["pairs_trained"] == 40 and result["pairs_per_second"] > 0
     assert result["train_length_report"]["total"] == 8
     m = result["metrics"]
-    assert m["eval_pairs"] == 24 and 0 <= m["eval_accuracy"] <= 1
+    assert m["eval_pairs"] == 24
     assert m["eval_worst_group_accuracy"] <= min(m["eval_accuracy_group_0"], m["eval_accuracy_group_1"])
-    assert -1 <= m["eval_spearman_reward_length"] <= 1
     assert (out / "log.jsonl").read_text().count('"loss"') == 10
     # plain transformers loads it; the PoE bias expert is not part of it
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -156,8 +136,9 @@ def test_train_rm_loss_goes_down_and_metrics(real_shards, minilm, tmp_path):  # 
 
     with safe_open(str(out / "model.safetensors"), "pt") as fh:
         assert set(fh.keys()) == set(model.state_dict())  # the main model's weights and nothing else
-    again = evaluate(out, real_shards, split="eval", limit=24)
+    again = evaluate(out, real_shards, split="eval", limit=24)  # the saved model, scored again
     assert again["accuracy"] == pytest.approx(m["eval_accuracy"])
+    assert again["spearman_reward_length"] == pytest.approx(m["eval_spearman_reward_length"], abs=1e-6)
 
 
 @pytest.mark.slow
