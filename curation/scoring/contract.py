@@ -114,8 +114,11 @@ class Scorer(ChunkTask):
         return table.select(self.result_schema.names).cast(self.result_schema), {}
 
     # ------------------------------------------------------------ running
-    def run(self, store: Store, *, where: str | None = None, progress: bool = True) -> ScoreSummary:
-        """Lock, load, cache / resume / compute (in-process or on the workers), finalize, commit."""
+    def run(
+        self, store: Store, *, where: str | None = None, progress: bool = True, chunk_size: int | None = None
+    ) -> ScoreSummary:
+        """Lock, load, cache / resume / compute (in-process or on the workers), finalize, commit.
+        ``chunk_size``: records per cache chunk (the unit of resume and of work for a worker)."""
         from curation.scoring.cache import (
             CacheSpec,
             ResultSpec,
@@ -139,7 +142,7 @@ class Scorer(ChunkTask):
                 ids,
                 schema=self.cache_schema(),
                 order=self.order_key(records),
-                chunk_size=self.chunk_size,
+                chunk_size=chunk_size or self.chunk_size,
                 progress=progress,
                 desc=self.name,
                 task=self,

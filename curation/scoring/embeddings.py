@@ -96,8 +96,10 @@ class Embedder:
         progress: bool = True,
         trust_remote_code: bool = False,
         allow_network: bool = False,
+        chunk_size: int = 1024,
     ) -> None:
         self.store = store
+        self.chunk_size = chunk_size
         self.spec_model = ModelSpec(model, trust_remote_code, allow_network)
         self.fingerprint = describe(self.spec_model)["fingerprint"]
         self.device = pick_device(device)
@@ -137,7 +139,7 @@ class Embedder:
             keys,
             schema=schema,
             order=[len(t) for t in texts],
-            chunk_size=1024,
+            chunk_size=self.chunk_size,
             progress=self.progress,
             desc=desc,
             task=self.task,
@@ -177,6 +179,7 @@ def run(
     progress: bool = True,
     trust_remote_code: bool = False,
     allow_network: bool = False,
+    chunk_size: int = 1024,
 ) -> ScoreSummary:
     """Embed the texts the other scorers use (prompts of every kind, pair responses, SFT conversations)."""
     if isinstance(kinds, str):
@@ -189,6 +192,7 @@ def run(
             progress=progress,
             trust_remote_code=trust_remote_code,
             allow_network=allow_network,
+            chunk_size=chunk_size,
         )
         n = 0
         for kind in kinds:

@@ -143,8 +143,10 @@ class LengthBias(Scorer):
         )
         return result, length_stats(lc, lr)
 
-    def run(self, store: Store, *, where: str | None = None, progress: bool = True) -> ScoreSummary:
-        summary = super().run(store, where=where, progress=progress)
+    def run(
+        self, store: Store, *, where: str | None = None, progress: bool = True, chunk_size: int | None = None
+    ) -> ScoreSummary:
+        summary = super().run(store, where=where, progress=progress, chunk_size=chunk_size)
         summary.report = length_report(store)
         return summary
 
@@ -186,7 +188,8 @@ def pair_lengths(
 
 
 def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:
-    """Score token lengths of every pair and write the length_bias result (``LengthBiasConfig`` fields)."""
+    """Score token lengths of every pair and write the length_bias result (``LengthBiasConfig`` fields,
+    and ``chunk_size``)."""
     return LengthBias.run_with(store, where=where, progress=progress, **config)
 
 

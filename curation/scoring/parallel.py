@@ -129,7 +129,9 @@ class _ChunkWorker:
         if self.kill_after and self.done >= self.kill_after:
             os._exit(1)  # the test hook: die like a killed worker, mid-run
         table = chunk_table(ids, self.task(items), schema, what)
-        path = Path(folder) / "incoming" / f"part-{xxhash.xxh3_64_hexdigest(chr(0).join(ids))}.parquet"
+        path = (
+            Path(folder) / "incoming" / f"part-{xxhash.xxh3_64_hexdigest(chr(0).join(ids).encode())}.parquet"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, path)
         self.done += 1
@@ -213,9 +215,13 @@ def map_chunks(
                 idle.append(actor)
         if failure is not None:
             left = len(queue) + 1
+            cause = (
+                getattr(failure, "cause", None) or failure
+            )  # a RayTaskError carries the worker's exception
+            why = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:300]
             raise ParallelError(
-                f"{what}: a Ray worker failed ({type(failure).__name__}); the chunks it finished are committed, "
-                f"{left} chunk(s) are not. Run the command again: it computes only those."
+                f"{what}: a Ray worker failed ({type(cause).__name__}: {why}); the chunks the workers finished "
+                f"are committed, {left} chunk(s) are not. Run the command again: it computes only those."
             ) from failure
     finally:
         for a in actors:
