@@ -72,9 +72,9 @@ class Scorer(ChunkTask):
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register_now: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.name:
+        if cls.name and register_now:  # a class with a name is a scorer: defining it registers it
             register(cls)
 
     # ------------------------------------------------ per-record model work
