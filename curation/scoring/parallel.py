@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -51,6 +52,10 @@ class Parallel:
     ray_address: str | None = None
     gpus_per_worker: float | None = None  # None: 1 each while there are enough GPUs, else a fair fraction
 
+
+#: Seconds of the last ``map_chunks``: actors started and models loaded (``ready_s``), chunks computed
+#: and committed (``work_s``); benchmarks/scale/score_workers.py reads it.
+LAST_TIMING: dict[str, float] = {}
 
 _ACTIVE: ContextVar[Parallel | None] = ContextVar("curate_scoring_parallel", default=None)
 
@@ -186,6 +191,7 @@ def map_chunks(
     are committed, and a ParallelError says to run again (the rerun computes only what is missing).
     """
     ray, started = _start_ray(cfg)
+    t0 = time.perf_counter()
     n = min(cfg.workers, len(chunks))
     actors: list = []
     try:
@@ -195,6 +201,8 @@ def map_chunks(
         task_ref = ray.put(task)
         actors = [actor_cls.remote(task_ref, threads, kill_after if rank == 0 else 0) for rank in range(n)]
         ray.get([a.ready.remote() for a in actors])
+        LAST_TIMING.clear()
+        LAST_TIMING["ready_s"] = time.perf_counter() - t0
         schema_ref = ray.put(schema)
         queue, idle, pending = deque(range(len(chunks))), list(actors), {}
         failure: BaseException | None = None
@@ -213,6 +221,7 @@ def map_chunks(
                     continue
                 commit(Path(part))
                 idle.append(actor)
+        LAST_TIMING["work_s"] = time.perf_counter() - t0 - LAST_TIMING["ready_s"]
         if failure is not None:
             left = len(queue) + 1
             cause = (
