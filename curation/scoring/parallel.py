@@ -58,6 +58,7 @@ class Parallel:
 LAST_TIMING: dict[str, float] = {}
 
 _ACTIVE: ContextVar[Parallel | None] = ContextVar("curate_scoring_parallel", default=None)
+_STARTED: list[bool] = []  # non-empty while a Ray instance started by ``map_chunks`` is up
 
 
 def require_ray():
@@ -86,6 +87,11 @@ def workers(
         yield cfg
     finally:
         _ACTIVE.reset(token)
+        if _STARTED and _ACTIVE.get() is None:  # the Ray instance this block started: one per block
+            import ray
+
+            ray.shutdown()
+            _STARTED.clear()
 
 
 def active() -> Parallel | None:
@@ -144,10 +150,11 @@ class _ChunkWorker:
 
 
 def _start_ray(cfg: Parallel):
-    """(ray, started_here): joins ``ray_address`` or an instance already up, else starts a local one."""
+    """Joins ``ray_address`` or an instance already up, else starts a local one (shut down when the
+    ``workers`` block ends, so the several caches of one scorer share it)."""
     ray = require_ray()
     if ray.is_initialized():
-        return ray, False
+        return ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env = {k: os.environ[k] for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "HF_HOME") if k in os.environ}
     if cfg.ray_address:
@@ -161,7 +168,8 @@ def _start_ray(cfg: Parallel):
             log_to_driver=False,
             runtime_env={"env_vars": env} if env else None,
         )
-    return ray, True
+    _STARTED.append(True)
+    return ray
 
 
 def _resources(ray, cfg: Parallel, n: int) -> tuple[dict[str, float], int]:
@@ -190,7 +198,7 @@ def map_chunks(
     At most one chunk per worker is in flight. When a worker dies the others finish their chunks, which
     are committed, and a ParallelError says to run again (the rerun computes only what is missing).
     """
-    ray, started = _start_ray(cfg)
+    ray = _start_ray(cfg)
     t0 = time.perf_counter()
     n = min(cfg.workers, len(chunks))
     actors: list = []
@@ -236,5 +244,3 @@ def map_chunks(
         for a in actors:
             with contextlib.suppress(Exception):
                 ray.kill(a)
-        if started:
-            ray.shutdown()
