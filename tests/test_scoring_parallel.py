@@ -97,26 +97,26 @@ def test_two_workers_give_the_tables_of_one(ray_local, base_store, rm_dir, tmp_p
 
 
 @pytest.mark.slow
-def test_killed_worker_loses_only_the_chunks_in_flight(ray_local, base_store, tmp_path, monkeypatch):
+def test_killed_worker_loses_only_the_chunks_in_flight(ray_local, base_store, rm_dir, tmp_path, monkeypatch):
     from curation.scoring.parallel import KILL_WORKER_ENV, ParallelError
 
     chunk, workers = 32, 2
-    params = {"chunk_size": chunk, "kinds": ["pair"]} | FAST
+    params = {"chunk_size": chunk, "max_length": 96, "models": [str(rm_dir)]} | FAST
     ref = fresh(base_store, tmp_path, "ref")
-    total = run_scorer(ref, "embeddings", **params).computed
+    total = run_scorer(ref, "reward_margin", **params).computed
 
     st = fresh(base_store, tmp_path, "killed")
-    monkeypatch.setenv(KILL_WORKER_ENV, "2")  # the first worker dies as it starts its third chunk
+    monkeypatch.setenv(KILL_WORKER_ENV, "1")  # the first worker dies as it starts its second chunk
     with pytest.raises(ParallelError, match="Run the command again"):
-        run_scorer(st, "embeddings", workers=workers, **params)
+        run_scorer(st, "reward_margin", workers=workers, **params)
     monkeypatch.delenv(KILL_WORKER_ENV)
-    done = cache_table(st, "embeddings").num_rows
-    assert chunk * 2 <= done < total  # the chunks that finished are committed
-    rerun = run_scorer(st, "embeddings", workers=workers, **params)
-    assert rerun.cached == done
-    assert 0 < rerun.computed <= total - done
-    assert total - done <= workers * chunk  # all that was lost: the chunks in flight
-    assert cache_table(st, "embeddings").equals(cache_table(ref, "embeddings"))
+    done = cache_table(st, "rewards").num_rows
+    assert chunk <= done < total  # the chunks that finished are committed
+    rerun = run_scorer(st, "reward_margin", workers=workers, **params)
+    assert rerun.cached == done and rerun.computed == total - done
+    assert rerun.computed <= workers * chunk  # all that was lost: the chunks in flight
+    assert cache_table(st, "rewards").equals(cache_table(ref, "rewards"))
+    assert result_table(st, "reward_margin").equals(result_table(ref, "reward_margin"))
 
 
 def test_staged_parts_of_a_killed_driver_are_committed_not_recomputed(base_store, tmp_path):
