@@ -102,3 +102,27 @@ def test_registry_generates_the_views_and_contract_of_the_builtin_scorers():
 
     help_text = LengthBias.help()
     assert "methods.md" in help_text["ratio"] and "1.5" in help_text["ratio"]
+
+
+def test_views_join_every_scorer_in_a_fresh_process(tmp_path):
+    """The views load the whole registry themselves (no scorer module imported beforehand)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import contextlib, sys; from curation.core.store import Store; from curation import catalog; "
+        "con = catalog.connect(Store(sys.argv[1])); "
+        "print(sorted(r[0] for r in con.sql('DESCRIBE scored_pairs').fetchall()))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env={"PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    for col in ("len_chosen", "margin", "group_weight", "sem_cluster", "length_explained"):
+        assert f"'{col}'" in res.stdout

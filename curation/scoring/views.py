@@ -65,12 +65,13 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
 def score_views(store: Store) -> dict[str, str]:
     """The scored views: each base view LEFT JOINed to the active result of every registered scorer that
     names it (the scorer's alias is its name), with the scorers' columns and derived columns in order."""
-    from curation.scoring.contract import scorers
+    from curation.scoring import registry
 
+    classes = list(registry().values())  # every scorer module imported, so every scorer registered
     out = {}
     for view, (base, alias) in SCORED_VIEWS.items():
         cols, joins = [f"{alias}.*"], []
-        for cls in scorers():
+        for cls in classes:
             if cls.result_schema is None or view not in cls.views:
                 continue
             a = f'"{cls.name}"'
@@ -80,6 +81,6 @@ def score_views(store: Store) -> dict[str, str]:
             on = f"{a}.id = {alias}.id" + (f" AND {a}.kind = '{kind}'" if kind else "")
             joins.append(f"LEFT JOIN ({_result(store, cls.name)}) {a} ON {on}")
         out[view] = f"SELECT {', '.join(cols)} FROM {base} {alias} " + " ".join(joins)
-    for cls in scorers():
+    for cls in classes:
         out |= cls.extra_views()
     return out
