@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -58,7 +59,7 @@ class Parallel:
 LAST_TIMING: dict[str, float] = {}
 
 _ACTIVE: ContextVar[Parallel | None] = ContextVar("curate_scoring_parallel", default=None)
-_STARTED: list[bool] = []  # non-empty while a Ray instance started by ``map_chunks`` is up
+_STARTED: list[str] = []  # the temp folder of the Ray instance ``map_chunks`` started, while it is up
 
 
 def require_ray():
@@ -91,6 +92,8 @@ def workers(
             import ray
 
             ray.shutdown()
+            for temp in filter(None, _STARTED):
+                shutil.rmtree(temp, ignore_errors=True)
             _STARTED.clear()
 
 
@@ -155,11 +158,12 @@ def _start_ray(cfg: Parallel):
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env = {k: os.environ[k] for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "HF_HOME") if k in os.environ}
+    temp = ""
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-    else:
+    else:  # a local instance for this run only: no auth token written under ~/.ray
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
         ray.init(
             num_cpus=os.cpu_count() or 1,
@@ -168,7 +172,7 @@ def _start_ray(cfg: Parallel):
             log_to_driver=False,
             runtime_env={"env_vars": env} if env else None,
         )
-    _STARTED.append(True)
+    _STARTED.append(temp)
     return ray
 
 
