@@ -111,10 +111,10 @@ def test_killed_worker_loses_only_the_chunks_in_flight(ray_local, base_store, rm
         run_scorer(st, "reward_margin", workers=workers, **params)
     monkeypatch.delenv(KILL_WORKER_ENV)
     done = cache_table(st, "rewards").num_rows
-    assert chunk <= done < total  # the chunks that finished are committed
+    assert chunk <= done < total  # the other worker computed and committed the rest
     rerun = run_scorer(st, "reward_margin", workers=workers, **params)
     assert rerun.cached == done and rerun.computed == total - done
-    assert rerun.computed <= workers * chunk  # all that was lost: the chunks in flight
+    assert 0 < rerun.computed <= chunk  # all that was lost: the dead worker's chunk in flight
     assert cache_table(st, "rewards").equals(cache_table(ref, "rewards"))
     assert result_table(st, "reward_margin").equals(result_table(ref, "reward_margin"))
 

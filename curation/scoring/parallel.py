@@ -9,8 +9,8 @@ holds the lock, commits each staged part as the next ``chunk-NNNNNN.parquet`` as
 
 The chunks are cut exactly as the serial path cuts them (same missing ids, same order, same size),
 so a worker computes the same batches as one process would: the tables are the same. A worker that
-dies loses the chunk it was computing; the driver commits what the others finish, then fails with
-one line, and the rerun computes only the chunks that are missing. A staged part that a killed driver
+dies loses the chunk it was computing; the other workers compute the rest, the driver commits them and
+then fails with one line, and the rerun computes only the lost chunk. A staged part that a killed driver
 never committed is complete (it was renamed into place) and is committed by the next run.
 
 Resources: a local Ray instance by default (every core of this machine); ``ray_address`` joins a
@@ -199,8 +199,9 @@ def map_chunks(
 ) -> None:
     """Compute ``chunks`` ((ids, items) each) on ``cfg.workers`` actors; ``commit(part)`` each staged part.
 
-    At most one chunk per worker is in flight. When a worker dies the others finish their chunks, which
-    are committed, and a ParallelError says to run again (the rerun computes only what is missing).
+    At most one chunk per worker is in flight. When a worker dies, the others compute the remaining chunks;
+    then a ParallelError says to run again, and the rerun computes only the chunk the dead worker had in
+    flight. An exception in the task itself stops the dispatch (it would fail every chunk alike).
     """
     ray = _start_ray(cfg)
     t0 = time.perf_counter()
@@ -218,8 +219,10 @@ def map_chunks(
         schema_ref = ray.put(schema)
         queue, idle, pending = deque(range(len(chunks))), list(actors), {}
         failure: BaseException | None = None
-        while pending or (queue and failure is None):
-            while queue and idle and failure is None:
+        failed = 0  # chunks whose worker died or raised
+        stop = False  # an error in the task itself (not a death): every chunk would fail alike
+        while pending or (queue and idle and not stop):
+            while queue and idle and not stop:
                 actor, c = idle.pop(0), queue.popleft()
                 ids, items = chunks[c]
                 pending[actor.run.remote(ids, items, schema_ref, str(folder), what)] = actor
@@ -228,14 +231,17 @@ def map_chunks(
                 actor = pending.pop(ref)
                 try:
                     part, _ = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-                    failure = failure or exc
+                except ray.exceptions.RayActorError as exc:  # the worker died: the others go on
+                    failure, failed = failure or exc, failed + 1
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    failure, failed, stop = failure or exc, failed + 1, True
                     continue
                 commit(Path(part))
                 idle.append(actor)
         LAST_TIMING["work_s"] = time.perf_counter() - t0 - LAST_TIMING["ready_s"]
         if failure is not None:
-            left = len(queue) + 1
+            left = len(queue) + failed
             cause = (
                 getattr(failure, "cause", None) or failure
             )  # a RayTaskError carries the worker's exception
