@@ -142,8 +142,16 @@ def default_scorers() -> dict[str, dict[str, Any]]:
 
 
 @flow(name="curate-score", log_prints=True)
-def score_flow(store: str, scorers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def score_flow(
+    store: str,
+    scorers: dict[str, dict[str, Any]] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Run scorers, each a cached task keyed on its code, model fingerprint, params and the data it reads.
+
+    ``workers`` > 1 (or ``ray_address``): each scorer computes its uncached per-record model work on that
+    many Ray workers (`curate score --workers`, curation/scoring/parallel.py); the tables are the same.
 
     Scorers run one after the other, in the given order (later scorers may read
     earlier results, and each holds the store's writer lock while it writes),
@@ -155,7 +163,9 @@ def score_flow(store: str, scorers: dict[str, dict[str, Any]] | None = None) -> 
     score = _bound(tasks.score, st)
     futures, previous = {}, []
     for name, params in scorers.items():
-        futures[name] = score.submit(str(st.root), name, params, list(tasks.KINDS), wait_for=previous)
+        futures[name] = score.submit(
+            str(st.root), name, params, list(tasks.KINDS), workers, ray_address, wait_for=previous
+        )
         previous = [futures[name]]
     wait(list(futures.values()))
     results = {name: f.result() for name, f in futures.items()}
@@ -227,11 +237,16 @@ def pipeline_flow(
 
 @flow(name="curate-landing", log_prints=True)
 def landing_flow(
-    store: str, landing: str, scorers: dict[str, dict[str, Any]] | None = None
+    store: str,
+    landing: str,
+    scorers: dict[str, dict[str, Any]] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Scheduled: ingest every new file of a landing folder and score it (unchanged files are cache hits)."""
     folder = Path(landing)
     if not folder.is_dir() or not any(folder.iterdir()):
         get_run_logger().info("landing folder %s is missing or empty; nothing to do", landing)
         return {}
-    return {"ingest": ingest_flow(store, [landing]), "score": score_flow(store, scorers)}
+    ingested = ingest_flow(store, [landing])  # first: the scorers read what it ingests
+    return {"ingest": ingested, "score": score_flow(store, scorers, workers=workers, ray_address=ray_address)}

@@ -150,7 +150,15 @@ def model_key(params: dict[str, Any]) -> dict[str, str] | None:
     }
 
 
-def score_key(store_root: str, scorer: str, params: dict[str, Any], kinds: list[str]) -> str:
+def score_key(
+    store_root: str,
+    scorer: str,
+    params: dict[str, Any],
+    kinds: list[str],
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> str:
+    """Same data, code, models and params: same result (how many workers computed it does not count)."""
     store = Store(store_root)
     data = {k: kind_data_key(store, k) for k in kinds}
     return digest(
@@ -159,11 +167,19 @@ def score_key(store_root: str, scorer: str, params: dict[str, Any], kinds: list[
 
 
 @_task(score_key, task_run_name="score {scorer}")
-def score(store_root: str, scorer: str, params: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
-    """Run one scorer over the records of ``kinds`` (curation.scoring.run_scorer)."""
+def score(
+    store_root: str,
+    scorer: str,
+    params: dict[str, Any],
+    kinds: list[str],
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Run one scorer over the records of ``kinds`` (curation.scoring.run_scorer); ``workers`` > 1 or a
+    ``ray_address``: its uncached model work on Ray workers (curation/scoring/parallel.py)."""
     from curation.scoring import run_scorer
 
-    out = run_scorer(Store(store_root), scorer, **params)
+    out = run_scorer(Store(store_root), scorer, workers=workers, ray_address=ray_address, **params)
     return {"scorer": scorer, "result": _plain(out)}
 
 

@@ -62,38 +62,22 @@ from curation.scoring.views import score_views
 from schemas.ids import text_id
 from schemas.shards import SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
-#: Columns of the scored views fixed by the scoring contract; missing ones read as NULL.
-CONTRACT_COLUMNS: dict[str, dict[str, str]] = {
-    "scored_pairs": {
-        "reward_chosen": "DOUBLE",
-        "reward_rejected": "DOUBLE",
-        "margin": "DOUBLE",
-        "margin_raw": "DOUBLE",
-        "margin_std": "DOUBLE",
-        "n_models": "INTEGER",
-        "quality_class": "VARCHAR",
-        "adaptive_margin": "DOUBLE",
-        "judge_swap_inconsistent": "BOOLEAN",
-        "len_prompt": "INTEGER",
-        "len_chosen": "INTEGER",
-        "len_rejected": "INTEGER",
-        "len_diff": "INTEGER",
-        "chosen_longer": "BOOLEAN",
-        "length_explained": "BOOLEAN",
-        "group_id": "INTEGER",
-        "group_weight": "DOUBLE",
-        "sem_cluster": "VARCHAR",
-        "sem_representative": "BOOLEAN",
-    },
-    "scored_sft": {
-        "uncertainty": "DOUBLE",
-        "label_smoothing": "DOUBLE",
-        "uncertainty_source": "VARCHAR",
-        "sem_cluster": "VARCHAR",
-        "sem_representative": "BOOLEAN",
-    },
-    "scored_rankings": {"sem_cluster": "VARCHAR", "sem_representative": "BOOLEAN"},
-}
+
+def contract_columns() -> dict[str, dict[str, str]]:
+    """Columns of the scored views fixed by the scoring contract (the scorer registry generates them:
+    curation.scoring.contract.contract_columns); missing ones read as NULL."""
+    from curation.scoring import registry
+    from curation.scoring.contract import contract_columns as generated
+
+    registry()
+    return generated()
+
+
+def __getattr__(name: str):  # CONTRACT_COLUMNS: view -> {column: DuckDB type}, from the registry
+    if name == "CONTRACT_COLUMNS":
+        return contract_columns()
+    raise AttributeError(name)
+
 
 #: Parquet writer settings of every shard: fixed, so rebuilding gives the same bytes.
 SHARD_WRITE_OPTIONS = {
@@ -147,11 +131,12 @@ def open_connection(store: Store) -> duckdb.DuckDBPyConnection:
     ``near_record_cluster`` and ``near_record_representative`` (record level; curation.ingest.dedup)."""
     con = store.connect(near_dup_views(store) | score_views(store))
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    contract = contract_columns()
     for consumer, (kind, scored) in CONSUMER_VIEWS.items():
         src = scored if scored in views else KIND_VIEW[kind]
         have = {r[0] for r in con.sql(f'DESCRIBE SELECT * FROM "{src}"').fetchall()}
         extra = "".join(
-            f', CAST(NULL AS {t}) AS "{c}"' for c, t in CONTRACT_COLUMNS[scored].items() if c not in have
+            f', CAST(NULL AS {t}) AS "{c}"' for c, t in contract.get(scored, {}).items() if c not in have
         )
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {relation_name(consumer)} AS "

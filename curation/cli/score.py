@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import typer
@@ -21,7 +20,8 @@ def score(
     scorer: str = typer.Argument(
         ...,
         help="length_bias, reward_margin, uncertainty, spurious_groups, semantic_dedup, embeddings, "
-        "or all (every view scorer that runs offline with defaults).",
+        "or all (every view scorer that runs offline with defaults); any scorer in the registry "
+        "(curation/scoring/contract.py).",
     ),
     store: str | None = StoreOpt,
     model: list[str] = typer.Option(
@@ -53,16 +53,36 @@ def score(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code."),
     allow_download: bool = typer.Option(False, "--allow-download", help="Let hub ids be downloaded."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        "-w",
+        help="Compute the uncached per-record model work on N Ray workers (a local Ray instance unless "
+        "--ray-address; needs the 'ray' extra). Same tables as 1.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (e.g. ray://head:10001 or auto) for --workers."
+    ),
+    gpus_per_worker: float | None = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per Ray worker (fractions allowed; default 1, or a fair share)."
+    ),
 ) -> None:
     """Score records; cached per record, so reruns compute only what is new. Killed runs resume."""
     from curation import catalog
     from curation.cli.common import console, esc, fail, open_store, print_table
     from curation.core.errors import StoreError
     from curation.core.models import ModelError
-    from curation.scoring import RESULT_SCORERS, SCORERS, run_scorer
+    from curation.scoring import RESULT_SCORERS, registry, run_scorer
     from curation.scoring.chat_client import JudgeError
+    from curation.scoring.parallel import ParallelError, require_ray
 
+    if workers > 1 or ray_address:
+        try:
+            require_ray()
+        except ParallelError as exc:
+            fail(str(exc))
     st = open_store(store)
+    scorers = registry()
     params: dict = {
         "models": model or None,
         "backend": backend,
@@ -80,22 +100,23 @@ def score(
         k, v = item.split("=", 1)
         params[k.strip()] = _value(v.strip())
     names = list(RESULT_SCORERS) if scorer == "all" else [scorer]
-    if scorer != "all" and scorer not in SCORERS:
-        fail(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)} or all")
-    import importlib
-
+    if scorer != "all" and scorer not in scorers:
+        fail(f"unknown scorer {scorer!r}; choose one of {', '.join(scorers)} or all")
     import pyarrow as pa
 
     rows = []
     for name in names:
-        accepted = inspect.signature(importlib.import_module(SCORERS[name]).run).parameters
+        accepted = scorers[name].accepts()
         given = {k: v for k, v in params.items() if v is not None}
         unknown = sorted(set(given) - set(accepted))
         if unknown and scorer != "all":
-            fail(f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted)[1:])}")
+            fail(f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+        kwargs = {k: v for k, v in given.items() if k in accepted}
+        if gpus_per_worker is not None:
+            kwargs["gpus_per_worker"] = gpus_per_worker
         try:
-            summary = run_scorer(st, name, **{k: v for k, v in given.items() if k in accepted})
-        except (StoreError, ModelError, ValueError, JudgeError) as exc:
+            summary = run_scorer(st, name, workers=workers, ray_address=ray_address, **kwargs)
+        except (StoreError, ModelError, ValueError, JudgeError, ParallelError) as exc:
             if scorer == "all" and str(exc).startswith("no "):
                 console.print(f"[dim]{name}: skipped, {esc(exc)}[/]")
                 continue

@@ -24,6 +24,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,9 +34,8 @@ import pyarrow.parquet as pq
 import xxhash
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from curation.core.store import Store
+    from curation.scoring.task import ChunkTask
 
 #: Test hook: SIGKILL the process right after this many chunks were committed (kill/resume tests).
 KILL_ENV = "CURATE_SCORE_KILL_AFTER_CHUNKS"
@@ -117,23 +117,35 @@ def cached_compute(
     store: Store,
     spec: CacheSpec,
     ids: Sequence[str],
-    compute: Callable[[np.ndarray], pa.Table],
+    compute: Callable[[np.ndarray], pa.Table] | None = None,
     *,
     schema: pa.Schema,
     order: Sequence[float] | None = None,
     chunk_size: int = 512,
     progress: bool = True,
     desc: str | None = None,
+    task: ChunkTask | None = None,
+    items: Sequence[Any] | None = None,
 ) -> tuple[pa.Table, CacheStats]:
     """Values of ``ids`` (same order, duplicates allowed) from the cache, computing only what is missing.
 
-    ``compute(positions)`` gets indexes into ``ids`` (one chunk) and returns a table with the
-    columns of ``schema`` (without ``id``), one row per position, in that order. Missing ids are
-    processed in a deterministic order (``order`` ascending, e.g. text length, then id) and each
-    chunk is committed atomically before the next starts. The caller holds the writer lock.
+    Either ``compute(positions)`` gets indexes into ``ids`` (one chunk), or ``task(items of those
+    positions)`` (a picklable ``ChunkTask``, curation/scoring/task.py) does; either returns a table
+    with the columns of ``schema`` (without ``id``), one row per position, in that order. Missing ids
+    are processed in a deterministic order (``order`` ascending, e.g. text length, then id) and each
+    chunk is committed atomically before the next starts. With a task inside
+    ``curation.scoring.parallel.workers(n)``, the chunks are computed on n Ray workers instead
+    (curation/scoring/parallel.py) and committed as they arrive. The caller holds the writer lock.
     """
+    from curation.scoring import parallel
+
+    if (compute is None) == (task is None):
+        raise TypeError("cached_compute takes exactly one of compute and task")
+    if task is not None and (items is None or len(items) != len(ids)):
+        raise TypeError("cached_compute with a task needs one item per id")
     ids = list(ids)
     d = cache_dir(store, spec)
+    _adopt_staged(store, spec)
     existing = read_cache(store, spec)
     have = set(existing.column("id").to_pylist()) if existing is not None else set()
     first_pos: dict[str, int] = {}
@@ -149,32 +161,38 @@ def cached_compute(
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "meta.json").exists():
             write_json_atomic(d / "meta.json", spec.meta() | {"columns": schema.names})
-        next_idx = 1 + max((int(p.stem.split("-")[1]) for p in d.glob("chunk-*.parquet")), default=-1)
         kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
         bar = _progress(len(missing), desc or spec.name, progress)
-        new_tables = []
+        new_tables: list[pa.Table] = []
+
+        def commit(table: pa.Table | None = None, part: Path | None = None) -> None:
+            """Commit one chunk (a table computed here, or a part a worker staged) as the next chunk file."""
+            target = d / f"chunk-{_next_chunk(d):06d}.parquet"
+            if part is not None:
+                table = pq.read_table(part)
+                os.replace(part, target)
+            else:
+                store.write_parquet(table, f"scores/cache/{spec.name}/{spec.key}/{target.name}")
+            new_tables.append(table)
+            stats.computed += table.num_rows
+            stats.chunks_written += 1
+            bar.update(table.num_rows)
+            if kill_after and stats.chunks_written >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        chunks = [missing[start : start + chunk_size] for start in range(0, len(missing), chunk_size)]
+        par = parallel.active() if task is not None else None
         try:
-            for c, start in enumerate(range(0, len(missing), chunk_size)):
-                chunk_ids = missing[start : start + chunk_size]
-                positions = np.array([first_pos[i] for i in chunk_ids], dtype=np.int64)
-                values = compute(positions)
-                if values.num_rows != len(chunk_ids):
-                    raise RuntimeError(
-                        f"{spec.name}: compute returned {values.num_rows} rows for {len(chunk_ids)} ids"
-                    )
-                table = pa.table(
-                    {"id": pa.array(chunk_ids, pa.string())}
-                    | {n: values.column(n).cast(schema.field(n).type) for n in schema.names if n != "id"}
-                )
-                store.write_parquet(
-                    table, f"scores/cache/{spec.name}/{spec.key}/chunk-{next_idx + c:06d}.parquet"
-                )
-                new_tables.append(table)
-                stats.computed += len(chunk_ids)
-                stats.chunks_written += 1
-                bar.update(len(chunk_ids))
-                if kill_after and stats.chunks_written >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+            if par is not None:
+                work = [(c, [items[first_pos[i]] for i in c]) for c in chunks]
+                parallel.map_chunks(par, task, work, schema, d, lambda p: commit(part=p), desc or spec.name)
+            else:
+                if task is not None:
+                    task.setup()
+                    compute = _task_compute(task, items)
+                for chunk_ids in chunks:
+                    positions = np.array([first_pos[i] for i in chunk_ids], dtype=np.int64)
+                    commit(parallel.chunk_table(chunk_ids, compute(positions), schema, spec.name))
         finally:
             bar.close()
         parts = ([existing] if existing is not None else []) + new_tables
@@ -184,6 +202,25 @@ def cached_compute(
             [pa.field("id", pa.string())] + [f for f in schema if f.name != "id"]
         ).empty_table()
     return _align(existing, ids), stats
+
+
+def _task_compute(task: ChunkTask, items: Sequence[Any]) -> Callable[[np.ndarray], pa.Table]:
+    return lambda positions: task([items[i] for i in positions])
+
+
+def _next_chunk(d: Path) -> int:
+    return 1 + max((int(p.stem.split("-")[1]) for p in d.glob("chunk-*.parquet")), default=-1)
+
+
+def _adopt_staged(store: Store, spec: CacheSpec) -> int:
+    """Commit the parts Ray workers staged but no driver committed (the driver was killed). Lock held."""
+    from curation.scoring.parallel import staged_parts
+
+    d = cache_dir(store, spec)
+    parts = staged_parts(d)
+    for part in parts:
+        os.replace(part, d / f"chunk-{_next_chunk(d):06d}.parquet")
+    return len(parts)
 
 
 def _align(table: pa.Table, ids: list[str]) -> pa.Table:

@@ -25,6 +25,8 @@ from curation.core.models import (
 )
 from curation.scoring.base import ScoreSummary, Timer
 from curation.scoring.cache import CacheSpec, CacheStats, cached_compute
+from curation.scoring.contract import Scorer
+from curation.scoring.task import ChunkTask
 from curation.scoring.texts import last_user_turn, load_records, plain_render, prompt_of_sft, response_text
 from schemas.ids import text_id
 
@@ -32,6 +34,52 @@ if TYPE_CHECKING:
     from curation.core.store import Store
 
 VERSION = "1"
+
+
+class EmbedTask(ChunkTask):
+    """The encoder as a chunk task: picklable settings; the model loads in the process that computes."""
+
+    def __init__(self, spec: ModelSpec, device: str | None, bf16: bool, max_seq_length: int, batch_size: int):
+        self.spec, self.device, self.bf16 = spec, device, bf16
+        self.max_seq_length, self.batch_size = max_seq_length, batch_size
+        self._model = None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_model": None}
+
+    def setup(self) -> None:
+        if self._model is None:
+            self._model = load_sentence_encoder(self.spec, pick_device(self.device))
+            self._model.max_seq_length = self.max_seq_length
+            self._model.tokenizer.truncation_side = "left"
+
+    def model(self):
+        self.setup()
+        return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import contextlib
+
+        import torch
+
+        device = pick_device(self.device)
+        ctx = (
+            torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), ctx:
+            vecs = self.model().encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def __call__(self, texts: list[str]) -> pa.Table:
+        return pa.table({"vector": pa.array(list(self.encode(texts)), pa.list_(pa.float32()))})
 
 
 class Embedder:
@@ -48,8 +96,10 @@ class Embedder:
         progress: bool = True,
         trust_remote_code: bool = False,
         allow_network: bool = False,
+        chunk_size: int = 1024,
     ) -> None:
         self.store = store
+        self.chunk_size = chunk_size
         self.spec_model = ModelSpec(model, trust_remote_code, allow_network)
         self.fingerprint = describe(self.spec_model)["fingerprint"]
         self.device = pick_device(device)
@@ -57,7 +107,7 @@ class Embedder:
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.progress = progress
-        self._model = None
+        self.task = EmbedTask(self.spec_model, device, self.bf16, max_seq_length, batch_size)
         self.stats = CacheStats()
 
     @property
@@ -71,53 +121,29 @@ class Embedder:
         return CacheSpec("embeddings", VERSION, self.fingerprint, params)
 
     def model(self):
-        if self._model is None:
-            self._model = load_sentence_encoder(self.spec_model, self.device)
-            self._model.max_seq_length = self.max_seq_length
-            self._model.tokenizer.truncation_side = "left"
-        return self._model
+        return self.task.model()
 
     def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
-        import contextlib
-
-        import torch
-
-        ctx = (
-            torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
-            if self.bf16
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), ctx:
-            vecs = self.model().encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vecs, dtype=np.float32)
+        return self.task.encode(texts)
 
     def embed(self, texts: Sequence[str], desc: str = "embeddings") -> np.ndarray:
-        """(len(texts), dim) normalised embeddings; only texts never embedded before are encoded."""
+        """(len(texts), dim) normalised embeddings; only texts never embedded before are encoded
+        (on the Ray workers inside ``curation.scoring.parallel.workers(n)``)."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         keys = [text_id(t) for t in texts]
-
-        def compute(pos: np.ndarray) -> pa.Table:
-            vecs = self.encode_uncached([texts[i] for i in pos])
-            return pa.table({"vector": pa.array(list(vecs), pa.list_(pa.float32()))})
-
         schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32()))])
         table, stats = cached_compute(
             self.store,
             self.cache,
             keys,
-            compute,
             schema=schema,
             order=[len(t) for t in texts],
-            chunk_size=1024,
+            chunk_size=self.chunk_size,
             progress=self.progress,
             desc=desc,
+            task=self.task,
+            items=list(texts),
         )
         self.stats.add(stats)
         col = table.column("vector").combine_chunks()
@@ -153,6 +179,7 @@ def run(
     progress: bool = True,
     trust_remote_code: bool = False,
     allow_network: bool = False,
+    chunk_size: int = 1024,
 ) -> ScoreSummary:
     """Embed the texts the other scorers use (prompts of every kind, pair responses, SFT conversations)."""
     if isinstance(kinds, str):
@@ -165,6 +192,7 @@ def run(
             progress=progress,
             trust_remote_code=trust_remote_code,
             allow_network=allow_network,
+            chunk_size=chunk_size,
         )
         n = 0
         for kind in kinds:
@@ -185,3 +213,14 @@ def run(
         skipped=emb.stats.computed == 0,
         seconds=t.seconds,
     )
+
+
+class Embeddings(Scorer):
+    """embeddings in the registry: a per-record cache only (no result, no view)."""
+
+    name = "embeddings"
+    version = VERSION
+    kinds = ("pair", "sft", "ranking")
+    in_all = False
+    order = 60
+    entry = staticmethod(run)

@@ -14,24 +14,18 @@ negative with opposite scores); Spearman(reward, length) over all responses once
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
-from curation.scoring.base import ScoreSummary, Timer, add_stats
-from curation.scoring.cache import (
-    CacheSpec,
-    ResultSpec,
-    activate,
-    cached_compute,
-    commit_result,
-    ids_fingerprint,
-    result_done,
-)
+from curation.scoring.base import ScoreSummary
+from curation.scoring.cache import CacheSpec, cached_compute
+from curation.scoring.contract import Scorer
 from curation.scoring.schemas import LENGTH_SCHEMA
-from curation.scoring.texts import load_records, plain_render, response_text
+from curation.scoring.texts import plain_render, response_text
 
 if TYPE_CHECKING:
     from curation.core.store import Store
@@ -39,79 +33,164 @@ if TYPE_CHECKING:
 NAME = "length_bias"
 VERSION = "1"
 DEFAULTS = {"ratio": 1.5, "min_diff": 16}
+#: the per-record cache: token lengths of prompt, chosen and rejected (shared with reward_margin)
+CACHE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("len_prompt", pa.int32()),
+        ("len_chosen", pa.int32()),
+        ("len_rejected", pa.int32()),
+    ]
+)
 
 
-def pair_lengths(
-    store: Store, records: list[dict], tokenizer: str = DEFAULT_ENCODER, progress: bool = True, **spec_kw: Any
-):
-    """(table aligned with records, CacheStats): token lengths of prompt, chosen and rejected."""
-    from curation.scoring.runner import TokenCounter
-
-    counter = TokenCounter(ModelSpec(tokenizer, **spec_kw))
-    spec = CacheSpec("token_lengths", VERSION, counter.fingerprint, {"render": "plain"})
-
-    def compute(pos: np.ndarray) -> pa.Table:
-        recs = [records[i] for i in pos]
-        lp = counter.count([plain_render(r["prompt"]) for r in recs])
-        lc = counter.count([response_text(r["chosen"]) for r in recs])
-        lr = counter.count([response_text(r["rejected"]) for r in recs])
-        return pa.table({"len_prompt": lp, "len_chosen": lc, "len_rejected": lr})
-
-    schema = LENGTH_SCHEMA.remove(LENGTH_SCHEMA.get_field_index("len_diff"))
-    schema = schema.remove(schema.get_field_index("chosen_longer"))
-    ids = [r["id"] for r in records]
-    return cached_compute(
-        store, spec, ids, compute, schema=schema, chunk_size=4096, progress=progress, desc="token lengths"
-    ) + (counter.fingerprint,)
+@dataclass
+class LengthBiasConfig:
+    tokenizer: str = field(
+        default=DEFAULT_ENCODER,
+        metadata={
+            "help": "Tokenizer that counts the tokens (default the bundled MiniLM's, as the views show)."
+        },
+    )
+    ratio: float = field(
+        default=DEFAULTS["ratio"],
+        metadata={"help": "length_explained: len_chosen >= ratio x len_rejected (methods.md section 5)."},
+    )
+    min_diff: int = field(
+        default=DEFAULTS["min_diff"],
+        metadata={
+            "help": "length_explained: and len_chosen - len_rejected >= min_diff tokens (methods.md 5)."
+        },
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the tokenizer's own code."})
+    allow_network: bool = field(default=False, metadata={"help": "Let a hub id be downloaded."})
 
 
-def run(
-    store: Store,
-    *,
-    tokenizer: str = DEFAULT_ENCODER,
-    ratio: float = DEFAULTS["ratio"],
-    min_diff: int = DEFAULTS["min_diff"],
-    where: str | None = None,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    allow_network: bool = False,
-) -> ScoreSummary:
-    """Score token lengths of every pair and write the length_bias result."""
-    with Timer() as t, store.writer_lock("score length_bias"):
-        records = load_records(store, "pair", where)
-        ids = [r["id"] for r in records]
-        lengths, stats, fp = pair_lengths(
-            store,
-            records,
-            tokenizer,
-            progress,
-            trust_remote_code=trust_remote_code,
-            allow_network=allow_network,
-        )
-        params = {"tokenizer": tokenizer, "ratio": ratio, "min_diff": min_diff}
-        spec = ResultSpec(NAME, VERSION, fp, params, ids_fingerprint(ids))
-        skipped = result_done(store, spec)
-        lc = np.asarray(lengths.column("len_chosen").to_numpy(), dtype=np.int64)
-        lr = np.asarray(lengths.column("len_rejected").to_numpy(), dtype=np.int64)
-        table = pa.table(
+class LengthBias(Scorer):
+    """Token lengths per pair (a per-record cache), then len_diff, chosen_longer and the length report."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("pair",)
+    Config = LengthBiasConfig
+    result_schema = LENGTH_SCHEMA
+    views = {"scored_pairs": None}
+    order = 20
+    all_order = 5  # `curate score all` measures lengths first
+    cache_name = "token_lengths"
+    chunk_size = 4096
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config}  # the tokenizer is loaded where the chunks are computed
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.config.tokenizer, self.config.trust_remote_code, self.config.allow_network)
+
+    def fingerprint(self) -> str:
+        from curation.core.models import fingerprint, resolve
+
+        return fingerprint(resolve(self.config.tokenizer, self.config.allow_network))
+
+    def cache_params(self) -> dict:
+        return {"render": "plain"}
+
+    def result_params(self) -> dict:
+        return {
+            "tokenizer": self.config.tokenizer,
+            "ratio": self.config.ratio,
+            "min_diff": self.config.min_diff,
+        }
+
+    def cache_schema(self) -> pa.Schema:
+        return CACHE_SCHEMA
+
+    def items(self, records: list[dict]) -> list[tuple[str, str, str]]:
+        return [
+            (plain_render(r["prompt"]), response_text(r["chosen"]), response_text(r["rejected"]))
+            for r in records
+        ]
+
+    def setup(self) -> None:
+        from curation.scoring.runner import TokenCounter
+
+        if getattr(self, "_counter", None) is None:
+            self._counter = TokenCounter(self.spec())
+
+    def compute(self, batch: list[tuple[str, str, str]]) -> pa.Table:
+        self.setup()
+        count = self._counter.count
+        return pa.table(
             {
-                "id": lengths.column("id"),
-                "len_prompt": lengths.column("len_prompt"),
-                "len_chosen": lengths.column("len_chosen"),
-                "len_rejected": lengths.column("len_rejected"),
+                "len_prompt": count([b[0] for b in batch]),
+                "len_chosen": count([b[1] for b in batch]),
+                "len_rejected": count([b[2] for b in batch]),
+            }
+        )
+
+    def finalize(self, table: pa.Table) -> tuple[pa.Table, dict]:
+        lc = np.asarray(table.column("len_chosen").to_numpy(), dtype=np.int64)
+        lr = np.asarray(table.column("len_rejected").to_numpy(), dtype=np.int64)
+        result = pa.table(
+            {
+                "id": table.column("id"),
+                "len_prompt": table.column("len_prompt"),
+                "len_chosen": table.column("len_chosen"),
+                "len_rejected": table.column("len_rejected"),
                 "len_diff": pa.array(lc - lr, pa.int32()),
                 "chosen_longer": pa.array(lc > lr),
             },
             schema=LENGTH_SCHEMA,
         )
-        if skipped:
-            activate(store, NAME, spec.key)
-        else:
-            commit_result(store, spec, table, report=length_stats(lc, lr))
-    summary = ScoreSummary(NAME, spec.key, len(ids), skipped=skipped, seconds=t.seconds)
-    add_stats(summary, stats)
-    summary.report = length_report(store)
-    return summary
+        return result, length_stats(lc, lr)
+
+    def run(
+        self, store: Store, *, where: str | None = None, progress: bool = True, chunk_size: int | None = None
+    ) -> ScoreSummary:
+        summary = super().run(store, where=where, progress=progress, chunk_size=chunk_size)
+        summary.report = length_report(store)
+        return summary
+
+    @classmethod
+    def derived_columns(cls, store: Store | None) -> dict[str, list[tuple[str, str, str]]]:
+        from curation.scoring.cache import active_meta
+
+        params = (active_meta(store, NAME) or {}).get("params", {}) if store is not None else {}
+        ratio = float(params.get("ratio", DEFAULTS["ratio"]))
+        min_diff = int(params.get("min_diff", DEFAULTS["min_diff"]))
+        sql = (
+            f"CASE WHEN length_bias.id IS NULL THEN NULL ELSE (length_bias.len_chosen >= {ratio} * "
+            f"length_bias.len_rejected AND length_bias.len_diff >= {min_diff} AND "
+            "coalesce(reward_margin.quality_class <> 'clean', true)) END"
+        )
+        return {"scored_pairs": [("length_explained", sql, "BOOLEAN")]}
+
+
+def pair_lengths(
+    store: Store, records: list[dict], tokenizer: str = DEFAULT_ENCODER, progress: bool = True, **spec_kw: Any
+):
+    """(table aligned with records, CacheStats, fingerprint): token lengths of prompt, chosen and rejected."""
+    scorer = LengthBias(LengthBiasConfig(tokenizer=tokenizer, **spec_kw))
+    fp = scorer.fingerprint()
+    spec = CacheSpec(scorer.cache_name, VERSION, fp, scorer.cache_params())
+    ids = [r["id"] for r in records]
+    table, stats = cached_compute(
+        store,
+        spec,
+        ids,
+        schema=CACHE_SCHEMA,
+        chunk_size=scorer.chunk_size,
+        progress=progress,
+        desc="token lengths",
+        task=scorer,
+        items=scorer.items(records),
+    )
+    return table, stats, fp
+
+
+def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:
+    """Score token lengths of every pair and write the length_bias result (``LengthBiasConfig`` fields,
+    and ``chunk_size``)."""
+    return LengthBias.run_with(store, where=where, progress=progress, **config)
 
 
 def length_stats(len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict[str, float]:

@@ -84,6 +84,7 @@ from curation.scoring.cache import (
     ids_fingerprint,
 )
 from curation.scoring.cache import result_done as _done
+from curation.scoring.contract import Scorer
 from curation.scoring.crossfit import (
     crossfit_features,
     crossfit_rewards,
@@ -92,6 +93,7 @@ from curation.scoring.crossfit import (
     response_embeddings,
 )
 from curation.scoring.schemas import REWARD_MARGIN_SCHEMA
+from curation.scoring.task import ChunkTask
 from curation.scoring.texts import load_records, plain_render, render, response_text
 from schemas.ids import text_id
 
@@ -267,39 +269,63 @@ def length_make_up(
 
 
 # ---------------------------------------------------------- backend: models
+class RewardTask(ChunkTask):
+    """A reward model as a chunk task: rewards of (chosen, rejected) for a chunk of pair records."""
+
+    def __init__(self, spec: ModelSpec, config) -> None:
+        self.spec, self.config, self._rm = spec, config, None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_rm": None}
+
+    def setup(self) -> None:
+        from curation.scoring.runner import RewardModel
+
+        if self._rm is None:
+            self._rm = RewardModel(self.spec, self.config)
+
+    def __call__(self, recs: list[dict]) -> pa.Table:
+        self.setup()
+        tok = self._rm.tokenizer
+        texts = [render(tok, list(r["prompt"]) + list(r["chosen"])) for r in recs]
+        texts += [render(tok, list(r["prompt"]) + list(r["rejected"])) for r in recs]
+        scores = self._rm.score(texts)
+        return pa.table({"reward_chosen": scores[: len(recs)], "reward_rejected": scores[len(recs) :]})
+
+
 def model_rewards(
     store: Store, records: list[dict], spec: ModelSpec, config, progress: bool = True, chunk_size: int = 256
 ):
-    """(table id, reward_chosen, reward_rejected aligned with records, CacheStats, fingerprint)."""
-    from curation.scoring.runner import RewardModel
+    """(table id, reward_chosen, reward_rejected aligned with records, CacheStats, fingerprint).
 
-    rm = RewardModel(spec, config)
-    params = {"max_length": rm.config.max_length, "render": "chat-template-or-plain", "bf16": rm.bf16}
-    cache = CacheSpec("rewards", REWARDS_VERSION, rm.fingerprint, params)
+    The model loads where the chunks are computed: here, or on each Ray worker (``parallel.workers``)."""
+    import dataclasses
 
-    def compute(pos: np.ndarray) -> pa.Table:
-        recs = [records[i] for i in pos]
-        texts = [render(rm.tokenizer, list(r["prompt"]) + list(r["chosen"])) for r in recs]
-        texts += [render(rm.tokenizer, list(r["prompt"]) + list(r["rejected"])) for r in recs]
-        scores = rm.score(texts)
-        return pa.table({"reward_chosen": scores[: len(recs)], "reward_rejected": scores[len(recs) :]})
+    from curation.core.models import bf16_supported, describe, pick_device
 
+    if config.bf16 is None:  # decided once, here: it keys the cache
+        config = dataclasses.replace(config, bf16=bf16_supported(pick_device(config.device)))
+    fingerprint = describe(spec)["fingerprint"]
+    params = {"max_length": config.max_length, "render": "chat-template-or-plain", "bf16": config.bf16}
+    cache = CacheSpec("rewards", REWARDS_VERSION, fingerprint, params)
     schema = pa.schema(
         [("id", pa.string()), ("reward_chosen", pa.float64()), ("reward_rejected", pa.float64())]
     )
     order = [len(plain_render(r["prompt"])) + len(response_text(r["chosen"])) for r in records]
+    items = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records]
     table, stats = cached_compute(
         store,
         cache,
         [r["id"] for r in records],
-        compute,
         schema=schema,
         order=order,
         chunk_size=chunk_size,
         progress=progress,
         desc=f"rewards {spec.model}",
+        task=RewardTask(spec, config),
+        items=items,
     )
-    return table, stats, rm.fingerprint
+    return table, stats, fingerprint
 
 
 # ---------------------------------------------------------------------- run
@@ -523,3 +549,17 @@ def _finish(summary: ScoreSummary, t: Timer) -> ScoreSummary:
 
     summary.seconds = getattr(t, "seconds", None) or (time.perf_counter() - t.start)
     return summary
+
+
+class RewardMargin(Scorer):
+    """reward_margin in the registry; its backends' global steps (cross-fitting, classes) stay in ``run``,
+    its per-record model work (rewards, embeddings, judge calls) goes through ``cached_compute``."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("pair",)
+    result_schema = REWARD_MARGIN_SCHEMA
+    views = {"scored_pairs": None}
+    whole_set = True
+    order = 10
+    entry = staticmethod(run)

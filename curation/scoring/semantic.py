@@ -19,6 +19,7 @@ import pyarrow as pa
 from curation.core.models import DEFAULT_ENCODER
 from curation.scoring.base import ScoreSummary, Timer
 from curation.scoring.cache import ResultSpec, activate, commit_result, ids_fingerprint, result_done
+from curation.scoring.contract import Scorer
 from curation.scoring.embeddings import Embedder, prompt_texts
 from curation.scoring.schemas import SEMANTIC_SCHEMA
 from curation.scoring.texts import load_records
@@ -137,3 +138,17 @@ def run(
         seconds=t.seconds,
         report=report,
     )
+
+
+class SemanticDedup(Scorer):
+    """semantic_dedup in the registry (clustering over the whole set, in ``run``)."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("pair", "sft", "ranking")
+    result_schema = SEMANTIC_SCHEMA
+    views = {"scored_pairs": "pair", "scored_sft": "sft", "scored_rankings": "ranking"}
+    view_columns = ("sem_cluster", "sem_representative")
+    whole_set = True
+    order = 50
+    entry = staticmethod(run)

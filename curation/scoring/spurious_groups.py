@@ -38,6 +38,7 @@ from curation.scoring.cache import (
     ids_fingerprint,
     result_done,
 )
+from curation.scoring.contract import Scorer
 from curation.scoring.schemas import SPURIOUS_SCHEMA
 from curation.scoring.texts import last_user_turn, load_records, response_text
 
@@ -241,3 +242,29 @@ def run(
         summary.report = report
     summary.seconds = t.seconds
     return summary
+
+
+class SpuriousGroups(Scorer):
+    """spurious_groups in the registry (clustering and Q-Diversity over the whole set, in ``run``)."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("pair",)
+    result_schema = SPURIOUS_SCHEMA
+    views = {"scored_pairs": None}
+    contract_columns = ("group_id", "group_weight")
+    whole_set = True
+    order = 30
+    entry = staticmethod(run)
+
+    @classmethod
+    def extra_views(cls) -> dict[str, str]:
+        return {
+            "score_groups": (
+                "SELECT group_id, count(*) AS size, avg(margin) AS mean_margin, "
+                "avg(CASE WHEN quality_class IS NULL THEN NULL WHEN quality_class <> 'clean' THEN 1.0 "
+                "ELSE 0.0 END) AS flagged_share, avg(CAST(chosen_longer AS DOUBLE)) AS chosen_longer_share, "
+                "any_value(group_weight) AS group_weight "
+                "FROM scored_pairs WHERE group_id IS NOT NULL GROUP BY group_id ORDER BY group_id"
+            )
+        }

@@ -40,7 +40,9 @@ from curation.scoring.cache import (
     ids_fingerprint,
     result_done,
 )
+from curation.scoring.contract import Scorer
 from curation.scoring.schemas import UNCERTAINTY_SCHEMA
+from curation.scoring.task import ChunkTask
 from curation.scoring.texts import final_response_of_sft, load_records, plain_render, prompt_of_sft, render
 
 if TYPE_CHECKING:
@@ -131,6 +133,29 @@ def rubric_embedding_u(
     return (p @ centres) / 99.0
 
 
+class EntropyTask(ChunkTask):
+    """A causal LM as a chunk task: mean predictive entropy over the final response of each conversation."""
+
+    def __init__(self, spec: ModelSpec, config) -> None:
+        self.spec, self.config, self._lm = spec, config, None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_lm": None}
+
+    def setup(self) -> None:
+        from curation.scoring.runner import CausalLMEntropy
+
+        if self._lm is None:
+            self._lm = CausalLMEntropy(self.spec, self.config)
+
+    def __call__(self, conversations: list[list[dict]]) -> pa.Table:
+        self.setup()
+        tok = self._lm.tokenizer
+        prompts = [render(tok, prompt_of_sft(m)) for m in conversations]
+        fulls = [render(tok, prompt_of_sft(m) + final_response_of_sft(m)) for m in conversations]
+        return pa.table({"entropy": self._lm.entropy(prompts, fulls)})
+
+
 def run(
     store: Store,
     *,
@@ -187,6 +212,7 @@ def run(
                 progress=progress,
                 trust_remote_code=trust_remote_code,
                 allow_network=allow_network,
+                chunk_size=chunk_size,
             )
             vecs = emb.embed(convs, "sft conversations")
             protos = {b: emb.encode_uncached(texts) for b, (_, texts) in BANDS.items()}
@@ -228,41 +254,34 @@ def run(
             fingerprint = name
             params |= {"judge_model": name, "rubric": RUBRIC_VERSION}
         elif source == "entropy":
-            from curation.scoring.runner import CausalLMEntropy, RunnerConfig
+            import dataclasses
+
+            from curation.core.models import bf16_supported, describe, pick_device
+            from curation.scoring.runner import RunnerConfig
 
             if not models:
                 raise ValueError("source entropy needs --model PATH (a causal LM)")
-            lm = CausalLMEntropy(
-                ModelSpec(models[0], trust_remote_code, allow_network),
-                RunnerConfig(device=device, bf16=bf16, max_length=max_length),
-            )
-            cache = CacheSpec("entropy", "1", lm.fingerprint, {"max_length": max_length, "bf16": lm.bf16})
-
-            def compute(pos: np.ndarray) -> pa.Table:
-                prompts = [render(lm.tokenizer, prompt_of_sft(records[i]["messages"])) for i in pos]
-                fulls = [
-                    render(
-                        lm.tokenizer,
-                        prompt_of_sft(records[i]["messages"]) + final_response_of_sft(records[i]["messages"]),
-                    )
-                    for i in pos
-                ]
-                return pa.table({"entropy": lm.entropy(prompts, fulls)})
-
+            spec = ModelSpec(models[0], trust_remote_code, allow_network)
+            config = RunnerConfig(device=device, bf16=bf16, max_length=max_length)
+            if config.bf16 is None:  # decided once, here: it keys the cache
+                config = dataclasses.replace(config, bf16=bf16_supported(pick_device(device)))
+            lm_fingerprint = describe(spec)["fingerprint"]
+            cache = CacheSpec("entropy", "1", lm_fingerprint, {"max_length": max_length, "bf16": config.bf16})
             table, stats = cached_compute(
                 store,
                 cache,
                 ids,
-                compute,
                 schema=pa.schema([("id", pa.string()), ("entropy", pa.float64())]),
                 order=[len(c) for c in convs],
                 chunk_size=chunk_size,
                 progress=progress,
                 desc=f"entropy {models[0]}",
+                task=EntropyTask(spec, config),
+                items=[r["messages"] for r in records],
             )
             add_stats(summary, stats)
             u = rank_normalise(table.column("entropy").to_numpy(zero_copy_only=False).astype(np.float64))
-            fingerprint = lm.fingerprint
+            fingerprint = lm_fingerprint
             params |= {"model": models[0], "max_length": max_length}
         else:
             if not column:
@@ -314,3 +333,16 @@ def run(
             commit_result(store, spec, table, report=report)
     summary.seconds = t.seconds
     return summary
+
+
+class Uncertainty(Scorer):
+    """uncertainty in the registry (its rescaling to the dataset mean is a global step in ``run``)."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("sft",)
+    result_schema = UNCERTAINTY_SCHEMA
+    views = {"scored_sft": None}
+    whole_set = True
+    order = 40
+    entry = staticmethod(run)
