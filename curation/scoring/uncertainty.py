@@ -212,8 +212,7 @@ def run(
                 progress=progress,
                 trust_remote_code=trust_remote_code,
                 allow_network=allow_network,
-                chunk_size=chunk_size,
-            )
+            )  # the embeddings cache's own chunking (1024), shared with every other user of that cache
             vecs = emb.embed(convs, "sft conversations")
             protos = {b: emb.encode_uncached(texts) for b, (_, texts) in BANDS.items()}
             u = rubric_embedding_u(vecs, protos, tau)
