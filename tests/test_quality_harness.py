@@ -85,7 +85,11 @@ def test_tiny_experiment_writes_every_row(tiny_run, experiment):
         assert r["wall_seconds"] > 0 and f"--only {experiment} " in r["command"] + " "
         assert f"--out {out}" in r["command"]  # the recorded command reproduces this run
     md = (out / "RESULTS.md").read_text()
-    assert md.count("| " + rows[0]["experiment"] + " |") == len(rows)
+    results_table = md.split("## Results", 1)[1].split("###", 1)[0]  # the main table, one line per row
+    assert results_table.count("| " + rows[0]["experiment"] + " |") == len(rows)
+    if experiment in ("1", "3"):  # rm arms: the chosen-longer share of each arm's train shard
+        lengths = md.split("### Chosen-longer share", 1)[1].split("###", 1)[0]
+        assert "| " + rows[0]["experiment"] + " |" in lengths
     assert f"### Experiment {experiment}" in md and "machine:" in md
     assert (out / f"exp{experiment}.png").stat().st_size > 1000
 
