@@ -76,7 +76,12 @@ def test_curate_serve_registers_schedules_and_stops_cleanly(prefect_api, tmp_pat
         hourly = by_name["hourly-landing"]
         assert hourly.schedules[0].schedule.cron == "0 * * * *"
         assert hourly.schedules[0].active
-        assert hourly.parameters == {"store": str(tmp_path / "store"), "landing": str(tmp_path / "landing")}
+        assert hourly.parameters == {
+            "store": str(tmp_path / "store"),
+            "landing": str(tmp_path / "landing"),
+            "workers": 1,
+            "ray_address": None,
+        }
         assert hourly.concurrency_limit == 1 or hourly.global_concurrency_limit.limit == 1
         assert hourly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     finally:
