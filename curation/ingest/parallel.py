@@ -5,7 +5,7 @@ quarantine and accounting), with the files read, converted, validated and dedupl
 
 - The driver takes the writer lock for the whole run (so the store cannot change under the workers),
   then starts one Ray task per file (at most ``workers`` running at once). A task runs the serial
-  per-file code (``pipeline._ingest_file``) against the store as committed when the run began, and
+  per-file code (``pipeline.ingest_file``) against the store as committed when the run began, and
   leaves its unit in ``.staging`` instead of committing it.
 - The driver commits the staged units in input file order. Before committing one it checks its
   accepted records against those the earlier units of this run accepted (the only ids a worker could
@@ -44,10 +44,10 @@ from curation.ingest.columnar import IdSet, digests_from_hex
 from curation.ingest.pipeline import (
     IngestOptions,
     UnitResult,
-    _committed,
-    _ingest_file,
-    _skipped,
-    _source_name,
+    committed_so_far,
+    ingest_file,
+    skipped_result,
+    source_name,
     write_options,
 )
 from curation.ingest.readers import DetectError
@@ -93,7 +93,7 @@ def stage_file(root: str, path: str, opts: IngestOptions, run_id: str) -> Staged
         prefetch_gx()
         store = Store(root, create=False)
         validators = _VALIDATORS.setdefault(opts.max_chars, {})
-        res = _ingest_file(
+        res = ingest_file(
             store, Path(path), opts, run_id, {}, validators, commit=lambda d, _r: staged.append(d)
         )
     except Exception as exc:  # reported to the driver, which handles it in input order as the serial run
@@ -216,7 +216,7 @@ def _commit_staged(
         exc = st.error
         if isinstance(exc, SourceError | DetectError):  # this file only: the others go on
             return UnitResult(
-                source=_source_name(path, opts),
+                source=source_name(path, opts),
                 source_file=str(path),
                 reader=opts.reader,
                 kind=opts.kind or "?",
@@ -224,9 +224,9 @@ def _commit_staged(
                 error=str(exc),
             )
         if isinstance(exc, OSError):
-            raise io_error(exc, f"ingesting {path}", _committed(results, path)) from exc
+            raise io_error(exc, f"ingesting {path}", committed_so_far(results, path)) from exc
         if isinstance(exc, StoreError):
-            raise StoreError(f"{exc} ({_committed(results, path)})") from exc
+            raise StoreError(f"{exc} ({committed_so_far(results, path)})") from exc
         raise exc
     res = st.res
     assert res is not None
@@ -236,19 +236,19 @@ def _commit_staged(
     try:
         if store.path("ingest", res.unit).exists():  # committed by an earlier file of this run
             shutil.rmtree(staged, ignore_errors=True)
-            return _skipped(store, res)
+            return skipped_result(store, res)
         ids = run_ids.setdefault(res.kind, IdSet())
         accepted = _recheck_duplicates(staged, res, ids)
         store.commit_dir(staged, f"ingest/{res.unit}")
         ids.add(accepted)
     except OSError as exc:
         shutil.rmtree(staged, ignore_errors=True)
-        raise io_error(exc, f"committing {path}", _committed(results, path)) from exc
+        raise io_error(exc, f"committing {path}", committed_so_far(results, path)) from exc
     except StoreError as exc:
         shutil.rmtree(staged, ignore_errors=True)
         if isinstance(exc.__cause__, OSError):
-            raise io_error(exc.__cause__, f"committing {path}", _committed(results, path)) from exc
-        raise StoreError(f"{exc} ({_committed(results, path)})") from exc
+            raise io_error(exc.__cause__, f"committing {path}", committed_so_far(results, path)) from exc
+        raise StoreError(f"{exc} ({committed_so_far(results, path)})") from exc
     return res
 
 

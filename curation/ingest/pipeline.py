@@ -161,7 +161,7 @@ def make_reader(opts: IngestOptions, sample: list[dict[str, Any]], where: str) -
     return detect(sample, where)()
 
 
-def _source_name(path: Path, opts: IngestOptions) -> str:
+def source_name(path: Path, opts: IngestOptions) -> str:
     if opts.source is not None:
         return safe_name(opts.source, "source name")
     name = path.name
@@ -193,10 +193,10 @@ def ingest_paths(
         validators: dict[str, Validator] = {}
         for path in files:
             try:
-                res = _ingest_file(store, path, opts, run_id, seen, validators, on_batch)
+                res = ingest_file(store, path, opts, run_id, seen, validators, on_batch)
             except (SourceError, DetectError) as exc:  # this file only: the others go on
                 res = UnitResult(
-                    source=_source_name(path, opts),
+                    source=source_name(path, opts),
                     source_file=str(path),
                     reader=opts.reader,
                     kind=opts.kind or "?",
@@ -204,18 +204,20 @@ def ingest_paths(
                     error=str(exc),
                 )
             except OSError as exc:  # writing the store: the files after this one would fail too
-                raise io_error(exc, f"ingesting {path}", _committed(results, path)) from exc
+                raise io_error(exc, f"ingesting {path}", committed_so_far(results, path)) from exc
             except StoreError as exc:  # e.g. the commit's rename: say what happened to the run
                 if isinstance(exc.__cause__, OSError):
-                    raise io_error(exc.__cause__, f"committing {path}", _committed(results, path)) from exc
-                raise StoreError(f"{exc} ({_committed(results, path)})") from exc
+                    raise io_error(
+                        exc.__cause__, f"committing {path}", committed_so_far(results, path)
+                    ) from exc
+                raise StoreError(f"{exc} ({committed_so_far(results, path)})") from exc
             results.append(res)
             if progress:
                 progress(res)
     return results
 
 
-def _committed(results: list[UnitResult], path: Path) -> str:
+def committed_so_far(results: list[UnitResult], path: Path) -> str:
     """What a run stopped at ``path`` leaves in the store, in words."""
     done = [r for r in results if r.unit and not r.skipped]
     if not done:
@@ -224,7 +226,7 @@ def _committed(results: list[UnitResult], path: Path) -> str:
     return f"{path.name} was not committed; the {len(done)} file(s) before it were and are kept ({names})"
 
 
-def _ingest_file(
+def ingest_file(
     store: Store,
     path: Path,
     opts: IngestOptions,
@@ -245,7 +247,7 @@ def _ingest_file(
             break
     sample = [r.value for r in head if r.value is not None]
     reader = make_reader(opts, sample, str(path))
-    source = _source_name(path, opts)
+    source = source_name(path, opts)
     overlap = default_enabled() if opts.overlap is None else opts.overlap
 
     def unit_of(sha: str) -> str:
@@ -274,7 +276,7 @@ def _ingest_file(
         res.unit = unit_of(sha)  # type: ignore[arg-type]
         if store.path("ingest", res.unit).exists():
             rows.close()  # type: ignore[attr-defined]
-            return _skipped(store, res)
+            return skipped_result(store, res)
 
     kind = reader.kind
     started = dt.datetime.now(dt.UTC)
@@ -381,7 +383,7 @@ def _sha256(path: Path, stop: Any = None) -> str | None:
         raise SourceError(f"{path}: cannot be read: {why_unreadable(exc)}") from exc
 
 
-def _skipped(store: Store, res: UnitResult) -> UnitResult:
+def skipped_result(store: Store, res: UnitResult) -> UnitResult:
     """``res`` of a file whose unit is already committed: the accounting of the run that committed it."""
     prior = pq.read_table(store.path("ingest", res.unit, "run.parquet")).to_pylist()[0]
     for k in ("rows_read", "records_out", "accepted", "quarantined", "duplicates"):
