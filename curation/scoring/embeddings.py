@@ -42,20 +42,12 @@ class EmbedTask(ChunkTask):
     def __init__(self, spec: ModelSpec, device: str | None, bf16: bool, max_seq_length: int, batch_size: int):
         self.spec, self.device, self.bf16 = spec, device, bf16
         self.max_seq_length, self.batch_size = max_seq_length, batch_size
-        self._model = None
 
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_model": None}
-
-    def setup(self) -> None:
-        if self._model is None:
-            self._model = load_sentence_encoder(self.spec, pick_device(self.device))
-            self._model.max_seq_length = self.max_seq_length
-            self._model.tokenizer.truncation_side = "left"
-
-    def model(self):
-        self.setup()
-        return self._model
+    def load(self):
+        model = load_sentence_encoder(self.spec, pick_device(self.device))
+        model.max_seq_length = self.max_seq_length
+        model.tokenizer.truncation_side = "left"
+        return model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import contextlib

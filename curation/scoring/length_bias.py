@@ -110,15 +110,13 @@ class LengthBias(Scorer):
             for r in records
         ]
 
-    def setup(self) -> None:
+    def load(self):
         from curation.scoring.runner import TokenCounter
 
-        if getattr(self, "_counter", None) is None:
-            self._counter = TokenCounter(self.spec())
+        return TokenCounter(self.spec())
 
     def compute(self, batch: list[tuple[str, str, str]]) -> pa.Table:
-        self.setup()
-        count = self._counter.count
+        count = self.model().count
         return pa.table(
             {
                 "len_prompt": count([b[0] for b in batch]),

@@ -273,23 +273,19 @@ class RewardTask(ChunkTask):
     """A reward model as a chunk task: rewards of (chosen, rejected) for a chunk of pair records."""
 
     def __init__(self, spec: ModelSpec, config) -> None:
-        self.spec, self.config, self._rm = spec, config, None
+        self.spec, self.config = spec, config
 
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_rm": None}
-
-    def setup(self) -> None:
+    def load(self):
         from curation.scoring.runner import RewardModel
 
-        if self._rm is None:
-            self._rm = RewardModel(self.spec, self.config)
+        return RewardModel(self.spec, self.config)
 
     def __call__(self, recs: list[dict]) -> pa.Table:
-        self.setup()
-        tok = self._rm.tokenizer
+        rm = self.model()
+        tok = rm.tokenizer
         texts = [render(tok, list(r["prompt"]) + list(r["chosen"])) for r in recs]
         texts += [render(tok, list(r["prompt"]) + list(r["rejected"])) for r in recs]
-        scores = self._rm.score(texts)
+        scores = rm.score(texts)
         return pa.table({"reward_chosen": scores[: len(recs)], "reward_rejected": scores[len(recs) :]})
 
 

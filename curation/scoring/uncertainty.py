@@ -137,23 +137,19 @@ class EntropyTask(ChunkTask):
     """A causal LM as a chunk task: mean predictive entropy over the final response of each conversation."""
 
     def __init__(self, spec: ModelSpec, config) -> None:
-        self.spec, self.config, self._lm = spec, config, None
+        self.spec, self.config = spec, config
 
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_lm": None}
-
-    def setup(self) -> None:
+    def load(self):
         from curation.scoring.runner import CausalLMEntropy
 
-        if self._lm is None:
-            self._lm = CausalLMEntropy(self.spec, self.config)
+        return CausalLMEntropy(self.spec, self.config)
 
     def __call__(self, conversations: list[list[dict]]) -> pa.Table:
-        self.setup()
-        tok = self._lm.tokenizer
+        lm = self.model()
+        tok = lm.tokenizer
         prompts = [render(tok, prompt_of_sft(m)) for m in conversations]
         fulls = [render(tok, prompt_of_sft(m) + final_response_of_sft(m)) for m in conversations]
-        return pa.table({"entropy": self._lm.entropy(prompts, fulls)})
+        return pa.table({"entropy": lm.entropy(prompts, fulls)})
 
 
 def run(
