@@ -159,12 +159,16 @@ def _cluster_prompts(con: duckdb.DuckDBPyConnection, consumer: str) -> pl.DataFr
     """(id, __cluster_prompt): for each record of a near-duplicate prompt cluster, the prompt of the
     cluster's representative, so that the split puts the whole cluster on one side."""
     kind = CONSUMER_VIEWS[consumer][0]
-    df = pl.from_arrow(
-        con.sql(
-            f"SELECT n.id, {_prompt_sql(consumer, 'r')} AS __cluster_prompt FROM near_duplicates n "
-            f"JOIN {KIND_VIEW[kind]} r ON r.id = n.cluster WHERE n.kind = '{kind}'"
-        ).to_arrow_table()
+    return frame(
+        con,
+        f"SELECT n.id, {_prompt_sql(consumer, 'r')} AS __cluster_prompt FROM near_duplicates n "
+        f"JOIN {KIND_VIEW[kind]} r ON r.id = n.cluster WHERE n.kind = '{kind}'",
     )
+
+
+def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    """The result of ``sql`` (checked by the caller; ``params`` bound, never spliced) as a polars frame."""
+    df = pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
     assert isinstance(df, pl.DataFrame)
     return df
 
@@ -200,8 +204,7 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
         cols += [f"{chars_sql('chosen')} AS __chars_chosen", f"{chars_sql('rejected')} AS __chars_rejected"]
     if isinstance(c, SftConsumer):
         cols.append(f"({c.label_smoothing})::DOUBLE AS __ls")
-    df = pl.from_arrow(con.sql(f"SELECT {', '.join(cols)} FROM {rel} ORDER BY id").to_arrow_table())
-    assert isinstance(df, pl.DataFrame)
+    df = frame(con, f"SELECT {', '.join(cols)} FROM {rel} ORDER BY id")
 
     rules: list[tuple[pl.Expr, str, pl.Expr]] = []
     level = policy.dedup.near_level(consumer)
@@ -623,18 +626,18 @@ def curated_views(store: Store) -> dict[str, str]:
 
 
 # ------------------------------------------------- chosen-longer diagnostics
-def store_frame(store: Store) -> pl.DataFrame:
-    """One row per pair of the store: source, quality_class (NULL before reward_margin) and the two
-    character lengths, through the build's read-only relation (so every contract column exists)."""
+def store_frame(store: Store, source: str | None = None) -> pl.DataFrame:
+    """One row per pair of the store (or of one ``source``): id, source, quality_class (NULL before
+    reward_margin) and the two character lengths, through the build's read-only relation (so every contract
+    column exists)."""
+    sql = (
+        f"SELECT id, source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
+        f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')}"
+    )
     with contextlib.closing(open_connection(store)) as con:
-        df = pl.from_arrow(
-            con.sql(
-                f"SELECT source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
-                f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')}"
-            ).to_arrow_table()
-        )
-    assert isinstance(df, pl.DataFrame)
-    return df
+        if source is None:
+            return frame(con, sql)
+        return frame(con, sql + " WHERE source = $1", [source])
 
 
 def store_diagnostics(store: Store) -> dict[str, dict[str, Any]]:

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import polars as pl
 
-from curation.builds.build import build_names, open_connection, read_manifest, relation_name
-from curation.builds.length_diagnostics import chars_sql, raw_diagnostics
+from curation.builds.build import build_names, open_connection, read_manifest, relation_name, store_frame
+from curation.builds.length_diagnostics import raw_diagnostics
 from curation.builds.policy import CONSUMER_VIEWS
 from curation.core.errors import StoreError
 from curation.core.names import duckdb_path
@@ -104,15 +104,7 @@ def explain(store: Store, record_id: str, build: str | None = None) -> Explanati
 
 def _length(store: Store, rid: str, source: str, klass: str | None, builds: list[str]) -> dict[str, Any]:
     """The pair's character lengths and its source's chosen-longer shares (raw, its class, each build)."""
-    with contextlib.closing(open_connection(store)) as con:
-        src = pl.from_arrow(
-            con.sql(
-                f"SELECT id, source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
-                f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')} WHERE source = $1",
-                params=[source],
-            ).to_arrow_table()
-        )
-    assert isinstance(src, pl.DataFrame)
+    src = store_frame(store, source)
     chosen, rejected = src.filter(pl.col("id") == rid).select("__chars_chosen", "__chars_rejected").row(0)
     raw = raw_diagnostics(src).get(source, {})
     out: dict[str, Any] = {

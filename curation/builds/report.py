@@ -26,11 +26,10 @@ import os
 import uuid
 from pathlib import Path
 
-import duckdb
 import orjson
 import polars as pl
 
-from curation.builds.build import build_names, open_connection, relation_name
+from curation.builds.build import build_names, frame, open_connection, relation_name
 from curation.builds.length_diagnostics import (
     CLASSES,
     DEFINITION,
@@ -44,12 +43,6 @@ from curation.core.store import Store
 
 SAMPLE_ROWS = 4000  # points per scatter plot (reservoir sample with a fixed seed)
 CLASS_COLORS = {"incorrect": "#d62728", "ambiguous": "#ff7f0e", "clean": "#2ca02c", "unscored": "#7f7f7f"}
-
-
-def _df(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
-    out = pl.from_arrow(con.sql(sql).to_arrow_table())
-    assert isinstance(out, pl.DataFrame)
-    return out
 
 
 def _empty(fig, note: str):
@@ -70,7 +63,7 @@ def _layout(fig, title: str, x: str, y: str):
 def fig_margin_by_class(con) -> tuple[object, int]:
     import plotly.graph_objects as go
 
-    df = _df(
+    df = frame(
         con,
         "SELECT margin, coalesce(quality_class, 'unscored') AS cls FROM curate_rm WHERE margin IS NOT NULL",
     )
@@ -96,7 +89,7 @@ def fig_reward_vs_length(con) -> tuple[object, int]:
     import plotly.graph_objects as go
     from scipy.stats import spearmanr
 
-    df = _df(
+    df = frame(
         con,
         "SELECT reward_chosen, reward_rejected, len_chosen, len_rejected FROM curate_rm "
         "WHERE reward_chosen IS NOT NULL AND len_chosen IS NOT NULL",
@@ -130,7 +123,7 @@ def fig_reward_vs_length(con) -> tuple[object, int]:
 def fig_length_diff(con) -> tuple[object, int]:
     import plotly.graph_objects as go
 
-    df = _df(
+    df = frame(
         con,
         f"SELECT source, {chars_sql('chosen')} AS __chars_chosen, {chars_sql('rejected')} AS __chars_rejected "
         f"FROM {relation_name('rm')}",
@@ -165,7 +158,7 @@ def fig_chosen_longer(con, manifest: dict | None) -> tuple[object, int]:
     import plotly.graph_objects as go
 
     raw = raw_diagnostics(
-        _df(
+        frame(
             con,
             f"SELECT source, quality_class, {chars_sql('chosen')} AS __chars_chosen, "
             f"{chars_sql('rejected')} AS __chars_rejected FROM {relation_name('rm')}",
@@ -201,7 +194,7 @@ def fig_chosen_longer(con, manifest: dict | None) -> tuple[object, int]:
 def fig_groups(con) -> tuple[object, int]:
     import plotly.graph_objects as go
 
-    df = _df(
+    df = frame(
         con,
         """SELECT group_id, count(*) AS n,
                   avg(CASE WHEN quality_class IN ('incorrect', 'ambiguous') THEN 1.0 ELSE 0.0 END) AS flagged_class,
@@ -213,24 +206,13 @@ def fig_groups(con) -> tuple[object, int]:
     if df.height:
         labels = [f"group {g}" for g in df["group_id"].to_list()]
         fig.add_trace(go.Bar(x=labels, y=df["n"].to_list(), name="pairs", marker_color="#9467bd"))
-        fig.add_trace(
-            go.Scatter(
-                x=labels,
-                y=df["flagged_class"].to_list(),
-                name="share incorrect/ambiguous",
-                yaxis="y2",
-                mode="lines+markers",
+        for column, name in (
+            ("flagged_class", "share incorrect/ambiguous"),
+            ("flagged_length", "share length-explained"),
+        ):
+            fig.add_trace(
+                go.Scatter(x=labels, y=df[column].to_list(), name=name, yaxis="y2", mode="lines+markers")
             )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=labels,
-                y=df["flagged_length"].to_list(),
-                name="share length-explained",
-                yaxis="y2",
-                mode="lines+markers",
-            )
-        )
         fig.update_layout(
             yaxis2={"overlaying": "y", "side": "right", "range": [0, 1], "title": "flagged share"}
         )
@@ -242,7 +224,7 @@ def fig_groups(con) -> tuple[object, int]:
 def fig_epsilon(con, acc: pl.DataFrame | None) -> tuple[object, int]:
     import plotly.graph_objects as go
 
-    scored = _df(con, "SELECT label_smoothing FROM curate_sft WHERE label_smoothing IS NOT NULL")
+    scored = frame(con, "SELECT label_smoothing FROM curate_sft WHERE label_smoothing IS NOT NULL")
     fig = go.Figure()
     n = scored.height
     if n:
@@ -267,7 +249,7 @@ def fig_epsilon(con, acc: pl.DataFrame | None) -> tuple[object, int]:
 def fig_source_mix(con, acc: pl.DataFrame | None) -> tuple[object, int]:
     import plotly.graph_objects as go
 
-    before = _df(
+    before = frame(
         con,
         """SELECT kind, source, sum(records_out) AS n FROM ingest_runs GROUP BY ALL ORDER BY kind, source""",
     )
