@@ -45,9 +45,9 @@ from curation.ingest.pipeline import (
     IngestOptions,
     UnitResult,
     committed_so_far,
+    failed_result,
     ingest_file,
     skipped_result,
-    source_name,
     write_options,
 )
 from curation.ingest.readers import DetectError
@@ -215,14 +215,7 @@ def _commit_staged(
     if st.error is not None:
         exc = st.error
         if isinstance(exc, SourceError | DetectError):  # this file only: the others go on
-            return UnitResult(
-                source=source_name(path, opts),
-                source_file=str(path),
-                reader=opts.reader,
-                kind=opts.kind or "?",
-                unit="",
-                error=str(exc),
-            )
+            return failed_result(path, opts, exc)
         if isinstance(exc, OSError):
             raise io_error(exc, f"ingesting {path}", committed_so_far(results, path)) from exc
         if isinstance(exc, StoreError):

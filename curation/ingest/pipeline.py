@@ -195,14 +195,7 @@ def ingest_paths(
             try:
                 res = ingest_file(store, path, opts, run_id, seen, validators, on_batch)
             except (SourceError, DetectError) as exc:  # this file only: the others go on
-                res = UnitResult(
-                    source=source_name(path, opts),
-                    source_file=str(path),
-                    reader=opts.reader,
-                    kind=opts.kind or "?",
-                    unit="",
-                    error=str(exc),
-                )
+                res = failed_result(path, opts, exc)
             except OSError as exc:  # writing the store: the files after this one would fail too
                 raise io_error(exc, f"ingesting {path}", committed_so_far(results, path)) from exc
             except StoreError as exc:  # e.g. the commit's rename: say what happened to the run
@@ -215,6 +208,18 @@ def ingest_paths(
             if progress:
                 progress(res)
     return results
+
+
+def failed_result(path: Path, opts: IngestOptions, exc: Exception) -> UnitResult:
+    """The result of a file that could not be read (no unit; the reason in ``error``)."""
+    return UnitResult(
+        source=source_name(path, opts),
+        source_file=str(path),
+        reader=opts.reader,
+        kind=opts.kind or "?",
+        unit="",
+        error=str(exc),
+    )
 
 
 def committed_so_far(results: list[UnitResult], path: Path) -> str:
