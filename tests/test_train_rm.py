@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from curation.core.losses import bradley_terry_loss
-from tests.fixtures.training import rm_config
+from tests.fixtures.training import rm_config, rm_trainer
 from training.shards import ShardError, load_split
 
 
@@ -65,8 +65,7 @@ def test_left_truncation_keeps_response_and_is_reported(real_shards, minilm):  #
 
 
 def test_noisy_embedding_poe_sum_weights_margin_and_group_dro_in_the_loss(real_shards, minilm, tmp_path):  # noqa: F811
-    from curation.core.models import ModelSpec, load_sequence_classifier
-    from training.rm import PairCollator, RewardTrainer, _tokenizer, load_pairs
+    from training.rm import PairCollator
 
     cfg = rm_config(
         real_shards,
@@ -77,17 +76,8 @@ def test_noisy_embedding_poe_sum_weights_margin_and_group_dro_in_the_loss(real_s
         poe_noise_std=0.0,
         group_dro=True,
     )
-    spec = ModelSpec(str(minilm))
-    tok = _tokenizer(spec, 48)
-    ds, _ = load_pairs(str(real_shards), "train", tok, 48, "truncate", 8)
-    model = load_sequence_classifier(spec, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    trainer = RewardTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=ds,
-        data_collator=PairCollator(tok.pad_token_id),
-        n_groups=2,
-    )
+    trainer, tok, ds = rm_trainer(cfg, real_shards, 48, 8, n_groups=2, dropout=False)
+    model = trainer.model
     opt = trainer.create_optimizer()
     assert opt.param_groups[-1]["lr"] == pytest.approx(3e-4)  # bias expert: 3x the main learning rate
     batch = PairCollator(tok.pad_token_id)(ds.items)
@@ -145,8 +135,7 @@ def test_train_rm_loss_goes_down_and_metrics(real_shards, minilm, tmp_path):  # 
 def test_checkpoint_and_resume(real_shards, minilm, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
-    from curation.core.models import ModelSpec, load_sequence_classifier
-    from training.rm import PairCollator, RewardTrainer, _tokenizer, load_pairs, train
+    from training.rm import train
 
     out = tmp_path / "rm"
     common = dict(poe=True, group_dro=True, max_train_samples=16, eval_split="")
@@ -164,16 +153,7 @@ def test_checkpoint_and_resume(real_shards, minilm, tmp_path):  # noqa: F811
     assert raw != pytest.approx(list(first["bias_expert"]["warm_start"]["weights"].values()), abs=1e-6)
     # a fresh trainer restores the length expert (weights and feature scale) from the checkpoint
     cfg = rm_config(real_shards, minilm, tmp_path / "x", **common)
-    spec = ModelSpec(str(minilm))
-    tok = _tokenizer(spec, 48)
-    ds, _ = load_pairs(str(real_shards), "train", tok, 48, "truncate", 16)
-    trainer = RewardTrainer(
-        model=load_sequence_classifier(spec),
-        args=cfg,
-        train_dataset=ds,
-        data_collator=PairCollator(tok.pad_token_id),
-        n_groups=2,
-    )
+    trainer, _, _ = rm_trainer(cfg, real_shards, 48, 16, n_groups=2)
     assert trainer.length_expert.net.weight.abs().sum() == 0
     assert trainer.load_extra_state(str(ck)) is True
     for k, v in trainer.length_expert.state_dict().items():
@@ -287,23 +267,13 @@ def test_length_features_come_from_untruncated_responses(alpaca_pairs, minilm, t
 
 
 def test_length_expert_logit_is_added_to_the_bradley_terry_logit(alpaca_pairs, minilm, tmp_path):
-    from curation.core.models import ModelSpec, load_sequence_classifier
-    from training.rm import LengthExpert, PairCollator, RewardTrainer, _tokenizer, load_pairs
+    from training.rm import LengthExpert, PairCollator
 
     shards = alpaca_shards(alpaca_pairs, tmp_path / "b", limit=60)
     cfg = rm_config(shards, minilm, tmp_path / "out", poe=True)
     assert cfg.poe_expert == "length"  # the default expert of --poe
-    spec = ModelSpec(str(minilm))
-    tok = _tokenizer(spec, 48)
-    ds, _ = load_pairs(str(shards), "train", tok, 48, "truncate", 8)
-    model = load_sequence_classifier(spec, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    trainer = RewardTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=ds,
-        data_collator=PairCollator(tok.pad_token_id),
-        n_groups=1,
-    )
+    trainer, tok, ds = rm_trainer(cfg, shards, 48, 8, n_groups=1, dropout=False)
+    model = trainer.model
     assert isinstance(trainer.length_expert, LengthExpert)
     opt = trainer.create_optimizer()
     assert opt.param_groups[-1]["lr"] == pytest.approx(3e-4)
