@@ -413,15 +413,16 @@ def test_a_256_mib_line_costs_no_more_than_a_chunk(case, tmp_path):
 
 @pytest.mark.slow
 def test_many_long_lines_do_not_make_memory_grow_with_the_file(tmp_path):
-    """Lines of 8 MiB, each under the row limit (a .jsonl.gz of 1 MB): batches end at --batch-mb of text, so
-    three times the lines cost no more memory (without the byte budget every line sat in one batch, so the
-    larger file would cost 128 MiB more)."""
+    """Lines of 8 MiB, each under the row limit (a .jsonl.gz of 1-3 MB): batches end at --batch-mb of text, so
+    six times the lines cost about the same memory. Measured on the CI machine: +30 to +135 MB from 64 to 384
+    MiB of lines (allocator noise); without the byte budget every line sat in one batch and the larger file cost
+    1.8 GB more (974 -> 2,801 MB with --batch-mb 100000)."""
     small = _hostile_memory("jsonl-gz-lines", 64, "--work", str(tmp_path), "--batch-mb", "16")
     large = _hostile_memory(
-        "jsonl-gz-lines", 192, "--work", str(tmp_path), "--batch-mb", "16", "--no-baseline"
+        "jsonl-gz-lines", 384, "--work", str(tmp_path), "--batch-mb", "16", "--no-baseline"
     )
-    assert small["hostile"]["quarantined"] == 4 + 8 and large["hostile"]["quarantined"] == 4 + 24
-    assert large["hostile"]["peak_mb"] < small["hostile"]["peak_mb"] + 100, (small, large)
+    assert small["hostile"]["quarantined"] == 4 + 8 and large["hostile"]["quarantined"] == 4 + 48
+    assert large["hostile"]["peak_mb"] < small["hostile"]["peak_mb"] + 300, (small, large)
     assert small["extra_mb"] < 600, small
 
 
