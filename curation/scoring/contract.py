@@ -28,6 +28,7 @@ from curation.scoring.task import ChunkTask
 
 if TYPE_CHECKING:
     from curation.core.store import Store
+    from curation.scoring.cache import ResultSpec
 
 
 #: name -> scorer class, in registration order; ``register`` fills it.
@@ -117,49 +118,77 @@ class Scorer(ChunkTask):
     def run(
         self, store: Store, *, where: str | None = None, progress: bool = True, chunk_size: int | None = None
     ) -> ScoreSummary:
-        """Lock, load, cache / resume / compute (in-process or on the workers), finalize, commit.
+        """Under the writer lock: load the records of ``load_kinds()``, ``score`` them, ``commit``.
         ``chunk_size``: records per cache chunk (the unit of resume and of work for a worker)."""
-        from curation.scoring.cache import (
-            CacheSpec,
-            ResultSpec,
-            activate,
-            cached_compute,
-            commit_result,
-            ids_fingerprint,
-            result_done,
-        )
         from curation.scoring.texts import load_records
 
         summary = ScoreSummary(self.name, "", 0)
         with Timer() as t, store.writer_lock(f"score {self.name}"):
-            records = [r for kind in self.kinds for r in load_records(store, kind, where)]
-            ids = [r["id"] for r in records]
-            fp = self.fingerprint()
-            spec = CacheSpec(self.cache_name or self.name, self.version, fp, self.cache_params())
-            values, stats = cached_compute(
-                store,
-                spec,
-                ids,
-                schema=self.cache_schema(),
-                order=self.order_key(records),
-                chunk_size=chunk_size or self.chunk_size,
-                progress=progress,
-                desc=self.name,
-                task=self,
-                items=self.items(records),
-            )
-            add_stats(summary, stats)
-            rspec = ResultSpec(self.name, self.version, fp, self.result_params(), ids_fingerprint(ids))
-            summary.key, summary.records = rspec.key, len(ids)
-            table, report = self.finalize(values)
-            if result_done(store, rspec):
-                activate(store, self.name, rspec.key)
-                summary.skipped = True
-            else:
-                commit_result(store, rspec, table, report=report)
-            summary.report = report
+            by_kind = {kind: load_records(store, kind, where) for kind in self.load_kinds()}
+            summary.records = sum(map(len, by_kind.values()))
+            out = self.score(store, by_kind, summary, progress=progress, chunk_size=chunk_size)
+            if out is not None:
+                self.commit(store, summary, *out)
         summary.seconds = t.seconds
         return summary
+
+    def load_kinds(self) -> tuple[str, ...]:
+        """The record kinds ``run`` loads (a config's ``kinds`` field narrows ``kinds``)."""
+        kinds = getattr(self.config, "kinds", None) or self.kinds
+        return tuple(k.strip() for k in kinds.split(",")) if isinstance(kinds, str) else tuple(kinds)
+
+    def score(
+        self,
+        store: Store,
+        by_kind: dict[str, list[dict]],
+        summary: ScoreSummary,
+        *,
+        progress: bool = True,
+        chunk_size: int | None = None,
+    ) -> tuple[ResultSpec, pa.Table | None, dict] | None:
+        """(result spec, table, report) of the loaded records; ``commit`` writes it. The default: the
+        per-record cache over ``compute`` (in-process or on the workers), then ``finalize``. A whole-set
+        scorer overrides it, routes its model work through ``cached_compute`` and adds the stats to
+        ``summary``; it returns table None when the result for this spec exists already, and None
+        itself when there is nothing to commit."""
+        from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint
+
+        records = [r for recs in by_kind.values() for r in recs]
+        ids = [r["id"] for r in records]
+        fp = self.fingerprint()
+        values, stats = cached_compute(
+            store,
+            CacheSpec(self.cache_name or self.name, self.version, fp, self.cache_params()),
+            ids,
+            schema=self.cache_schema(),
+            order=self.order_key(records),
+            chunk_size=chunk_size or self.chunk_size,
+            progress=progress,
+            desc=self.name,
+            task=self,
+            items=self.items(records),
+        )
+        add_stats(summary, stats)
+        table, report = self.finalize(values)
+        return (
+            ResultSpec(self.name, self.version, fp, self.result_params(), ids_fingerprint(ids)),
+            table,
+            report,
+        )
+
+    def commit(
+        self, store: Store, summary: ScoreSummary, spec: ResultSpec, table: pa.Table | None, report: dict
+    ) -> None:
+        """Write the result and make it active; a result with this key that exists already (and no value
+        computed in this run) is only made active again."""
+        from curation.scoring.cache import activate, commit_result, result_done
+
+        summary.key, summary.report = spec.key, report
+        if table is None or (summary.computed == 0 and result_done(store, spec)):
+            activate(store, self.name, spec.key)
+            summary.skipped = True
+        else:
+            commit_result(store, spec, table, report=report)
 
     @classmethod
     def run_with(cls, store: Store, **params: Any) -> ScoreSummary:
