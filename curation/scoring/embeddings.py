@@ -10,7 +10,8 @@ The default encoder is the bundled all-MiniLM-L6-v2.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,17 +24,18 @@ from curation.core.models import (
     load_sentence_encoder,
     pick_device,
 )
-from curation.scoring.base import ScoreSummary, Timer
+from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, CacheStats, cached_compute
 from curation.scoring.contract import Scorer
 from curation.scoring.task import ChunkTask
-from curation.scoring.texts import last_user_turn, load_records, plain_render, prompt_of_sft, response_text
+from curation.scoring.texts import last_user_turn, plain_render, prompt_of_sft, response_text
 from schemas.ids import text_id
 
 if TYPE_CHECKING:
     from curation.core.store import Store
 
 VERSION = "1"
+ALL_KINDS = ("pair", "sft", "ranking")
 
 
 class EmbedTask(ChunkTask):
@@ -161,58 +163,56 @@ def pair_response_texts(records: list[dict]) -> tuple[list[str], list[str]]:
     return chosen, rejected
 
 
-def run(
-    store: Store,
-    *,
-    kinds: Sequence[str] = ("pair", "sft", "ranking"),
-    model: str = DEFAULT_ENCODER,
-    where: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    allow_network: bool = False,
-    chunk_size: int = 1024,
-) -> ScoreSummary:
-    """Embed the texts the other scorers use (prompts of every kind, pair responses, SFT conversations)."""
-    if isinstance(kinds, str):
-        kinds = [k.strip() for k in kinds.split(",")]
-    with Timer() as t, store.writer_lock("score embeddings"):
-        emb = Embedder(
-            store,
-            model,
-            device=device,
-            progress=progress,
-            trust_remote_code=trust_remote_code,
-            allow_network=allow_network,
-            chunk_size=chunk_size,
-        )
-        n = 0
-        for kind in kinds:
-            records = load_records(store, kind, where)
-            n += len(records)
+@dataclass
+class EmbeddingsConfig:
+    kinds: Sequence[str] = field(
+        default=ALL_KINDS,
+        metadata={"help": "Record kinds to read: a list or 'pair,sft' (default all three)."},
+    )
+    model: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder (the bundled MiniLM)."})
+    device: str | None = field(default=None, metadata={"help": "auto (None), cpu, cuda, cuda:1 ..."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the encoder's own code."})
+    allow_network: bool = field(default=False, metadata={"help": "Let a hub id be downloaded."})
+
+    def embedder(self, store: Store, progress: bool, **kw: Any) -> Embedder:
+        """The Embedder of these settings (``kw``: Embedder's other options)."""
+        opts = {"trust_remote_code": self.trust_remote_code, "allow_network": self.allow_network}
+        return Embedder(store, self.model, device=self.device, progress=progress, **opts, **kw)
+
+
+class Embeddings(Scorer):
+    """Embed the texts the other scorers use (prompts of every kind, pair responses, SFT conversations):
+    a per-record cache only (no result, no view)."""
+
+    name = "embeddings"
+    version = VERSION
+    kinds = ALL_KINDS
+    Config = EmbeddingsConfig
+    in_all = False
+    order = 60
+    chunk_size = 1024
+
+    def score(
+        self,
+        store: Store,
+        by_kind: dict[str, list[dict]],
+        summary: ScoreSummary,
+        *,
+        progress: bool = True,
+        chunk_size: int | None = None,
+    ) -> None:
+        emb = self.config.embedder(store, progress, chunk_size=chunk_size or self.chunk_size)
+        for kind, records in by_kind.items():
             emb.embed(prompt_texts(kind, records), f"{kind} prompts")
             if kind == "pair":
                 c, r = pair_response_texts(records)
                 emb.embed(c + r, "pair responses")
             if kind == "sft":
                 emb.embed([plain_render(r["messages"]) for r in records], "sft conversations")
-    return ScoreSummary(
-        "embeddings",
-        emb.cache.key,
-        n,
-        cached=emb.stats.cached,
-        computed=emb.stats.computed,
-        skipped=emb.stats.computed == 0,
-        seconds=t.seconds,
-    )
+        add_stats(summary, emb.stats)
+        summary.key, summary.skipped = emb.cache.key, emb.stats.computed == 0
 
 
-class Embeddings(Scorer):
-    """embeddings in the registry: a per-record cache only (no result, no view)."""
-
-    name = "embeddings"
-    version = VERSION
-    kinds = ("pair", "sft", "ranking")
-    in_all = False
-    order = 60
-    entry = staticmethod(run)
+def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:
+    """Embed the texts of every record of ``kinds`` (``EmbeddingsConfig`` fields, and ``chunk_size``)."""
+    return Embeddings.run_with(store, where=where, progress=progress, **config)

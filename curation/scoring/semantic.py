@@ -11,18 +11,17 @@ deterministic choice); only records in clusters of two or more are written.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from curation.core.models import DEFAULT_ENCODER
-from curation.scoring.base import ScoreSummary, Timer
-from curation.scoring.cache import ResultSpec, activate, commit_result, ids_fingerprint, result_done
+from curation.scoring.base import ScoreSummary, add_stats
+from curation.scoring.cache import ResultSpec, ids_fingerprint, result_done
 from curation.scoring.contract import Scorer
-from curation.scoring.embeddings import Embedder, prompt_texts
+from curation.scoring.embeddings import ALL_KINDS, EmbeddingsConfig, prompt_texts
 from curation.scoring.schemas import SEMANTIC_SCHEMA
-from curation.scoring.texts import load_records
 
 if TYPE_CHECKING:
     from curation.core.store import Store
@@ -64,91 +63,83 @@ def clusters(n: int, pairs: Sequence[tuple[int, int, float]]) -> np.ndarray:
     return np.array([find(i) for i in range(n)], dtype=np.int64)
 
 
-def run(
-    store: Store,
-    *,
-    kinds: Sequence[str] = ("pair", "sft", "ranking"),
-    threshold: float = 0.95,
-    model: str = DEFAULT_ENCODER,
-    block: int = 2048,
-    device: str | None = None,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    allow_network: bool = False,
-) -> ScoreSummary:
-    """Cluster semantically near-duplicate prompts of each kind (cosine of MiniLM embeddings >= threshold)."""
-    if isinstance(kinds, str):
-        kinds = [k.strip() for k in kinds.split(",")]
-    with Timer() as t, store.writer_lock("score semantic_dedup"):
-        emb = Embedder(
-            store,
-            model,
-            device=device,
-            progress=progress,
-            trust_remote_code=trust_remote_code,
-            allow_network=allow_network,
-        )
-        per_kind = {k: load_records(store, k) for k in kinds}
-        all_ids = [f"{k}:{r['id']}" for k, recs in per_kind.items() for r in recs]
-        params = {"threshold": threshold, "kinds": list(kinds), "embeddings": emb.cache.key}
-        spec = ResultSpec(NAME, VERSION, emb.fingerprint, params, ids_fingerprint(all_ids))
-        report: dict[str, int] = {}
-        if result_done(store, spec):
-            activate(store, NAME, spec.key)
-            skipped = True
-        else:
-            skipped = False
-            parts = []
-            for kind, recs in per_kind.items():
-                vecs = emb.embed(prompt_texts(kind, recs), f"{kind} prompts")
-                pairs = near_pairs(vecs, threshold, block) if len(recs) else []
-                roots = clusters(len(recs), pairs)
-                best = np.ones(len(recs))
-                for i, j, s in pairs:  # similarity to the representative where it is a direct neighbour
-                    if roots[j] == i:
-                        best[j] = s
-                sizes = np.bincount(roots, minlength=len(recs)) if len(recs) else np.zeros(0, int)
-                keep = [i for i in range(len(recs)) if sizes[roots[i]] > 1]
-                if len(recs):
-                    for i in keep:
-                        if roots[i] != i and best[i] == 1.0:
-                            best[i] = float(vecs[i] @ vecs[roots[i]])
-                parts.append(
-                    pa.table(
-                        {
-                            "id": [recs[i]["id"] for i in keep],
-                            "kind": [kind] * len(keep),
-                            "sem_cluster": [recs[roots[i]]["id"] for i in keep],
-                            "sem_representative": [bool(roots[i] == i) for i in keep],
-                            "sem_similarity": [float(best[i]) for i in keep],
-                        },
-                        schema=SEMANTIC_SCHEMA,
-                    )
-                )
-                report[f"{kind}_near_duplicates"] = sum(1 for i in keep if roots[i] != i)
-            table = pa.concat_tables(parts) if parts else SEMANTIC_SCHEMA.empty_table()
-            commit_result(store, spec, table, report=report)
-    return ScoreSummary(
-        NAME,
-        spec.key,
-        len(all_ids),
-        cached=emb.stats.cached,
-        computed=emb.stats.computed,
-        skipped=skipped,
-        seconds=t.seconds,
-        report=report,
+@dataclass
+class SemanticDedupConfig(EmbeddingsConfig):
+    threshold: float = field(
+        default=0.95, metadata={"help": "Near-duplicates: cosine of the prompts' embeddings >= threshold."}
+    )
+    block: int = field(
+        default=2048, metadata={"help": "Tile size of the similarity blocks (memory ~block^2)."}
     )
 
 
+def kind_clusters(kind: str, recs: list[dict], vecs: np.ndarray, threshold: float, block: int) -> pa.Table:
+    """The rows of one kind's records in clusters of two or more (see the module docstring)."""
+    pairs = near_pairs(vecs, threshold, block)
+    roots = clusters(len(recs), pairs)
+    best = np.ones(len(recs))
+    for i, j, s in pairs:  # similarity to the representative where it is a direct neighbour
+        if roots[j] == i:
+            best[j] = s
+    sizes = np.bincount(roots, minlength=len(recs))
+    keep = [i for i in range(len(recs)) if sizes[roots[i]] > 1]
+    for i in keep:
+        if roots[i] != i and best[i] == 1.0:
+            best[i] = float(vecs[i] @ vecs[roots[i]])
+    columns = {
+        "id": [recs[i]["id"] for i in keep],
+        "kind": [kind] * len(keep),
+        "sem_cluster": [recs[roots[i]]["id"] for i in keep],
+        "sem_representative": [bool(roots[i] == i) for i in keep],
+        "sem_similarity": [float(best[i]) for i in keep],
+    }
+    return pa.table(columns, schema=SEMANTIC_SCHEMA)
+
+
 class SemanticDedup(Scorer):
-    """semantic_dedup in the registry (clustering over the whole set, in ``run``)."""
+    """Cluster semantically near-duplicate prompts of each kind (cosine of MiniLM embeddings >= threshold)."""
 
     name = NAME
     version = VERSION
-    kinds = ("pair", "sft", "ranking")
+    kinds = ALL_KINDS
+    Config = SemanticDedupConfig
     result_schema = SEMANTIC_SCHEMA
     views = {"scored_pairs": "pair", "scored_sft": "sft", "scored_rankings": "ranking"}
     view_columns = ("sem_cluster", "sem_representative")
     whole_set = True
     order = 50
-    entry = staticmethod(run)
+
+    def run(self, store: Store, *, progress: bool = True) -> ScoreSummary:
+        """Over every record of the kinds (no ``where``); the embeddings cache keeps its own chunking."""
+        return super().run(store, progress=progress)
+
+    def score(
+        self,
+        store: Store,
+        by_kind: dict[str, list[dict]],
+        summary: ScoreSummary,
+        *,
+        progress: bool = True,
+        chunk_size: int | None = None,
+    ) -> tuple[ResultSpec, pa.Table | None, dict]:
+        cfg = self.config
+        emb = cfg.embedder(store, progress)
+        all_ids = [f"{k}:{r['id']}" for k, recs in by_kind.items() for r in recs]
+        params = {"threshold": cfg.threshold, "kinds": list(self.load_kinds()), "embeddings": emb.cache.key}
+        spec = ResultSpec(NAME, VERSION, emb.fingerprint, params, ids_fingerprint(all_ids))
+        if result_done(store, spec):
+            return spec, None, {}
+        parts, report = [], {}
+        for kind, recs in by_kind.items():
+            vecs = emb.embed(prompt_texts(kind, recs), f"{kind} prompts")
+            parts.append(part := kind_clusters(kind, recs, vecs, cfg.threshold, cfg.block))
+            report[f"{kind}_near_duplicates"] = sum(
+                not r for r in part.column("sem_representative").to_pylist()
+            )
+        add_stats(summary, emb.stats)
+        return spec, pa.concat_tables(parts) if parts else SEMANTIC_SCHEMA.empty_table(), report
+
+
+def run(store: Store, *, progress: bool = True, **config: Any) -> ScoreSummary:
+    """Cluster near-duplicate prompts of each kind (``SemanticDedupConfig`` fields)."""
+    return SemanticDedup.run_with(store, progress=progress, **config)

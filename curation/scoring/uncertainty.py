@@ -20,30 +20,22 @@ Per-record values (embeddings, judge scores, entropies) are cached; the rescalin
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
 from curation.core.sql import check_expression
-from curation.scoring.base import ScoreSummary, Timer, add_stats
-from curation.scoring.cache import (
-    CacheSpec,
-    ResultSpec,
-    activate,
-    cached_compute,
-    commit_result,
-    ids_fingerprint,
-    result_done,
-)
+from curation.scoring.base import ScoreSummary, add_stats
+from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint
 from curation.scoring.contract import Scorer
 from curation.scoring.schemas import UNCERTAINTY_SCHEMA
 from curation.scoring.task import ChunkTask
-from curation.scoring.texts import final_response_of_sft, load_records, plain_render, prompt_of_sft, render
+from curation.scoring.texts import final_response_of_sft, plain_render, prompt_of_sft, render
 
 if TYPE_CHECKING:
     from curation.core.store import Store
@@ -152,192 +144,192 @@ class EntropyTask(ChunkTask):
         return pa.table({"entropy": lm.entropy(prompts, fulls)})
 
 
-def run(
-    store: Store,
-    *,
-    source: str = "rubric-embedding",
-    models: Sequence[str] | None = None,
-    where: str | None = None,
-    mean_epsilon: float = 0.1,
-    cap: float = 0.99,
-    # rubric-embedding
-    encoder: str = DEFAULT_ENCODER,
-    tau: float = 0.02,
-    # judge
-    base_url: str = "http://127.0.0.1:8000/v1",
-    judge_model: str | None = None,
-    concurrency: int = 8,
-    timeout_s: float = 60.0,
-    retries: int = 4,
-    api_key_env: str = "OPENAI_API_KEY",
-    # column
-    column: str | None = None,
-    column_scale: float = 1.0,
-    # runner
-    device: str = "auto",
-    bf16: bool | None = None,
-    max_length: int = 512,
-    chunk_size: int = 256,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    allow_network: bool = False,
-) -> ScoreSummary:
-    """Score u for every SFT record from ``source`` and write uncertainty + UAL label smoothing."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown uncertainty source {source!r}: use {', '.join(SOURCES)}")
-    if isinstance(models, str):
-        models = [models]
-    summary = ScoreSummary(NAME, "", 0)
-    with Timer() as t, store.writer_lock("score uncertainty"):
-        records = load_records(store, "sft", where)
+@dataclass
+class UncertaintyConfig:
+    source: str = field(
+        default="rubric-embedding", metadata={"help": "Where u comes from (module docstring)."}
+    )
+    models: Sequence[str] | None = field(
+        default=None, metadata={"help": "entropy: a causal LM; judge: a name."}
+    )
+    mean_epsilon: float = field(default=0.1, metadata={"help": "Mean label smoothing (UAL; methods.md 1)."})
+    cap: float = field(default=0.99, metadata={"help": "Largest label smoothing of one sample (UAL)."})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "rubric-embedding: sentence encoder."})
+    tau: float = field(default=0.02, metadata={"help": "rubric-embedding: softmax temperature."})
+    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "judge: the endpoint."})
+    judge_model: str | None = field(default=None, metadata={"help": "judge: the model's name (or --model)."})
+    concurrency: int = field(default=8, metadata={"help": "judge: requests in flight."})
+    timeout_s: float = field(default=60.0, metadata={"help": "judge: seconds per request."})
+    retries: int = field(default=4, metadata={"help": "judge: attempts per record."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "judge: the key's variable."})
+    column: str | None = field(default=None, metadata={"help": "column: a DuckDB expression over sft."})
+    column_scale: float = field(default=1.0, metadata={"help": "column: u = column / column_scale."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
+    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 autocast (None: where supported)."})
+    max_length: int = field(default=512, metadata={"help": "entropy: tokens per conversation."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code."})
+    allow_network: bool = field(default=False, metadata={"help": "Let a hub id be downloaded."})
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown uncertainty source {self.source!r}: use {', '.join(SOURCES)}")
+        if isinstance(self.models, str):
+            self.models = [self.models]
+
+
+#: what a source gives: u per record, and the fingerprint and params that key the result
+Values = tuple[np.ndarray, str, dict]
+
+
+class Uncertainty(Scorer):
+    """Score u for every SFT record from ``source`` and write uncertainty + UAL label smoothing (the
+    rescaling to the dataset mean is a global step after the per-record values)."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("sft",)
+    Config = UncertaintyConfig
+    result_schema = UNCERTAINTY_SCHEMA
+    views = {"scored_sft": None}
+    whole_set = True
+    order = 40
+    chunk_size = 256
+
+    def score(
+        self,
+        store: Store,
+        by_kind: dict[str, list[dict]],
+        summary: ScoreSummary,
+        *,
+        progress: bool = True,
+        chunk_size: int | None = None,
+    ) -> tuple[ResultSpec, pa.Table, dict] | None:
+        records, c = by_kind["sft"], self.config
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
             summary.skipped, summary.report = True, {"note": "no sft records to score"}
-            return summary
+            return None
         ids = [r["id"] for r in records]
-        summary.records = len(ids)
-        convs = [plain_render(r["messages"]) for r in records]
-        params: dict = {"source": source, "mean_epsilon": mean_epsilon, "cap": cap}
-        if source == "rubric-embedding":
-            from curation.scoring.embeddings import Embedder
-
-            emb = Embedder(
-                store,
-                encoder,
-                device=device,
-                bf16=bf16,
-                progress=progress,
-                trust_remote_code=trust_remote_code,
-                allow_network=allow_network,
-            )  # the embeddings cache's own chunking (1024), shared with every other user of that cache
-            vecs = emb.embed(convs, "sft conversations")
-            protos = {b: emb.encode_uncached(texts) for b, (_, texts) in BANDS.items()}
-            u = rubric_embedding_u(vecs, protos, tau)
-            add_stats(summary, emb.stats)
-            fingerprint = emb.fingerprint
-            params |= {"tau": tau, "embeddings": emb.cache.key, "bands": {b: v[1] for b, v in BANDS.items()}}
-        elif source == "judge":
-            from curation.scoring.judge import RUBRIC_VERSION, JudgeConfig, rate
-
-            name = judge_model or (models[0] if models else None)
-            if not name:
-                raise ValueError("source judge needs --param judge_model=NAME (or --model NAME)")
-            cfg = JudgeConfig(
-                base_url=base_url,
-                model=name,
-                concurrency=concurrency,
-                timeout_s=timeout_s,
-                retries=retries,
-                api_key_env=api_key_env,
-            )
-            cache = CacheSpec("judge", RUBRIC_VERSION, name, {"temperature": 0})
-
-            def compute(pos: np.ndarray) -> pa.Table:
-                return pa.table({"score": rate([convs[i] for i in pos], [ids[i] for i in pos], cfg)})
-
-            table, stats = cached_compute(
-                store,
-                cache,
-                ids,
-                compute,
-                schema=pa.schema([("id", pa.string()), ("score", pa.int32())]),
-                chunk_size=chunk_size,
-                progress=progress,
-                desc=f"judge {name}",
-            )
-            add_stats(summary, stats)
-            u = table.column("score").to_numpy().astype(np.float64) / 99.0
-            fingerprint = name
-            params |= {"judge_model": name, "rubric": RUBRIC_VERSION}
-        elif source == "entropy":
-            import dataclasses
-
-            from curation.core.models import bf16_supported, describe, pick_device
-            from curation.scoring.runner import RunnerConfig
-
-            if not models:
-                raise ValueError("source entropy needs --model PATH (a causal LM)")
-            spec = ModelSpec(models[0], trust_remote_code, allow_network)
-            config = RunnerConfig(device=device, bf16=bf16, max_length=max_length)
-            if config.bf16 is None:  # decided once, here: it keys the cache
-                config = dataclasses.replace(config, bf16=bf16_supported(pick_device(device)))
-            lm_fingerprint = describe(spec)["fingerprint"]
-            cache = CacheSpec("entropy", "1", lm_fingerprint, {"max_length": max_length, "bf16": config.bf16})
-            table, stats = cached_compute(
-                store,
-                cache,
-                ids,
-                schema=pa.schema([("id", pa.string()), ("entropy", pa.float64())]),
-                order=[len(c) for c in convs],
-                chunk_size=chunk_size,
-                progress=progress,
-                desc=f"entropy {models[0]}",
-                task=EntropyTask(spec, config),
-                items=[r["messages"] for r in records],
-            )
-            add_stats(summary, stats)
-            u = rank_normalise(table.column("entropy").to_numpy(zero_copy_only=False).astype(np.float64))
-            fingerprint = lm_fingerprint
-            params |= {"model": models[0], "max_length": max_length}
-        else:
-            if not column:
-                raise ValueError(
-                    "source column needs --param column=EXPR (a DuckDB expression over the sft view)"
-                )
-            if not (math.isfinite(float(column_scale)) and float(column_scale) > 0):
-                raise ValueError(f"column_scale {column_scale!r}: must be a finite number > 0")
-            expr = check_expression(column, "--param column")
-            q = f"SELECT id, CAST(({expr}) AS DOUBLE) / {float(column_scale)!r} AS u FROM sft"
-            res = store.query(q, what=f"--param column={column!r}")
-            vals = dict(zip(res.column("id").to_pylist(), res.column("u").to_pylist(), strict=True))
-            u = np.array([np.nan if vals.get(i) is None else vals[i] for i in ids], dtype=np.float64)
-            bad = [(i, v) for i, v in zip(ids, u, strict=True) if not (0.0 <= v <= 1.0)]
-            if bad:
-                i, v = bad[0]
-                raise ValueError(
-                    f"column {column!r} / {column_scale}: {len(bad)} sft record(s) outside [0, 1] or NULL, "
-                    f"first id {i} = {v}; pass --param column_scale=99 for 0-99 scores"
-                )
-            fingerprint = "column"
-            params |= {"column": column, "column_scale": column_scale}
+        source = getattr(self, f"_{c.source.replace('-', '_')}")
+        u, fingerprint, params = source(store, records, summary, progress, chunk_size or self.chunk_size)
         eps = ual_smoothing(
-            np.nan_to_num(u, nan=float(np.nanmean(u)) if np.isfinite(u).any() else 0.0), mean_epsilon, cap
+            np.nan_to_num(u, nan=float(np.nanmean(u)) if np.isfinite(u).any() else 0.0), c.mean_epsilon, c.cap
         )
         eps[np.isnan(u)] = np.nan
-        table = pa.table(
-            {"id": ids, "uncertainty": u, "label_smoothing": eps, "uncertainty_source": [source] * len(ids)},
-            schema=UNCERTAINTY_SCHEMA,
-        )
-        spec = ResultSpec(NAME, VERSION, fingerprint, params, ids_fingerprint(ids))
-        summary.key = spec.key
+        table = pa.table([ids, u, eps, [c.source] * len(ids)], schema=UNCERTAINTY_SCHEMA)
+        params = {"source": c.source, "mean_epsilon": c.mean_epsilon, "cap": c.cap} | params
         report = {
             "records": len(ids),
             "mean_u": float(np.nanmean(u)),
             "mean_epsilon": float(np.nanmean(eps)),
             "max_epsilon": float(np.nanmax(eps)),
         }
-        with contextlib.closing(store.connect()) as con:
-            src = dict(con.sql("SELECT id, source FROM sft").fetchall())
-        for s in sorted({src[i] for i in ids}):
-            mask = np.array([src[i] == s for i in ids])
-            report[f"mean_u[{s}]"] = float(np.nanmean(u[mask]))
-        summary.report = report
-        if result_done(store, spec) and summary.computed == 0:
-            activate(store, NAME, spec.key)
-            summary.skipped = True
-        else:
-            commit_result(store, spec, table, report=report)
-    summary.seconds = t.seconds
-    return summary
+        sources = np.array([r["source"] for r in records])
+        for s in sorted(set(sources)):
+            report[f"mean_u[{s}]"] = float(np.nanmean(u[sources == s]))
+        return ResultSpec(NAME, VERSION, fingerprint, params, ids_fingerprint(ids)), table, report
+
+    def _rubric_embedding(
+        self, store: Store, records: list[dict], summary: ScoreSummary, progress: bool, chunk_size: int
+    ) -> Values:
+        from curation.scoring.embeddings import Embedder
+
+        c = self.config
+        opts = {"trust_remote_code": c.trust_remote_code, "allow_network": c.allow_network}
+        # the embeddings cache's own chunking (1024), shared with every other user of that cache
+        emb = Embedder(store, c.encoder, device=c.device, bf16=c.bf16, progress=progress, **opts)
+        vecs = emb.embed([plain_render(r["messages"]) for r in records], "sft conversations")
+        protos = {b: emb.encode_uncached(texts) for b, (_, texts) in BANDS.items()}
+        add_stats(summary, emb.stats)
+        params = {"tau": c.tau, "embeddings": emb.cache.key, "bands": {b: v[1] for b, v in BANDS.items()}}
+        return rubric_embedding_u(vecs, protos, c.tau), emb.fingerprint, params
+
+    def _judge(
+        self, store: Store, records: list[dict], summary: ScoreSummary, progress: bool, chunk_size: int
+    ) -> Values:
+        from curation.scoring.judge import RUBRIC_VERSION, JudgeConfig, rate
+
+        c = self.config
+        name = c.judge_model or (c.models[0] if c.models else None)
+        if not name:
+            raise ValueError("source judge needs --param judge_model=NAME (or --model NAME)")
+        endpoint = {
+            k: getattr(c, k) for k in ("base_url", "concurrency", "timeout_s", "retries", "api_key_env")
+        }
+        cfg = JudgeConfig(model=name, **endpoint)
+        ids, convs = [r["id"] for r in records], [plain_render(r["messages"]) for r in records]
+
+        def compute(pos: np.ndarray) -> pa.Table:
+            return pa.table({"score": rate([convs[i] for i in pos], [ids[i] for i in pos], cfg)})
+
+        table, stats = cached_compute(
+            store,
+            CacheSpec("judge", RUBRIC_VERSION, name, {"temperature": 0}),
+            ids,
+            compute,
+            schema=pa.schema([("id", pa.string()), ("score", pa.int32())]),
+            chunk_size=chunk_size,
+            progress=progress,
+            desc=f"judge {name}",
+        )
+        add_stats(summary, stats)
+        u = table.column("score").to_numpy().astype(np.float64) / 99.0
+        return u, name, {"judge_model": name, "rubric": RUBRIC_VERSION}
+
+    def _entropy(
+        self, store: Store, records: list[dict], summary: ScoreSummary, progress: bool, chunk_size: int
+    ) -> Values:
+        from curation.core.models import bf16_supported, describe, pick_device
+        from curation.scoring.runner import RunnerConfig
+
+        c = self.config
+        if not c.models:
+            raise ValueError("source entropy needs --model PATH (a causal LM)")
+        spec = ModelSpec(c.models[0], c.trust_remote_code, c.allow_network)
+        bf16 = bf16_supported(pick_device(c.device)) if c.bf16 is None else c.bf16  # it keys the cache
+        lm_fingerprint = describe(spec)["fingerprint"]
+        table, stats = cached_compute(
+            store,
+            CacheSpec("entropy", "1", lm_fingerprint, {"max_length": c.max_length, "bf16": bf16}),
+            [r["id"] for r in records],
+            schema=pa.schema([("id", pa.string()), ("entropy", pa.float64())]),
+            order=[len(plain_render(r["messages"])) for r in records],
+            chunk_size=chunk_size,
+            progress=progress,
+            desc=f"entropy {c.models[0]}",
+            task=EntropyTask(spec, RunnerConfig(device=c.device, bf16=bf16, max_length=c.max_length)),
+            items=[r["messages"] for r in records],
+        )
+        add_stats(summary, stats)
+        u = rank_normalise(table.column("entropy").to_numpy(zero_copy_only=False).astype(np.float64))
+        return u, lm_fingerprint, {"model": c.models[0], "max_length": c.max_length}
+
+    def _column(
+        self, store: Store, records: list[dict], summary: ScoreSummary, progress: bool, chunk_size: int
+    ) -> Values:
+        c = self.config
+        if not c.column:
+            raise ValueError(
+                "source column needs --param column=EXPR (a DuckDB expression over the sft view)"
+            )
+        if not (math.isfinite(float(c.column_scale)) and float(c.column_scale) > 0):
+            raise ValueError(f"column_scale {c.column_scale!r}: must be a finite number > 0")
+        expr = check_expression(c.column, "--param column")
+        q = f"SELECT id, CAST(({expr}) AS DOUBLE) / {float(c.column_scale)!r} AS u FROM sft"
+        res = store.query(q, what=f"--param column={c.column!r}")
+        vals = dict(zip(res.column("id").to_pylist(), res.column("u").to_pylist(), strict=True))
+        ids = [r["id"] for r in records]
+        u = np.array([np.nan if vals.get(i) is None else vals[i] for i in ids], dtype=np.float64)
+        bad = [(i, v) for i, v in zip(ids, u, strict=True) if not (0.0 <= v <= 1.0)]
+        if bad:
+            i, v = bad[0]
+            raise ValueError(
+                f"column {c.column!r} / {c.column_scale}: {len(bad)} sft record(s) outside [0, 1] or NULL, "
+                f"first id {i} = {v}; pass --param column_scale=99 for 0-99 scores"
+            )
+        return u, "column", {"column": c.column, "column_scale": c.column_scale}
 
 
-class Uncertainty(Scorer):
-    """uncertainty in the registry (its rescaling to the dataset mean is a global step in ``run``)."""
-
-    name = NAME
-    version = VERSION
-    kinds = ("sft",)
-    result_schema = UNCERTAINTY_SCHEMA
-    views = {"scored_sft": None}
-    whole_set = True
-    order = 40
-    entry = staticmethod(run)
+def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:
+    """Score u for every SFT record and write uncertainty + UAL label smoothing (``UncertaintyConfig``
+    fields, and ``chunk_size``)."""
+    return Uncertainty.run_with(store, where=where, progress=progress, **config)
