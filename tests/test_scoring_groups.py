@@ -108,3 +108,11 @@ def test_semantic_dedup_view(hh_store):
     reps = {x["id"] for x in r if x["sem_representative"]}
     assert all(x["sem_cluster"] in reps for x in r)
     assert sum(not x["sem_representative"] for x in r) == s.report["pair_near_duplicates"]
+    # the result key is built from the documented params (a change would orphan existing results)
+    from curation.scoring.cache import ResultSpec, ids_fingerprint
+    from curation.scoring.embeddings import Embedder
+
+    emb = Embedder(hh_store, progress=False)
+    params = {"threshold": 0.9, "kinds": ["pair"], "embeddings": emb.cache.key}
+    ids = [f"pair:{x['id']}" for x in q(hh_store, "SELECT id FROM pairs")]
+    assert s.key == ResultSpec("semantic_dedup", "1", emb.fingerprint, params, ids_fingerprint(ids)).key

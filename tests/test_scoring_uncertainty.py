@@ -14,6 +14,7 @@ from scipy.stats import rankdata
 from curation import catalog
 from curation.core.models import ModelSpec
 from curation.scoring import run_scorer
+from curation.scoring.cache import ResultSpec, ids_fingerprint
 from curation.scoring.runner import CausalLMEntropy, RunnerConfig
 from curation.scoring.texts import prompt_of_sft, render
 from curation.scoring.uncertainty import rank_normalise, ual_smoothing
@@ -147,9 +148,13 @@ def test_entropy_of_tiny_causal_lm(sft_store, tiny_lm):
 
 def test_column_source_and_its_errors(sft_store):
     expr = "length(messages[1].content) % 100"
-    run_scorer(sft_store, "uncertainty", source="column", column=expr, column_scale=99, progress=False)
-    r = rows(sft_store, "SELECT messages, uncertainty FROM scored_sft")
+    s = run_scorer(sft_store, "uncertainty", source="column", column=expr, column_scale=99, progress=False)
+    r = rows(sft_store, "SELECT id, messages, uncertainty FROM scored_sft")
     for x in r[:5]:
         assert x["uncertainty"] == pytest.approx((len(x["messages"][0]["content"]) % 100) / 99)
+    # the result key is built from the documented params (a change would orphan existing results)
+    params = {"source": "column", "mean_epsilon": 0.1, "cap": 0.99, "column": expr, "column_scale": 99}
+    spec = ResultSpec("uncertainty", "1", "column", params, ids_fingerprint([x["id"] for x in r]))
+    assert s.key == spec.key
     with pytest.raises(ValueError, match="outside \\[0, 1\\].*first id [0-9a-f]{32}"):
         run_scorer(sft_store, "uncertainty", source="column", column=expr, progress=False)
