@@ -166,8 +166,7 @@ def pair_response_texts(records: list[dict]) -> tuple[list[str], list[str]]:
 @dataclass
 class EmbeddingsConfig:
     kinds: Sequence[str] = field(
-        default=ALL_KINDS,
-        metadata={"help": "Record kinds to read: a list or 'pair,sft' (default all three)."},
+        default=ALL_KINDS, metadata={"help": "Record kinds to read: a list or 'pair,sft'."}
     )
     model: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder (the bundled MiniLM)."})
     device: str | None = field(default=None, metadata={"help": "auto (None), cpu, cuda, cuda:1 ..."})
