@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from curation import catalog
+from curation.core.models import DEFAULT_ENCODER
 from curation.scoring import run_scorer
+from curation.scoring.cache import ResultSpec, ids_fingerprint
+from curation.scoring.embeddings import Embedder
 from curation.scoring.semantic import clusters, near_pairs
 from curation.scoring.spurious_groups import balanced_weights, qdiv_head
 from tests.fixtures.stores import build_store
@@ -46,6 +49,12 @@ def test_spurious_groups_features_weights_and_table(hh_store):
     assert sum(t["size"] for t in table) == n and all(t["mean_margin"] is None for t in table)
     again = run_scorer(hh_store, "spurious_groups", clusters=4, progress=False)
     assert again.skipped
+    # the key is the one of the documented params: a refactor that changed it would orphan stores and manifests
+    emb = Embedder(hh_store, device="auto")
+    params = {"clusters": 4, "kl_weight": 1.0, "steps": 300, "max_weight": 5.0, "seed": 0}
+    params |= {"tokenizer": DEFAULT_ENCODER, "embeddings": emb.cache.key, "reward_margin": None}
+    ids = [x["id"] for x in r]
+    assert s.key == ResultSpec("spurious_groups", "2", emb.fingerprint, params, ids_fingerprint(ids)).key
 
 
 def test_spurious_groups_use_reward_margin_when_present(hh_store):

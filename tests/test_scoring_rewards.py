@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from curation import catalog
+from curation.core.models import DEFAULT_ENCODER
 from curation.scoring import run_scorer, versions
+from curation.scoring.cache import ResultSpec, ids_fingerprint
+from curation.scoring.embeddings import Embedder
 from tests.fixtures.scoring import save_reward_model
 from tests.fixtures.stores import build_store
 
@@ -143,6 +146,15 @@ def test_crossfit_backend_on_hh(tmp_path, shared_data):
         st, "reward_margin", backend="crossfit", folds=3, repeats=2, head="logistic", progress=False
     )
     assert again.skipped and again.computed == 0 and again.key == s.key
+    # the key is the one of the documented params: a refactor that changed it would orphan stores and manifests
+    emb = Embedder(st, device="auto")
+    combine = {"incorrect_quantile": 0.2, "ambiguous_quantile": 0.4, "incorrect_below": None}
+    combine |= {"ambiguous_below": None, "margin_scale": 1.0, "max_margin": None}
+    control = {"length_control": True, "length_strata": 5, "length_tokenizer": DEFAULT_ENCODER}
+    params = {"backend": "crossfit", "head": "logistic", "folds": 3, "repeats": 2, "epochs": 30, "c": 0.005}
+    params |= {"seed": 0, "embeddings": emb.cache.key, "c_bias": 1.0} | combine | control
+    ids = [r["id"] for r in scored(st, "id").to_pylist()]
+    assert s.key == ResultSpec("reward_margin", "2", emb.fingerprint, params, ids_fingerprint(ids)).key
 
 
 @pytest.mark.slow

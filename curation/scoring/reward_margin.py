@@ -67,6 +67,7 @@ What the control costs and buys on real data: benchmarks/noise/RESULTS.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,16 +75,8 @@ import pyarrow as pa
 
 from curation.core.length_features import markdown_matrix, pair_length_features
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
-from curation.scoring.base import ScoreSummary, Timer, add_stats
-from curation.scoring.cache import (
-    CacheSpec,
-    ResultSpec,
-    activate,
-    cached_compute,
-    commit_result,
-    ids_fingerprint,
-)
-from curation.scoring.cache import result_done as _done
+from curation.scoring.base import ScoreSummary, add_stats
+from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint, result_done
 from curation.scoring.contract import Scorer
 from curation.scoring.crossfit import (
     crossfit_features,
@@ -94,7 +87,7 @@ from curation.scoring.crossfit import (
 )
 from curation.scoring.schemas import REWARD_MARGIN_SCHEMA
 from curation.scoring.task import ChunkTask
-from curation.scoring.texts import load_records, plain_render, render, response_text
+from curation.scoring.texts import plain_render, render, response_text
 from schemas.ids import text_id
 
 if TYPE_CHECKING:
@@ -324,185 +317,177 @@ def model_rewards(
     return table, stats, fingerprint
 
 
-# ---------------------------------------------------------------------- run
-def run(
-    store: Store,
-    *,
-    models: Sequence[str] | None = None,
-    backend: str | None = None,
-    where: str | None = None,
+# ------------------------------------------------------------------- config
+def _opt(default: Any, text: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+def _pick(config: Any, *names: str) -> dict[str, Any]:
+    return {n: getattr(config, n) for n in names}
+
+
+@dataclass
+class RewardMarginConfig:
+    models: list[str] | None = _opt(None, "backend models: reward model folders or hub ids; judge: its name.")
+    backend: str | None = _opt(None, "models | crossfit | judge (None: models if given, else crossfit).")
     # classes and margin
-    incorrect_quantile: float = 0.2,
-    ambiguous_quantile: float = 0.4,
-    incorrect_below: float | None = None,
-    ambiguous_below: float | None = None,
-    margin_scale: float = 1.0,
-    max_margin: float | None = None,
-    # length control
-    length_control: bool = True,
-    length_strata: int = 5,
-    c_bias: float = 1.0,
+    incorrect_quantile: float = _opt(0.2, "Share of pairs classed incorrect (methods.md 3: bottom 20 %).")
+    ambiguous_quantile: float = _opt(0.4, "Share classed incorrect or ambiguous (methods.md 3: next 20 %).")
+    incorrect_below: float | None = _opt(None, "incorrect: margin below this value (overrides the quantile).")
+    ambiguous_below: float | None = _opt(None, "ambiguous: margin below this value (overrides the quantile).")
+    margin_scale: float = _opt(1.0, "adaptive_margin = margin_scale x clip(margin, 0, max_margin).")
+    max_margin: float | None = _opt(None, "adaptive_margin's cap (None: none).")
+    # length control (module docstring)
+    length_control: bool = _opt(True, "Control margin and classes for length and format differences.")
+    length_strata: int = _opt(5, "Quantile bins of |length difference| per sign for the classes (0: none).")
+    c_bias: float = _opt(1.0, "crossfit: the bias expert's inverse penalty (200x the content head's c).")
     # judge (curation/scoring/pairwise_judge.py; the key never reaches caches or manifests)
-    base_url: str | None = None,
-    api_key: str | None = None,
-    api_key_env: str | None = None,
-    concurrency: int = 8,
-    timeout_s: float = 60.0,
-    retries: int = 4,
-    judge_logprobs: bool = True,
-    top_logprobs: int = 5,
-    judge_margin: str = "auto",
+    base_url: str | None = _opt(None, "judge: the OpenAI-compatible endpoint (else $CURATE_JUDGE_URL).")
+    api_key: str | None = _opt(None, "judge: the API key (else from api_key_env); never stored.", repr=False)
+    api_key_env: str | None = _opt(None, "judge: the key's variable (CURATE_JUDGE_API_KEY, OPENAI_API_KEY).")
+    concurrency: int = _opt(8, "judge: requests in flight.")
+    timeout_s: float = _opt(60.0, "judge: seconds per request.")
+    retries: int = _opt(4, "judge: retries of a request that failed (429, 5xx, network).")
+    judge_logprobs: bool = _opt(True, "judge: ask for logprobs (margins as log-odds).")
+    top_logprobs: int = _opt(5, "judge: alternatives per answer token (1..20).")
+    judge_margin: str = _opt("auto", "judge: auto | logprobs | votes.")
     # crossfit
-    encoder: str = DEFAULT_ENCODER,
-    folds: int = 5,
-    repeats: int | None = None,
-    head: str = "logistic",
-    c: float = 0.005,
-    hidden: int = 64,
-    finetune: bool = False,
-    epochs: int | None = None,
-    finetune_lr: float = 5e-5,
-    finetune_soft_label: float = 0.1,
-    seed: int = 0,
+    encoder: str = _opt(DEFAULT_ENCODER, "crossfit: the encoder (frozen for a head, or fine-tuned).")
+    folds: int = _opt(5, "Folds by prompt hash (crossfit; the residualised length control).")
+    repeats: int | None = _opt(None, "crossfit: fold assignments = margins per pair (None: 3).")
+    head: str = _opt("logistic", "crossfit: logistic | mlp.")
+    c: float = _opt(0.005, "crossfit logistic head: inverse penalty (0.005 was best in benchmarks/noise).")
+    hidden: int = _opt(64, "crossfit mlp head: hidden units.")
+    finetune: bool = _opt(False, "crossfit: fine-tune the whole encoder per fold (GPU).")
+    epochs: int | None = _opt(None, "crossfit: epochs (None: 30 for a head; 2 fine-tuning, benchmarks/gpu).")
+    finetune_lr: float = _opt(5e-5, "crossfit finetune: learning rate (best of four on HH: benchmarks/gpu).")
+    finetune_soft_label: float = _opt(0.1, "crossfit finetune: soft labels, robust to flipped labels.")
+    seed: int = _opt(0, "crossfit: seed of the heads and the fine-tuning.")
     # runner
-    device: str = "auto",
-    bf16: bool | None = None,
-    token_budget: int = 8192,
-    max_length: int = 512,
-    chunk_size: int = 256,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    allow_network: bool = False,
-) -> ScoreSummary:
-    """Score every pair's preference strength with the chosen backend and write the reward_margin result.
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N.")
+    bf16: bool | None = _opt(None, "Models in bf16 (None: where the device gains from it).")
+    token_budget: int = _opt(8192, "Padded tokens per forward batch.")
+    max_length: int = _opt(512, "Tokens per text (a longer text loses its start).")
+    trust_remote_code: bool = _opt(False, "Allow the models' own code.")
+    allow_network: bool = _opt(False, "Let hub ids be downloaded.")
 
-    ``length_control`` (default true): ``margin`` and the classes control for the pairs' length and
-    format differences (module docstring); ``length_strata`` quantile bins of |length difference| per
-    sign (0: classes over all pairs); ``c_bias``: the crossfit bias expert's inverse penalty.
-    """
-    from curation.scoring.runner import RunnerConfig
 
-    if isinstance(models, str):
-        models = [models]
-    backend = backend or ("models" if models else "crossfit")
-    config = RunnerConfig(device=device, bf16=bf16, token_budget=token_budget, max_length=max_length)
-    combine_kw = {
-        "incorrect_quantile": incorrect_quantile,
-        "ambiguous_quantile": ambiguous_quantile,
-        "incorrect_below": incorrect_below,
-        "ambiguous_below": ambiguous_below,
-        "margin_scale": margin_scale,
-        "max_margin": max_margin,
-    }
-    control: dict[str, Any] = {"length_control": bool(length_control)}  # joins every backend's result key
-    if length_control:
-        control |= {"length_strata": length_strata, "length_tokenizer": DEFAULT_ENCODER}
-    summary = ScoreSummary(NAME, "", 0)
-    with Timer() as t, store.writer_lock("score reward_margin"):
-        records = load_records(store, "pair", where)
+COMBINE_KEYS = ("incorrect_quantile", "ambiguous_quantile", "incorrect_below", "ambiguous_below")
+COMBINE_KEYS += ("margin_scale", "max_margin")
+
+
+class RewardMargin(Scorer):
+    """reward_margin: the backends' per-record model work (rewards, embeddings, judge calls) goes through
+    ``cached_compute``; cross-fitting, the length control and the classes are whole-set steps of ``score``."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("pair",)
+    Config = RewardMarginConfig
+    result_schema = REWARD_MARGIN_SCHEMA
+    views = {"scored_pairs": None}
+    whole_set = True
+    order = 10
+    chunk_size = 256
+
+    def spec(self, model: str) -> ModelSpec:
+        return ModelSpec(model, self.config.trust_remote_code, self.config.allow_network)
+
+    def runner(self):
+        from curation.scoring.runner import RunnerConfig
+
+        return RunnerConfig(**_pick(self.config, "device", "bf16", "token_budget", "max_length"))
+
+    def score(
+        self,
+        store: Store,
+        by_kind: dict[str, list[dict]],
+        summary: ScoreSummary,
+        *,
+        progress: bool = True,
+        chunk_size: int | None = None,
+    ) -> tuple[ResultSpec, pa.Table | None, dict] | None:
+        """The backend's rewards, the length control, then ``combine``'s classes (module docstring). The
+        crossfit backend computes nothing when its result exists already."""
+        c, records = self.config, by_kind["pair"]
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
             summary.skipped, summary.report = True, {"note": "no pairs to score"}
-            return summary
-        ids = [r["id"] for r in records]
-        summary.records = len(ids)
+            return None
+        models = [c.models] if isinstance(c.models, str) else c.models
+        backend = c.backend or ("models" if models else "crossfit")
+        ids, length_control = [r["id"] for r in records], c.length_control
+        chunk_size = chunk_size or self.chunk_size
         keys = [text_id(plain_render(r["prompt"])) for r in records]  # folds by prompt
+        combine_kw = _pick(c, *COMBINE_KEYS)
+        control: dict[str, Any] = {"length_control": bool(length_control)}  # joins every backend's result key
+        if length_control:
+            control |= {"length_strata": c.length_strata, "length_tokenizer": DEFAULT_ENCODER}
         controlled = features = None  # a backend that controls for length itself sets them
         if backend == "models":
             if not models:
                 raise ValueError("backend 'models' needs at least one --model")
-            cols_c, cols_r, fps = [], [], []
-            for m in models:
-                spec = ModelSpec(m, trust_remote_code, allow_network)
-                table, stats, fp = model_rewards(store, records, spec, config, progress, chunk_size)
+            runs = [
+                model_rewards(store, records, self.spec(m), self.runner(), progress, chunk_size)
+                for m in models
+            ]
+            for _, stats, _ in runs:
                 add_stats(summary, stats)
-                cols_c.append(table.column("reward_chosen").to_numpy())
-                cols_r.append(table.column("reward_rejected").to_numpy())
-                fps.append(fp)
-            rc, rr = np.stack(cols_c, 1), np.stack(cols_r, 1)
-            fingerprint = ",".join(fps)
-            params = {"backend": "models", "models": list(models), "max_length": max_length} | combine_kw
-            params |= {"folds": folds} if length_control else {}
+            rc, rr = (
+                np.stack([t.column(f"reward_{s}").to_numpy() for t, _, _ in runs], 1)
+                for s in ("chosen", "rejected")
+            )
+            fingerprint = ",".join(fp for _, _, fp in runs)
+            params = {"backend": "models", "models": list(models), "max_length": c.max_length} | combine_kw
+            params |= {"folds": c.folds} if length_control else {}
         elif backend == "crossfit":
-            from curation.scoring.embeddings import Embedder
-
-            spec = ModelSpec(encoder, trust_remote_code, allow_network)
-            if finetune:
-                reps = repeats or 3  # 3 repeats: +0.02-0.03 AUROC over one on HH (benchmarks/gpu)
-                ep = epochs or 2  # 2 epochs at lr 5e-5: the best of four settings on HH (benchmarks/gpu)
+            # 3 repeats: +0.02-0.03 AUROC over one on HH; 2 epochs at lr 5e-5: the best of four settings on HH
+            # (benchmarks/gpu)
+            reps, ep = c.repeats or 3, c.epochs or (2 if c.finetune else 30)
+            if c.finetune:
                 from curation.core.models import describe
 
-                fingerprint = describe(spec)["fingerprint"]
-                params = {"backend": "crossfit", "finetune": True, "folds": folds, "repeats": reps}
-                params |= {"epochs": ep, "lr": finetune_lr, "seed": seed, "max_length": max_length}
-                params |= {"soft_label": finetune_soft_label} | combine_kw
+                fingerprint = describe(self.spec(c.encoder))["fingerprint"]
+                params = {"backend": "crossfit", "finetune": True, "folds": c.folds, "repeats": reps}
+                params |= {"epochs": ep, "lr": c.finetune_lr, "seed": c.seed, "max_length": c.max_length}
+                params |= {"soft_label": c.finetune_soft_label} | combine_kw
             else:
-                reps = repeats or 3
-                ep = epochs or 30
-                embedder = Embedder(
-                    store,
-                    encoder,
-                    device=device,
-                    progress=progress,
-                    bf16=bf16,
-                    trust_remote_code=trust_remote_code,
-                    allow_network=allow_network,
-                )
+                from curation.scoring.embeddings import Embedder
+
+                access = _pick(c, "device", "bf16", "trust_remote_code", "allow_network")
+                embedder = Embedder(store, c.encoder, progress=progress, **access)
                 fingerprint = embedder.fingerprint
-                params = {"backend": "crossfit", "head": head, "folds": folds, "repeats": reps, "epochs": ep}
-                params |= {"c": c} if head == "logistic" else {"hidden": hidden}
-                params |= {"seed": seed, "embeddings": embedder.cache.key} | combine_kw
-                params |= {"c_bias": c_bias} if length_control else {}
+                params = {"backend": "crossfit", "head": c.head, "folds": c.folds, "repeats": reps}
+                params |= {"epochs": ep}
+                params |= {"c": c.c} if c.head == "logistic" else {"hidden": c.hidden}
+                params |= {"seed": c.seed, "embeddings": embedder.cache.key} | combine_kw
+                params |= {"c_bias": c.c_bias} if length_control else {}
             rspec = ResultSpec(NAME, VERSION, fingerprint, params | control, ids_fingerprint(ids))
-            if _done(store, rspec):
-                activate(store, NAME, rspec.key)
-                summary.key, summary.skipped, summary.cached = rspec.key, True, len(ids)
-                summary.seconds = t.seconds if hasattr(t, "seconds") else 0.0
-                return _finish(summary, t)
-            if finetune:
-                rc, rr = finetune_rewards(
-                    records,
-                    keys,
-                    spec,
-                    config,
-                    folds=folds,
-                    repeats=reps,
-                    epochs=ep,
-                    lr=finetune_lr,
-                    seed=seed,
-                    soft_label=finetune_soft_label,
-                    progress=progress,
-                )
+            if result_done(store, rspec):  # cross-fitting is dear: an existing result is only activated
+                summary.cached = len(ids)
+                return rspec, None, {}
+            if c.finetune:
+                ft_kw = {"folds": c.folds, "repeats": reps, "epochs": ep, "lr": c.finetune_lr, "seed": c.seed}
+                ft_kw |= {"soft_label": c.finetune_soft_label, "progress": progress}
+                rc, rr = finetune_rewards(records, keys, self.spec(c.encoder), self.runner(), **ft_kw)
                 summary.computed = len(ids)
             else:
                 ec, er = response_embeddings(records, embedder)
                 add_stats(summary, embedder.stats)
-                head_kw = {"folds": folds, "repeats": reps, "head": head, "c": c, "hidden": hidden}
-                head_kw |= {"epochs": ep, "seed": seed}
+                head_kw = {"folds": c.folds, "repeats": reps, "head": c.head, "c": c.c, "hidden": c.hidden}
+                head_kw |= {"epochs": ep, "seed": c.seed}
                 rc, rr = crossfit_rewards(*crossfit_features(records, ec, er), keys, **head_kw)
                 if length_control:  # product of experts: the content head alone gives mu
                     features, len_diff = length_inputs(store, records, progress)
                     gc, gr = crossfit_features(records, ec, er, content_only=True)
-                    cc, cr = crossfit_rewards(gc, gr, keys, bias=features, c_bias=c_bias, **head_kw)
+                    cc, cr = crossfit_rewards(gc, gr, keys, bias=features, c_bias=c.c_bias, **head_kw)
                     controlled = cc - cr
         elif backend == "judge":
             from curation.scoring.pairwise_judge import judge_margins
 
-            jm = judge_margins(
-                store,
-                records,
-                models,
-                base_url=base_url,
-                api_key=api_key,
-                api_key_env=api_key_env,
-                concurrency=concurrency,
-                timeout_s=timeout_s,
-                retries=retries,
-                logprobs=judge_logprobs,
-                top_logprobs=top_logprobs,
-                margin_from=judge_margin,
-                chunk_size=chunk_size,
-                progress=progress,
-            )
+            judge_kw = _pick(c, "base_url", "api_key", "api_key_env", "concurrency", "timeout_s", "retries")
+            judge_kw |= {"logprobs": c.judge_logprobs, "top_logprobs": c.top_logprobs, "progress": progress}
+            judge_kw |= {"margin_from": c.judge_margin, "chunk_size": chunk_size}
+            jm = judge_margins(store, records, models, **judge_kw)
             add_stats(summary, jm.stats)
             (rc, rr), fingerprint, combine_kw = jm.rewards(), jm.fingerprint, jm.thresholds(combine_kw)
             params = jm.params | combine_kw
@@ -518,8 +503,8 @@ def run(
             if features is None:
                 features, len_diff = length_inputs(store, records, progress)
             if controlled is None:
-                controlled = residualise(rc - rr, features, keys, folds)
-            strata = length_stratum(len_diff, length_strata) if length_strata > 0 else None
+                controlled = residualise(rc - rr, features, keys, c.folds)
+            strata = length_stratum(len_diff, c.length_strata) if c.length_strata > 0 else None
         table, report = combine(ids, rc, rr, controlled=controlled, strata=strata, **combine_kw)
         if backend == "judge":
             table, report = jm.annotate(table, report)
@@ -529,33 +514,10 @@ def run(
             cls = np.asarray(table.column("quality_class").to_pylist())
             raw, mu = table.column("margin_raw").to_numpy(), table.column("margin").to_numpy()
             report |= length_make_up(cls, features, len_diff, raw, mu)
-        rspec = ResultSpec(NAME, VERSION, fingerprint, params | control, ids_fingerprint(ids))
-        summary.key = rspec.key
-        if _done(store, rspec) and summary.computed == 0:
-            activate(store, NAME, rspec.key)
-            summary.skipped = True
-        else:
-            commit_result(store, rspec, table, report=report)
-        summary.report = report
-    return _finish(summary, t)
+        return ResultSpec(NAME, VERSION, fingerprint, params | control, ids_fingerprint(ids)), table, report
 
 
-def _finish(summary: ScoreSummary, t: Timer) -> ScoreSummary:
-    import time
-
-    summary.seconds = getattr(t, "seconds", None) or (time.perf_counter() - t.start)
-    return summary
-
-
-class RewardMargin(Scorer):
-    """reward_margin in the registry; its backends' global steps (cross-fitting, classes) stay in ``run``,
-    its per-record model work (rewards, embeddings, judge calls) goes through ``cached_compute``."""
-
-    name = NAME
-    version = VERSION
-    kinds = ("pair",)
-    result_schema = REWARD_MARGIN_SCHEMA
-    views = {"scored_pairs": None}
-    whole_set = True
-    order = 10
-    entry = staticmethod(run)
+def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:
+    """Score every pair's preference strength with the chosen backend and write the reward_margin result
+    (``RewardMarginConfig`` fields, and ``chunk_size``)."""
+    return RewardMargin.run_with(store, where=where, progress=progress, **config)

@@ -22,25 +22,18 @@ The group table is the ``score_groups`` view (size, mean margin, share of flagge
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER
-from curation.scoring.base import ScoreSummary, Timer, add_stats
-from curation.scoring.cache import (
-    ResultSpec,
-    activate,
-    active_meta,
-    active_table,
-    commit_result,
-    ids_fingerprint,
-    result_done,
-)
+from curation.scoring.base import ScoreSummary, add_stats
+from curation.scoring.cache import ResultSpec, active_meta, active_table, ids_fingerprint, result_done
 from curation.scoring.contract import Scorer
 from curation.scoring.schemas import SPURIOUS_SCHEMA
-from curation.scoring.texts import last_user_turn, load_records, response_text
+from curation.scoring.texts import last_user_turn, response_text
 
 if TYPE_CHECKING:
     from curation.core.store import Store
@@ -110,72 +103,73 @@ def balanced_weights(groups: np.ndarray, max_weight: float = 5.0) -> np.ndarray:
     return w
 
 
-def run(
-    store: Store,
-    *,
-    where: str | None = None,
-    clusters: int = 8,
-    kl_weight: float = 1.0,
-    steps: int = 300,
-    max_weight: float = 5.0,
-    seed: int = 0,
-    encoder: str = DEFAULT_ENCODER,
-    tokenizer: str = DEFAULT_ENCODER,
-    device: str = "auto",
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    allow_network: bool = False,
-) -> ScoreSummary:
-    """Compute bias features, clusters, Q-Diversity pseudo-groups and group weights for every pair."""
-    from sklearn.cluster import KMeans
+def _opt(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
 
-    from curation.scoring.crossfit import _LIST, _REFUSAL, crossfit_rewards
-    from curation.scoring.embeddings import Embedder, pair_response_texts, prompt_texts
-    from curation.scoring.length_bias import pair_lengths
-    from schemas.ids import text_id
 
-    summary = ScoreSummary(NAME, "", 0)
-    with Timer() as t, store.writer_lock("score spurious_groups"):
-        records = load_records(store, "pair", where)
+@dataclass
+class SpuriousGroupsConfig:
+    clusters: int = _opt(8, "k-means clusters of the prompt embeddings (feat_emb_cluster).")
+    kl_weight: float = _opt(1.0, "Weight of Q-Diversity's label-balance term L_z (methods.md 6).")
+    steps: int = _opt(300, "Adam steps of the Q-Diversity head g.")
+    max_weight: float = _opt(5.0, "Cap of a pair's group weight (>= 1; the weights keep mean 1).")
+    seed: int = _opt(0, "Seed of k-means, the quick preference head and the Q-Diversity head.")
+    encoder: str = _opt(DEFAULT_ENCODER, "Encoder of the prompt and response embeddings.")
+    tokenizer: str = _opt(DEFAULT_ENCODER, "Tokenizer of the length features (length_bias's cache).")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N.")
+    trust_remote_code: bool = _opt(False, "Allow the models' own code.")
+    allow_network: bool = _opt(False, "Let hub ids be downloaded.")
+
+
+class SpuriousGroups(Scorer):
+    """spurious_groups: embeddings and token lengths through the caches, then clustering and Q-Diversity
+    over the whole set (``score``)."""
+
+    name = NAME
+    version = VERSION
+    kinds = ("pair",)
+    result_schema = SPURIOUS_SCHEMA
+    views = {"scored_pairs": None}
+    contract_columns = ("group_id", "group_weight")
+    whole_set = True
+    order = 30
+    Config = SpuriousGroupsConfig
+    chunk_size = 1024  # texts per embedding cache chunk (Embedder's default)
+
+    def score(
+        self,
+        store: Store,
+        by_kind: dict[str, list[dict]],
+        summary: ScoreSummary,
+        *,
+        progress: bool = True,
+        chunk_size: int | None = None,
+    ) -> tuple[ResultSpec, pa.Table | None, dict] | None:
+        """Bias features, clusters, Q-Diversity pseudo-groups and group weights of every pair (``chunk_size``:
+        texts per embedding cache chunk)."""
+        from sklearn.cluster import KMeans
+
+        from curation.scoring.crossfit import _LIST, _REFUSAL, crossfit_rewards
+        from curation.scoring.embeddings import Embedder, pair_response_texts, prompt_texts
+        from curation.scoring.length_bias import pair_lengths
+        from schemas.ids import text_id
+
+        c, records = self.config, by_kind["pair"]
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
             summary.skipped, summary.report = True, {"note": "no pairs to score"}
-            return summary
-        ids = [r["id"] for r in records]
-        summary.records = len(ids)
-        emb = Embedder(
-            store,
-            encoder,
-            device=device,
-            progress=progress,
-            trust_remote_code=trust_remote_code,
-            allow_network=allow_network,
-        )
+            return None
+        ids, size = [r["id"] for r in records], chunk_size or self.chunk_size
+        access = {k: getattr(c, k) for k in ("trust_remote_code", "allow_network")}
+        emb = Embedder(store, c.encoder, device=c.device, progress=progress, chunk_size=size, **access)
         rm_meta = active_meta(store, "reward_margin")
-        params = {
-            "clusters": clusters,
-            "kl_weight": kl_weight,
-            "steps": steps,
-            "max_weight": max_weight,
-            "seed": seed,
-            "tokenizer": tokenizer,
-            "embeddings": emb.cache.key,
-            "reward_margin": rm_meta["key"] if rm_meta else None,
-        }
+        keep = ("clusters", "kl_weight", "steps", "max_weight", "seed", "tokenizer")
+        params = {k: getattr(c, k) for k in keep} | {"embeddings": emb.cache.key}
+        params["reward_margin"] = rm_meta["key"] if rm_meta else None
         spec = ResultSpec(NAME, VERSION, emb.fingerprint, params, ids_fingerprint(ids))
-        summary.key = spec.key
-        if result_done(store, spec):
-            activate(store, NAME, spec.key)
-            summary.skipped, summary.cached = True, len(ids)
-            summary.seconds = 0.0
-            return summary
-        lengths, stats, _ = pair_lengths(
-            store,
-            records,
-            tokenizer,
-            progress,
-            trust_remote_code=trust_remote_code,
-            allow_network=allow_network,
-        )
+        if result_done(store, spec):  # clustering and the Q-Diversity head are not run again
+            summary.cached = len(ids)
+            return spec, None, {}
+        lengths, stats, _ = pair_lengths(store, records, c.tokenizer, progress, **access)
         add_stats(summary, stats)
         lc = lengths.column("len_chosen").to_numpy().astype(np.int64)
         lr = lengths.column("len_rejected").to_numpy().astype(np.int64)
@@ -185,8 +179,8 @@ def run(
         add_stats(summary, emb.stats)
         n = len(records)
         diff = resp[:n] - resp[n:]
-        k = max(1, min(clusters, n))
-        cluster = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(prompts).astype(np.int32)
+        k = max(1, min(c.clusters, n))
+        cluster = KMeans(n_clusters=k, n_init=4, random_state=c.seed).fit_predict(prompts).astype(np.int32)
         # per-pair loss of the preference model
         margin = None
         if rm_meta:
@@ -201,15 +195,16 @@ def run(
             keys = [text_id(last_user_turn(r["prompt"])) for r in records]
             folds = min(5, max(2, n // 20))
             rc, rr = crossfit_rewards(
-                resp[:n], resp[n:], keys, folds=folds, repeats=1, head="logistic", seed=seed
+                resp[:n], resp[n:], keys, folds=folds, repeats=1, head="logistic", seed=c.seed
             )
             margin = (rc - rr)[:, 0]
         loss = np.logaddexp(0.0, -margin / (np.nanstd(margin) + 1e-8))
         y = (lc > lr).astype(np.int64)
-        z = qdiv_head(diff, y, loss, kl_weight, steps, seed)
+        z = qdiv_head(diff, y, loss, c.kl_weight, c.steps, c.seed)
         group = (2 * y + z).astype(np.int32)
-        weights = balanced_weights(group, max_weight)
+        weights = balanced_weights(group, c.max_weight)
         qs = [last_user_turn(r["prompt"]) for r in records]
+        bucket = np.searchsorted(LEN_EDGES, np.maximum(lc, lr), side="right").astype(np.int32)
         ch = [response_text(r["chosen"]) for r in records]
         rj = [response_text(r["rejected"]) for r in records]
         table = pa.table(
@@ -217,9 +212,7 @@ def run(
                 "id": ids,
                 "group_id": group,
                 "group_weight": weights,
-                "feat_len_bucket": np.searchsorted(LEN_EDGES, np.maximum(lc, lr), side="right").astype(
-                    np.int32
-                ),
+                "feat_len_bucket": bucket,
                 "feat_len_sign": np.sign(lc - lr).astype(np.int32),
                 "feat_refusal_chosen": [bool(_REFUSAL.search(s)) for s in ch],
                 "feat_refusal_rejected": [bool(_REFUSAL.search(s)) for s in rj],
@@ -238,24 +231,7 @@ def run(
             m = group == g
             report[f"group{g}_size"] = int(m.sum())
             report[f"group{g}_mean_loss"] = float(loss[m].mean())
-        commit_result(store, spec, table, report=report)
-        summary.report = report
-    summary.seconds = t.seconds
-    return summary
-
-
-class SpuriousGroups(Scorer):
-    """spurious_groups in the registry (clustering and Q-Diversity over the whole set, in ``run``)."""
-
-    name = NAME
-    version = VERSION
-    kinds = ("pair",)
-    result_schema = SPURIOUS_SCHEMA
-    views = {"scored_pairs": None}
-    contract_columns = ("group_id", "group_weight")
-    whole_set = True
-    order = 30
-    entry = staticmethod(run)
+        return spec, table, report
 
     @classmethod
     def extra_views(cls) -> dict[str, str]:
@@ -268,3 +244,9 @@ class SpuriousGroups(Scorer):
                 "FROM scored_pairs WHERE group_id IS NOT NULL GROUP BY group_id ORDER BY group_id"
             )
         }
+
+
+def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:
+    """Compute bias features, clusters, Q-Diversity pseudo-groups and group weights for every pair
+    (``SpuriousGroupsConfig`` fields, and ``chunk_size``)."""
+    return SpuriousGroups.run_with(store, where=where, progress=progress, **config)
