@@ -12,13 +12,15 @@ import logging
 import os
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import TrainerCallback, TrainingArguments
+
+from curation.core.options import option
 
 log = logging.getLogger(__name__)
 
@@ -38,58 +40,39 @@ class CurateTrainingConfig(TrainingArguments):
     # epoch 2.8x faster at no cost once warm (benchmarks/gpu/RESULTS.md, session 4).
     cuda_width_multiple: ClassVar[int] = 64
 
-    shards: str = field(
-        default="",
-        metadata={"help": "Build folder with manifest.json and <consumer>/<split>-NNNNN.parquet (required)."},
+    shards: str = option(
+        "", "Build folder with manifest.json and <consumer>/<split>-NNNNN.parquet (required)."
     )
-    model: str = field(
-        default="",
-        metadata={"help": "Model to fine-tune: a local folder or a hub id already in the local cache."},
+    model: str = option("", "Model to fine-tune: a local folder or a hub id already in the local cache.")
+    train_split: str = option("train", "Shard split to train on.")
+    eval_split: str | None = option(
+        "eval", "Shard split for held-out metrics ('' or none to skip; skipped if absent)."
     )
-    train_split: str = field(default="train", metadata={"help": "Shard split to train on."})
-    eval_split: str | None = field(
-        default="eval",
-        metadata={"help": "Shard split for held-out metrics ('' or none to skip; skipped if absent)."},
+    max_length: int = option(512, "Maximum tokens per sequence.")
+    overlong: str = option(
+        "truncate",
+        "What to do with samples over max_length: 'truncate' or 'drop' (both are counted and "
+        "reported, never silent).",
+        choices=["truncate", "drop"],
     )
-    max_length: int = field(default=512, metadata={"help": "Maximum tokens per sequence."})
-    overlong: str = field(
-        default="truncate",
-        metadata={
-            "help": "What to do with samples over max_length: 'truncate' or 'drop' (both are counted and "
-            "reported, never silent).",
-            "choices": ["truncate", "drop"],
-        },
+    length_grouping: bool = option(
+        True, "Batch samples of similar length (sorted buckets, batches shuffled) to avoid padding waste."
     )
-    length_grouping: bool = field(
-        default=True,
-        metadata={
-            "help": "Batch samples of similar length (sorted buckets, batches shuffled) to avoid padding waste."
-        },
+    trust_remote_code: bool = option(False, "Allow the model's own Python code (off: safe loading).")
+    allow_download: bool = option(False, "Allow fetching a hub id from the network (off: local cache only).")
+    verify_shards: bool = option(
+        True, "Check every shard file's sha256 against manifest.json before training."
     )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow the model's own Python code (off: safe loading)."}
+    pad_to_multiple_of: int = option(
+        0,
+        "Round each batch's padded width up to a multiple of N tokens (never past max_length): "
+        "fewer distinct shapes, whose first steps are slow on a GPU. 0: the trainer's default on CUDA "
+        "(64 for sft and rm, none for rescue), none elsewhere.",
     )
-    allow_download: bool = field(
-        default=False, metadata={"help": "Allow fetching a hub id from the network (off: local cache only)."}
+    max_train_samples: int | None = option(
+        None, "Train on the first N samples of the split only (for quick runs)."
     )
-    verify_shards: bool = field(
-        default=True,
-        metadata={"help": "Check every shard file's sha256 against manifest.json before training."},
-    )
-    pad_to_multiple_of: int = field(
-        default=0,
-        metadata={
-            "help": "Round each batch's padded width up to a multiple of N tokens (never past max_length): "
-            "fewer distinct shapes, whose first steps are slow on a GPU. 0: the trainer's default on CUDA "
-            "(64 for sft and rm, none for rescue), none elsewhere."
-        },
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on the first N samples of the split only (for quick runs)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate on the first N samples of the eval split only."}
-    )
+    max_eval_samples: int | None = option(None, "Evaluate on the first N samples of the eval split only.")
 
     def __post_init__(self) -> None:
         if self.pad_to_multiple_of < 0:

@@ -12,7 +12,7 @@ contribute nothing. Metric: ranking accuracy (correctly ordered pairs) on held-o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +25,7 @@ from curation.core.losses import (
     ranking_pair_counts,
 )
 from curation.core.models import encode_untruncated, load_causal_lm
+from curation.core.options import option
 from curation.core.padding import pad_batch
 from training.base import ShardTrainer, load_data, start
 from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template
@@ -45,26 +46,19 @@ class RescueConfig(CurateTrainingConfig):
     # on an H200 it did not speed up the first epoch and cost about 9 % once warm (benchmarks/gpu).
     cuda_width_multiple: ClassVar[int] = 1
 
-    max_length: int = field(
-        default=512, metadata={"help": "Maximum tokens per prompt + candidate (paper: 512)."}
+    max_length: int = option(512, "Maximum tokens per prompt + candidate (paper: 512).")
+    learning_rate: float = option(2e-5, "Learning rate (paper: 2e-5).")
+    lr_scheduler_type: str = option("cosine", "Scheduler (paper: cosine).")
+    per_device_train_batch_size: int = option(
+        1, "Groups (prompts with all their candidates) per device per step."
     )
-    learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate (paper: 2e-5)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (paper: cosine)."})
-    per_device_train_batch_size: int = field(
-        default=1, metadata={"help": "Groups (prompts with all their candidates) per device per step."}
-    )
-    logging_steps: float = field(default=10, metadata={"help": "Log loss every N steps."})
-    alpha: float = field(default=0.1, metadata={"help": "Weight of the ranking loss (paper: 0.1)."})
-    sft_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the SFT loss on the best candidate (0 = ranking only)."}
-    )
-    lambda_reference: float = field(
-        default=1.0, metadata={"help": "Length-normalisation exponent, reference."}
-    )
-    lambda_candidate: float = field(default=0.85, metadata={"help": "Length-normalisation exponent, others."})
-    max_candidates: int = field(
-        default=6,
-        metadata={"help": "Most candidates per group (paper: 2-6); extra ones are cut, lowest grades first."},
+    logging_steps: float = option(10, "Log loss every N steps.")
+    alpha: float = option(0.1, "Weight of the ranking loss (paper: 0.1).")
+    sft_weight: float = option(1.0, "Weight of the SFT loss on the best candidate (0 = ranking only).")
+    lambda_reference: float = option(1.0, "Length-normalisation exponent, reference.")
+    lambda_candidate: float = option(0.85, "Length-normalisation exponent, others.")
+    max_candidates: int = option(
+        6, "Most candidates per group (paper: 2-6); extra ones are cut, lowest grades first."
     )
 
     def __post_init__(self) -> None:

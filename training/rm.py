@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from curation.core.models import (
     load_sequence_classifier,
     pick_device,
 )
+from curation.core.options import option
 from curation.core.padding import pad_batch
 from training.base import ShardTrainer, load_data, load_padded_tokenizer, start
 from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template
@@ -71,110 +72,74 @@ class RMConfig(CurateTrainingConfig):
     (Q-Diversity). Ours: SimCSE temperature 0.05, PoE noise 0.1 of the embedding std.
     """
 
-    max_length: int = field(
-        default=256,
-        metadata={"help": "Maximum tokens per (prompt + response); longer ones lose their start."},
+    max_length: int = option(256, "Maximum tokens per (prompt + response); longer ones lose their start.")
+    learning_rate: float = option(5e-6, "Learning rate (Secrets-II: 5e-6).")
+    per_device_train_batch_size: int = option(8, "Pairs per device per step.")
+    num_train_epochs: float = option(1.0, "Epochs over the train split.")
+    logging_steps: float = option(10, "Log loss and learning rate every N steps.")
+    use_weights: bool = option(True, "Multiply each pair's loss by its shard weight.")
+    use_margin: bool = option(True, "Put the shard's adaptive margin inside the sigmoid.")
+    use_soft_labels: bool = option(True, "Use the shard's soft-label alpha.")
+    center_rewards_coefficient: float = option(
+        0.0, "Weight of the (r_c + r_r)^2 centring term (0 = off; TRL suggests 0.01)."
     )
-    learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate (Secrets-II: 5e-6)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per step."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the train split."})
-    logging_steps: float = field(default=10, metadata={"help": "Log loss and learning rate every N steps."})
-    use_weights: bool = field(
-        default=True, metadata={"help": "Multiply each pair's loss by its shard weight."}
+    simcse_beta: float = option(0.0, "Weight of the SimCSE contrastive loss (0 = off; paper: 1).")
+    simcse_temperature: float = option(0.05, "SimCSE cosine temperature tau.")
+    simcse_variant: str = option(
+        "sample",
+        "'sample': two dropout views of each response; 'diff': views of h_c - h_r against h_r - h_c.",
+        choices=["sample", "diff"],
     )
-    use_margin: bool = field(
-        default=True, metadata={"help": "Put the shard's adaptive margin inside the sigmoid."}
+    poe: bool = option(
+        False, "Product-of-experts length debiasing: train a small bias expert jointly, drop it at save."
     )
-    use_soft_labels: bool = field(default=True, metadata={"help": "Use the shard's soft-label alpha."})
-    center_rewards_coefficient: float = field(
-        default=0.0,
-        metadata={"help": "Weight of the (r_c + r_r)^2 centring term (0 = off; TRL suggests 0.01)."},
+    poe_expert: str = option(
+        "length",
+        "Bias expert of --poe. 'length': a linear (or odd MLP) function of the pair's antisymmetric "
+        "length and markdown features (curation/length_features.py, untruncated response token counts), "
+        "fitted alone on the train pairs first; it can absorb the length cue whatever the truncation. "
+        "'noisy_embedding': the paper's expert, an MLP on noised input embeddings plus log length of "
+        "the (truncated) sequence.",
+        choices=["length", "noisy_embedding"],
     )
-    simcse_beta: float = field(
-        default=0.0, metadata={"help": "Weight of the SimCSE contrastive loss (0 = off; paper: 1)."}
+    poe_length_hidden: int = option(
+        0, "Length expert: 0 = linear in the features; N > 0 = an odd MLP (h(f) - h(-f)) with N tanh units."
     )
-    simcse_temperature: float = field(default=0.05, metadata={"help": "SimCSE cosine temperature tau."})
-    simcse_variant: str = field(
-        default="sample",
-        metadata={
-            "help": "'sample': two dropout views of each response; 'diff': views of h_c - h_r against h_r - h_c.",
-            "choices": ["sample", "diff"],
-        },
+    poe_warm_start: bool = option(
+        True,
+        "Length expert: fit it alone on the train pairs (L-BFGS on the same loss) before training, so "
+        "it holds the length cue from the first step instead of racing the main model for it.",
     )
-    poe: bool = field(
-        default=False,
-        metadata={
-            "help": "Product-of-experts length debiasing: train a small bias expert jointly, drop it at save."
-        },
+    poe_warm_start_l2: float = option(
+        0.01,
+        "Length expert: L2 penalty (on standardised features) of the warm-start fit; keeps the fit "
+        "finite when length separates the train pairs.",
     )
-    poe_expert: str = field(
-        default="length",
-        metadata={
-            "help": "Bias expert of --poe. 'length': a linear (or odd MLP) function of the pair's antisymmetric "
-            "length and markdown features (curation/length_features.py, untruncated response token counts), "
-            "fitted alone on the train pairs first; it can absorb the length cue whatever the truncation. "
-            "'noisy_embedding': the paper's expert, an MLP on noised input embeddings plus log length of "
-            "the (truncated) sequence.",
-            "choices": ["length", "noisy_embedding"],
-        },
+    poe_resample: bool = option(
+        True,
+        "Length expert (with poe_warm_start): draw the train pairs in proportion to the fitted expert's "
+        "residual (the part of each label that length leaves unexplained) and weight each drawn pair's "
+        "loss by its inverse: the PoE gradient in expectation, with every pair's gradient about the same "
+        "size. Without it Adam, which scales its steps per coordinate, follows the many small "
+        "length-following gradients over the few large ones that cancel them in the PoE sum.",
     )
-    poe_length_hidden: int = field(
-        default=0,
-        metadata={
-            "help": "Length expert: 0 = linear in the features; N > 0 = an odd MLP (h(f) - h(-f)) with N tanh units."
-        },
+    poe_noise_std: float = option(
+        0.1, "noisy_embedding expert: input noise, as a fraction of the embedding std."
     )
-    poe_warm_start: bool = field(
-        default=True,
-        metadata={
-            "help": "Length expert: fit it alone on the train pairs (L-BFGS on the same loss) before training, so "
-            "it holds the length cue from the first step instead of racing the main model for it."
-        },
+    poe_lr_multiplier: float = option(3.0, "Bias expert learning rate / main learning rate (paper: 3).")
+    poe_hidden: int = option(64, "noisy_embedding expert: hidden width of its MLP.")
+    group_dro: bool = option(False, "Group DRO over the shard's group ids.")
+    group_dro_eta: float = option(0.01, "Group DRO step size eta (paper: 0.01).")
+    bf16_autocast: str = option(
+        "false",
+        "bf16 autocast: 'true', 'false' or 'auto' (on where curation.core.models.bf16_supported says so). "
+        "Off by default: on the project's AVX-512 CPU it made MiniLM training 3x slower (benchmarks/train_rm).",
+        choices=["auto", "true", "false"],
     )
-    poe_warm_start_l2: float = field(
-        default=0.01,
-        metadata={
-            "help": "Length expert: L2 penalty (on standardised features) of the warm-start fit; keeps the fit "
-            "finite when length separates the train pairs."
-        },
+    disable_dropout: bool = option(
+        True, "Turn the model's dropout off (as TRL's RewardTrainer does); kept on for SimCSE views."
     )
-    poe_resample: bool = field(
-        default=True,
-        metadata={
-            "help": "Length expert (with poe_warm_start): draw the train pairs in proportion to the fitted expert's "
-            "residual (the part of each label that length leaves unexplained) and weight each drawn pair's "
-            "loss by its inverse: the PoE gradient in expectation, with every pair's gradient about the same "
-            "size. Without it Adam, which scales its steps per coordinate, follows the many small "
-            "length-following gradients over the few large ones that cancel them in the PoE sum."
-        },
-    )
-    poe_noise_std: float = field(
-        default=0.1,
-        metadata={"help": "noisy_embedding expert: input noise, as a fraction of the embedding std."},
-    )
-    poe_lr_multiplier: float = field(
-        default=3.0, metadata={"help": "Bias expert learning rate / main learning rate (paper: 3)."}
-    )
-    poe_hidden: int = field(default=64, metadata={"help": "noisy_embedding expert: hidden width of its MLP."})
-    group_dro: bool = field(default=False, metadata={"help": "Group DRO over the shard's group ids."})
-    group_dro_eta: float = field(default=0.01, metadata={"help": "Group DRO step size eta (paper: 0.01)."})
-    bf16_autocast: str = field(
-        default="false",
-        metadata={
-            "help": "bf16 autocast: 'true', 'false' or 'auto' (on where curation.core.models.bf16_supported says so). "
-            "Off by default: on the project's AVX-512 CPU it made MiniLM training 3x slower (benchmarks/train_rm).",
-            "choices": ["auto", "true", "false"],
-        },
-    )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={
-            "help": "Turn the model's dropout off (as TRL's RewardTrainer does); kept on for SimCSE views."
-        },
-    )
-    eval_batch_size_tokens: int = field(
-        default=16384, metadata={"help": "Token budget per evaluation batch."}
-    )
+    eval_batch_size_tokens: int = option(16384, "Token budget per evaluation batch.")
 
     def __post_init__(self) -> None:
         mode = str(self.bf16_autocast).lower()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from transformers import set_seed
 
 from curation.core.losses import IGNORE_INDEX, segment_mean, ual_token_loss
 from curation.core.models import lifted_length_limit, load_causal_lm
+from curation.core.options import option
 from curation.core.padding import padded_width
 from training.base import ShardTrainer, load_data, start
 from training.common import CurateTrainingConfig, ListDataset, ensure_chat_template, render_with_spans
@@ -36,41 +37,31 @@ class SFTConfig(CurateTrainingConfig):
     64, warmup 10 %; the shard's epsilons average 0.1. Without LoRA the default lr is ours (2e-5).
     """
 
-    max_length: int = field(default=1024, metadata={"help": "Maximum tokens per sample (or per packed row)."})
-    learning_rate: float = field(
-        default=2e-5, metadata={"help": "Learning rate (UAL paper with LoRA: 3e-4)."}
+    max_length: int = option(1024, "Maximum tokens per sample (or per packed row).")
+    learning_rate: float = option(2e-5, "Learning rate (UAL paper with LoRA: 3e-4).")
+    per_device_train_batch_size: int = option(4, "Rows per device per step.")
+    logging_steps: float = option(10, "Log loss every N steps.")
+    use_label_smoothing: bool = option(
+        True, "Use each sample's UAL epsilon from the shard (off: plain cross-entropy)."
     )
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Rows per device per step."})
-    logging_steps: float = field(default=10, metadata={"help": "Log loss every N steps."})
-    use_label_smoothing: bool = field(
-        default=True,
-        metadata={"help": "Use each sample's UAL epsilon from the shard (off: plain cross-entropy)."},
+    label_smoothing: float | None = option(
+        None, "One epsilon for every sample instead of the shard's (e.g. 0.1)."
     )
-    label_smoothing: float | None = field(
-        default=None, metadata={"help": "One epsilon for every sample instead of the shard's (e.g. 0.1)."}
+    use_weights: bool = option(True, "Multiply each sample's loss by its shard weight.")
+    packing: bool = option(
+        False,
+        "Pack several samples into one row of max_length tokens (position ids restart per sample; "
+        "attention is only isolated with attention implementations that honour them, e.g. flash-attention).",
     )
-    use_weights: bool = field(
-        default=True, metadata={"help": "Multiply each sample's loss by its shard weight."}
+    use_lora: bool = option(False, "Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = option(8, "LoRA rank (UAL paper: 8).")
+    lora_alpha: int = option(16, "LoRA alpha (UAL paper: 16).")
+    lora_dropout: float = option(0.1, "LoRA dropout (UAL paper: 0.1).")
+    lora_target_modules: str = option(
+        "all-linear", "Modules for LoRA: 'all-linear' or a comma-separated list."
     )
-    packing: bool = field(
-        default=False,
-        metadata={
-            "help": "Pack several samples into one row of max_length tokens (position ids restart per sample; "
-            "attention is only isolated with attention implementations that honour them, e.g. flash-attention)."
-        },
-    )
-    use_lora: bool = field(
-        default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."}
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (UAL paper: 8)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (UAL paper: 16)."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (UAL paper: 0.1)."})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "Modules for LoRA: 'all-linear' or a comma-separated list."}
-    )
-    merge_lora: bool = field(
-        default=True,
-        metadata={"help": "Save the LoRA-merged model (loads with plain transformers); off: adapter."},
+    merge_lora: bool = option(
+        True, "Save the LoRA-merged model (loads with plain transformers); off: adapter."
     )
 
     def __post_init__(self) -> None:

@@ -1,18 +1,19 @@
 """The scorer contract: one class per scorer, one registry, one runner.
 
 A scorer is a ``Scorer`` subclass in one file. It declares its ``name``, ``version``, the record
-``kinds`` it reads, a ``Config`` dataclass (each field with ``metadata={"help": ...}``, defaults cited
-in the help, TRL's config style), its ``result_schema`` and which scored views join it. Defining the
-class registers it: the registry gives ``curate score``'s scorer list, the ``scored_*`` view joins
+``kinds`` it reads, a ``Config`` dataclass (each field an ``option(default, help)`` of
+curation/core/options.py, defaults cited in the help, TRL's config style), its ``result_schema`` and
+which scored views join it. Defining the class registers it: the registry gives ``curate score``'s scorer list, the ``scored_*`` view joins
 (curation/scoring/views.py) and the build's contract columns (curation/builds/build.py).
 
 Per-record scorers implement ``fingerprint(config)`` (the model's identity), ``items(records)`` (what a
 chunk computes on, picklable), ``compute(batch) -> table`` (pure: no store; the value columns of
 ``cache_schema``, one row per item) and, when the result needs the whole set, ``finalize(table)``.
-The shared ``run`` owns the writer lock, loading records, the per-record cache (chunks, resume,
-data-parallel workers through ``cached_compute``) and committing the result. Scorers whose work does not
-fit that shape (cross-fitting, clustering, an LLM judge) override ``run`` and still route their
-per-record model work through ``cached_compute`` with a ``ChunkTask``, so ``--workers`` applies to it.
+The shared ``run`` owns the writer lock, loading the records and committing the result; its default
+``score`` runs the per-record cache (chunks, resume, data-parallel workers through ``cached_compute``) and
+``finalize``. Scorers whose work does not fit that shape (cross-fitting, clustering, an LLM judge)
+override ``score`` and still route their per-record model work through ``cached_compute`` with a
+``ChunkTask``, so ``--workers`` applies to it.
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ class Scorer(ChunkTask):
     all_order: ClassVar[int | None] = None  # position in `curate score all` when it differs from ``order``
     cache_name: ClassVar[str | None] = None  # the per-record cache's name (None: the scorer's)
     chunk_size: ClassVar[int] = 512
-    #: a scorer not yet moved onto the shared runner: its module's ``run(store, **params)``
-    entry: ClassVar[Any] = None
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -134,8 +133,11 @@ class Scorer(ChunkTask):
 
     def load_kinds(self) -> tuple[str, ...]:
         """The record kinds ``run`` loads (a config's ``kinds`` field narrows ``kinds``)."""
-        kinds = getattr(self.config, "kinds", None) or self.kinds
-        return tuple(k.strip() for k in kinds.split(",")) if isinstance(kinds, str) else tuple(kinds)
+        kinds = getattr(self.config, "kinds", self.kinds)
+        kinds = tuple(k.strip() for k in kinds.split(",")) if isinstance(kinds, str) else tuple(kinds)
+        if not kinds or not set(kinds) <= set(self.kinds):
+            raise ValueError(f"{self.name}: kinds {list(kinds)!r}: choose among {', '.join(self.kinds)}")
+        return kinds
 
     def score(
         self,
@@ -193,8 +195,6 @@ class Scorer(ChunkTask):
     @classmethod
     def run_with(cls, store: Store, **params: Any) -> ScoreSummary:
         """Run with ``params``: the Config's fields build the config, the rest go to ``run``."""
-        if cls.entry is not None:
-            return cls.entry(store, **params)
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         config = cls.Config(**{k: v for k, v in params.items() if k in fields})
         return cls(config).run(store, **{k: v for k, v in params.items() if k not in fields})
@@ -204,8 +204,6 @@ class Scorer(ChunkTask):
         """Every parameter ``run_with`` takes (the CLI checks --param against it)."""
         import inspect
 
-        if cls.entry is not None:
-            return [p for p in inspect.signature(cls.entry).parameters if p != "store"]
         run_params = [p for p in inspect.signature(cls.run).parameters if p not in ("self", "store")]
         return [f.name for f in dataclasses.fields(cls.Config)] + run_params
 

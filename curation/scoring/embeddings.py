@@ -10,7 +10,7 @@ The default encoder is the bundled all-MiniLM-L6-v2.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from curation.core.models import (
     load_sentence_encoder,
     pick_device,
 )
+from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, CacheStats, cached_compute
 from curation.scoring.contract import Scorer
@@ -165,13 +166,11 @@ def pair_response_texts(records: list[dict]) -> tuple[list[str], list[str]]:
 
 @dataclass
 class EmbeddingsConfig:
-    kinds: Sequence[str] = field(
-        default=ALL_KINDS, metadata={"help": "Record kinds to read: a list or 'pair,sft'."}
-    )
-    model: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder (the bundled MiniLM)."})
-    device: str | None = field(default=None, metadata={"help": "auto (None), cpu, cuda, cuda:1 ..."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the encoder's own code."})
-    allow_network: bool = field(default=False, metadata={"help": "Let a hub id be downloaded."})
+    kinds: Sequence[str] = option(ALL_KINDS, "Record kinds to read: a list or 'pair,sft'.")
+    model: str = option(DEFAULT_ENCODER, "Sentence encoder (the bundled MiniLM).")
+    device: str | None = option(None, "auto (None), cpu, cuda, cuda:1 ...")
+    trust_remote_code: bool = option(False, "Allow the encoder's own code.")
+    allow_network: bool = option(False, "Let a hub id be downloaded.")
 
     def embedder(self, store: Store, progress: bool, **kw: Any) -> Embedder:
         """The Embedder of these settings (``kw``: Embedder's other options)."""

@@ -14,13 +14,14 @@ negative with opposite scores); Spearman(reward, length) over all responses once
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.options import option
 from curation.scoring.base import ScoreSummary
 from curation.scoring.cache import CacheSpec, cached_compute
 from curation.scoring.contract import Scorer
@@ -46,24 +47,18 @@ CACHE_SCHEMA = pa.schema(
 
 @dataclass
 class LengthBiasConfig:
-    tokenizer: str = field(
-        default=DEFAULT_ENCODER,
-        metadata={
-            "help": "Tokenizer that counts the tokens (default the bundled MiniLM's, as the views show)."
-        },
+    tokenizer: str = option(
+        DEFAULT_ENCODER, "Tokenizer that counts the tokens (default the bundled MiniLM's, as the views show)."
     )
-    ratio: float = field(
-        default=DEFAULTS["ratio"],
-        metadata={"help": "length_explained: len_chosen >= ratio x len_rejected (methods.md section 5)."},
+    ratio: float = option(
+        DEFAULTS["ratio"], "length_explained: len_chosen >= ratio x len_rejected (methods.md section 5)."
     )
-    min_diff: int = field(
-        default=DEFAULTS["min_diff"],
-        metadata={
-            "help": "length_explained: and len_chosen - len_rejected >= min_diff tokens (methods.md 5)."
-        },
+    min_diff: int = option(
+        DEFAULTS["min_diff"],
+        "length_explained: and len_chosen - len_rejected >= min_diff tokens (methods.md 5).",
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the tokenizer's own code."})
-    allow_network: bool = field(default=False, metadata={"help": "Let a hub id be downloaded."})
+    trust_remote_code: bool = option(False, "Allow the tokenizer's own code.")
+    allow_network: bool = option(False, "Let a hub id be downloaded.")
 
 
 class LengthBias(Scorer):

@@ -67,7 +67,7 @@ What the control costs and buys on real data: benchmarks/noise/RESULTS.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +75,7 @@ import pyarrow as pa
 
 from curation.core.length_features import markdown_matrix, pair_length_features
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint, result_done
 from curation.scoring.contract import Scorer
@@ -318,58 +319,68 @@ def model_rewards(
 
 
 # ------------------------------------------------------------------- config
-def _opt(default: Any, text: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": text}, **kw)
-
-
 def _pick(config: Any, *names: str) -> dict[str, Any]:
     return {n: getattr(config, n) for n in names}
 
 
 @dataclass
 class RewardMarginConfig:
-    models: list[str] | None = _opt(None, "backend models: reward model folders or hub ids; judge: its name.")
-    backend: str | None = _opt(None, "models | crossfit | judge (None: models if given, else crossfit).")
+    models: list[str] | None = option(
+        None, "backend models: reward model folders or hub ids; judge: its name."
+    )
+    backend: str | None = option(None, "models | crossfit | judge (None: models if given, else crossfit).")
     # classes and margin
-    incorrect_quantile: float = _opt(0.2, "Share of pairs classed incorrect (methods.md 3: bottom 20 %).")
-    ambiguous_quantile: float = _opt(0.4, "Share classed incorrect or ambiguous (methods.md 3: next 20 %).")
-    incorrect_below: float | None = _opt(None, "incorrect: margin below this value (overrides the quantile).")
-    ambiguous_below: float | None = _opt(None, "ambiguous: margin below this value (overrides the quantile).")
-    margin_scale: float = _opt(1.0, "adaptive_margin = margin_scale x clip(margin, 0, max_margin).")
-    max_margin: float | None = _opt(None, "adaptive_margin's cap (None: none).")
+    incorrect_quantile: float = option(0.2, "Share of pairs classed incorrect (methods.md 3: bottom 20 %).")
+    ambiguous_quantile: float = option(0.4, "Share classed incorrect or ambiguous (methods.md 3: next 20 %).")
+    incorrect_below: float | None = option(
+        None, "incorrect: margin below this value (overrides the quantile)."
+    )
+    ambiguous_below: float | None = option(
+        None, "ambiguous: margin below this value (overrides the quantile)."
+    )
+    margin_scale: float = option(1.0, "adaptive_margin = margin_scale x clip(margin, 0, max_margin).")
+    max_margin: float | None = option(None, "adaptive_margin's cap (None: none).")
     # length control (module docstring)
-    length_control: bool = _opt(True, "Control margin and classes for length and format differences.")
-    length_strata: int = _opt(5, "Quantile bins of |length difference| per sign for the classes (0: none).")
-    c_bias: float = _opt(1.0, "crossfit: the bias expert's inverse penalty (200x the content head's c).")
+    length_control: bool = option(True, "Control margin and classes for length and format differences.")
+    length_strata: int = option(5, "Quantile bins of |length difference| per sign for the classes (0: none).")
+    c_bias: float = option(1.0, "crossfit: the bias expert's inverse penalty (200x the content head's c).")
     # judge (curation/scoring/pairwise_judge.py; the key never reaches caches or manifests)
-    base_url: str | None = _opt(None, "judge: the OpenAI-compatible endpoint (else $CURATE_JUDGE_URL).")
-    api_key: str | None = _opt(None, "judge: the API key (else from api_key_env); never stored.", repr=False)
-    api_key_env: str | None = _opt(None, "judge: the key's variable (CURATE_JUDGE_API_KEY, OPENAI_API_KEY).")
-    concurrency: int = _opt(8, "judge: requests in flight.")
-    timeout_s: float = _opt(60.0, "judge: seconds per request.")
-    retries: int = _opt(4, "judge: retries of a request that failed (429, 5xx, network).")
-    judge_logprobs: bool = _opt(True, "judge: ask for logprobs (margins as log-odds).")
-    top_logprobs: int = _opt(5, "judge: alternatives per answer token (1..20).")
-    judge_margin: str = _opt("auto", "judge: auto | logprobs | votes.")
+    base_url: str | None = option(None, "judge: the OpenAI-compatible endpoint (else $CURATE_JUDGE_URL).")
+    api_key: str | None = option(
+        None, "judge: the API key (else from api_key_env); never stored.", repr=False
+    )
+    api_key_env: str | None = option(
+        None, "judge: the key's variable (CURATE_JUDGE_API_KEY, OPENAI_API_KEY)."
+    )
+    concurrency: int = option(8, "judge: requests in flight.")
+    timeout_s: float = option(60.0, "judge: seconds per request.")
+    retries: int = option(4, "judge: retries of a request that failed (429, 5xx, network).")
+    judge_logprobs: bool = option(True, "judge: ask for logprobs (margins as log-odds).")
+    top_logprobs: int = option(5, "judge: alternatives per answer token (1..20).")
+    judge_margin: str = option("auto", "judge: auto | logprobs | votes.")
     # crossfit
-    encoder: str = _opt(DEFAULT_ENCODER, "crossfit: the encoder (frozen for a head, or fine-tuned).")
-    folds: int = _opt(5, "Folds by prompt hash (crossfit; the residualised length control).")
-    repeats: int | None = _opt(None, "crossfit: fold assignments = margins per pair (None: 3).")
-    head: str = _opt("logistic", "crossfit: logistic | mlp.")
-    c: float = _opt(0.005, "crossfit logistic head: inverse penalty (0.005 was best in benchmarks/noise).")
-    hidden: int = _opt(64, "crossfit mlp head: hidden units.")
-    finetune: bool = _opt(False, "crossfit: fine-tune the whole encoder per fold (GPU).")
-    epochs: int | None = _opt(None, "crossfit: epochs (None: 30 for a head; 2 fine-tuning, benchmarks/gpu).")
-    finetune_lr: float = _opt(5e-5, "crossfit finetune: learning rate (best of four on HH: benchmarks/gpu).")
-    finetune_soft_label: float = _opt(0.1, "crossfit finetune: soft labels, robust to flipped labels.")
-    seed: int = _opt(0, "crossfit: seed of the heads and the fine-tuning.")
+    encoder: str = option(DEFAULT_ENCODER, "crossfit: the encoder (frozen for a head, or fine-tuned).")
+    folds: int = option(5, "Folds by prompt hash (crossfit; the residualised length control).")
+    repeats: int | None = option(None, "crossfit: fold assignments = margins per pair (None: 3).")
+    head: str = option("logistic", "crossfit: logistic | mlp.")
+    c: float = option(0.005, "crossfit logistic head: inverse penalty (0.005 was best in benchmarks/noise).")
+    hidden: int = option(64, "crossfit mlp head: hidden units.")
+    finetune: bool = option(False, "crossfit: fine-tune the whole encoder per fold (GPU).")
+    epochs: int | None = option(
+        None, "crossfit: epochs (None: 30 for a head; 2 fine-tuning, benchmarks/gpu)."
+    )
+    finetune_lr: float = option(
+        5e-5, "crossfit finetune: learning rate (best of four on HH: benchmarks/gpu)."
+    )
+    finetune_soft_label: float = option(0.1, "crossfit finetune: soft labels, robust to flipped labels.")
+    seed: int = option(0, "crossfit: seed of the heads and the fine-tuning.")
     # runner
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N.")
-    bf16: bool | None = _opt(None, "Models in bf16 (None: where the device gains from it).")
-    token_budget: int = _opt(8192, "Padded tokens per forward batch.")
-    max_length: int = _opt(512, "Tokens per text (a longer text loses its start).")
-    trust_remote_code: bool = _opt(False, "Allow the models' own code.")
-    allow_network: bool = _opt(False, "Let hub ids be downloaded.")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N.")
+    bf16: bool | None = option(None, "Models in bf16 (None: where the device gains from it).")
+    token_budget: int = option(8192, "Padded tokens per forward batch.")
+    max_length: int = option(512, "Tokens per text (a longer text loses its start).")
+    trust_remote_code: bool = option(False, "Allow the models' own code.")
+    allow_network: bool = option(False, "Let hub ids be downloaded.")
 
 
 COMBINE_KEYS = ("incorrect_quantile", "ambiguous_quantile", "incorrect_below", "ambiguous_below")

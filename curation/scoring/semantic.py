@@ -11,12 +11,13 @@ deterministic choice); only records in clusters of two or more are written.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import ResultSpec, ids_fingerprint, result_done
 from curation.scoring.contract import Scorer
@@ -65,12 +66,8 @@ def clusters(n: int, pairs: Sequence[tuple[int, int, float]]) -> np.ndarray:
 
 @dataclass
 class SemanticDedupConfig(EmbeddingsConfig):
-    threshold: float = field(
-        default=0.95, metadata={"help": "Near-duplicates: cosine of the prompts' embeddings >= threshold."}
-    )
-    block: int = field(
-        default=2048, metadata={"help": "Tile size of the similarity blocks (memory ~block^2)."}
-    )
+    threshold: float = option(0.95, "Near-duplicates: cosine of the prompts' embeddings >= threshold.")
+    block: int = option(2048, "Tile size of the similarity blocks (memory ~block^2).")
 
 
 def kind_clusters(kind: str, recs: list[dict], vecs: np.ndarray, threshold: float, block: int) -> pa.Table:

@@ -22,13 +22,14 @@ The group table is the ``score_groups`` view (size, mean margin, share of flagge
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER
+from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import ResultSpec, active_meta, active_table, ids_fingerprint, result_done
 from curation.scoring.contract import Scorer
@@ -103,22 +104,18 @@ def balanced_weights(groups: np.ndarray, max_weight: float = 5.0) -> np.ndarray:
     return w
 
 
-def _opt(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class SpuriousGroupsConfig:
-    clusters: int = _opt(8, "k-means clusters of the prompt embeddings (feat_emb_cluster).")
-    kl_weight: float = _opt(1.0, "Weight of Q-Diversity's label-balance term L_z (methods.md 6).")
-    steps: int = _opt(300, "Adam steps of the Q-Diversity head g.")
-    max_weight: float = _opt(5.0, "Cap of a pair's group weight (>= 1; the weights keep mean 1).")
-    seed: int = _opt(0, "Seed of k-means, the quick preference head and the Q-Diversity head.")
-    encoder: str = _opt(DEFAULT_ENCODER, "Encoder of the prompt and response embeddings.")
-    tokenizer: str = _opt(DEFAULT_ENCODER, "Tokenizer of the length features (length_bias's cache).")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N.")
-    trust_remote_code: bool = _opt(False, "Allow the models' own code.")
-    allow_network: bool = _opt(False, "Let hub ids be downloaded.")
+    clusters: int = option(8, "k-means clusters of the prompt embeddings (feat_emb_cluster).")
+    kl_weight: float = option(1.0, "Weight of Q-Diversity's label-balance term L_z (methods.md 6).")
+    steps: int = option(300, "Adam steps of the Q-Diversity head g.")
+    max_weight: float = option(5.0, "Cap of a pair's group weight (>= 1; the weights keep mean 1).")
+    seed: int = option(0, "Seed of k-means, the quick preference head and the Q-Diversity head.")
+    encoder: str = option(DEFAULT_ENCODER, "Encoder of the prompt and response embeddings.")
+    tokenizer: str = option(DEFAULT_ENCODER, "Tokenizer of the length features (length_bias's cache).")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N.")
+    trust_remote_code: bool = option(False, "Allow the models' own code.")
+    allow_network: bool = option(False, "Let hub ids be downloaded.")
 
 
 class SpuriousGroups(Scorer):

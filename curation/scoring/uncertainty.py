@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.options import option
 from curation.core.sql import check_expression
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint
@@ -146,29 +147,25 @@ class EntropyTask(ChunkTask):
 
 @dataclass
 class UncertaintyConfig:
-    source: str = field(
-        default="rubric-embedding", metadata={"help": "Where u comes from (module docstring)."}
-    )
-    models: Sequence[str] | None = field(
-        default=None, metadata={"help": "entropy: a causal LM; judge: a name."}
-    )
-    mean_epsilon: float = field(default=0.1, metadata={"help": "Mean label smoothing (UAL; methods.md 1)."})
-    cap: float = field(default=0.99, metadata={"help": "Largest label smoothing of one sample (UAL)."})
-    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "rubric-embedding: sentence encoder."})
-    tau: float = field(default=0.02, metadata={"help": "rubric-embedding: softmax temperature."})
-    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "judge: the endpoint."})
-    judge_model: str | None = field(default=None, metadata={"help": "judge: the model's name (or --model)."})
-    concurrency: int = field(default=8, metadata={"help": "judge: requests in flight."})
-    timeout_s: float = field(default=60.0, metadata={"help": "judge: seconds per request."})
-    retries: int = field(default=4, metadata={"help": "judge: attempts per record."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "judge: the key's variable."})
-    column: str | None = field(default=None, metadata={"help": "column: a DuckDB expression over sft."})
-    column_scale: float = field(default=1.0, metadata={"help": "column: u = column / column_scale."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
-    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 autocast (None: where supported)."})
-    max_length: int = field(default=512, metadata={"help": "entropy: tokens per conversation."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code."})
-    allow_network: bool = field(default=False, metadata={"help": "Let a hub id be downloaded."})
+    source: str = option("rubric-embedding", "Where u comes from (module docstring).")
+    models: Sequence[str] | None = option(None, "entropy: a causal LM; judge: a name.")
+    mean_epsilon: float = option(0.1, "Mean label smoothing (UAL; methods.md 1).")
+    cap: float = option(0.99, "Largest label smoothing of one sample (UAL).")
+    encoder: str = option(DEFAULT_ENCODER, "rubric-embedding: sentence encoder.")
+    tau: float = option(0.02, "rubric-embedding: softmax temperature.")
+    base_url: str = option("http://127.0.0.1:8000/v1", "judge: the endpoint.")
+    judge_model: str | None = option(None, "judge: the model's name (or --model).")
+    concurrency: int = option(8, "judge: requests in flight.")
+    timeout_s: float = option(60.0, "judge: seconds per request.")
+    retries: int = option(4, "judge: attempts per record.")
+    api_key_env: str = option("OPENAI_API_KEY", "judge: the key's variable.")
+    column: str | None = option(None, "column: a DuckDB expression over sft.")
+    column_scale: float = option(1.0, "column: u = column / column_scale.")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    bf16: bool | None = option(None, "bfloat16 autocast (None: where supported).")
+    max_length: int = option(512, "entropy: tokens per conversation.")
+    trust_remote_code: bool = option(False, "Allow the model's own code.")
+    allow_network: bool = option(False, "Let a hub id be downloaded.")
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
