@@ -120,6 +120,36 @@ def test_killed_worker_loses_only_the_chunks_in_flight(ray_local, base_store, rm
     assert result_table(st, "reward_margin").equals(result_table(ref, "reward_margin"))
 
 
+@pytest.mark.slow  # a Prefect test server beside the module's Ray instance (~30 s on 2 cores)
+@pytest.mark.usefixtures("prefect_quiet_after_module")
+def test_score_flow_on_two_workers_resumes_a_killed_worker_and_matches_one_process(
+    prefect_api, ray_local, base_store, tmp_path, monkeypatch
+):
+    """The Prefect score flow takes `workers`, as `curate score --workers` does: a worker killed mid-run
+    (the hook only a Ray worker reads) fails the flow with the rerun hint; the rerun computes only what
+    was lost, and the tables equal those of the one-process flow."""
+    from curation.scoring.parallel import KILL_WORKER_ENV
+    from flows.pipeline import score_flow
+
+    chunk = 32
+    scorers = {"length_bias": {"chunk_size": chunk, "progress": False}}
+    one = fresh(base_store, tmp_path, "flow1")
+    serial = score_flow(str(one.root), scorers)["scorers"]["length_bias"]["result"]
+    two = fresh(base_store, tmp_path, "flow2")
+    monkeypatch.setenv(KILL_WORKER_ENV, "1")
+    with pytest.raises(Exception, match="Run the command again"):
+        score_flow(str(two.root), scorers, workers=2)
+    monkeypatch.delenv(KILL_WORKER_ENV)
+    done = cache_table(two, "token_lengths").num_rows
+    assert chunk <= done < serial["computed"]  # the other worker committed its chunks
+    out = score_flow(str(two.root), scorers, workers=2)
+    rerun = out["scorers"]["length_bias"]["result"]
+    assert [s["state"] for s in out["steps"]] == ["Completed"]
+    assert rerun["cached"] == done and 0 < rerun["computed"] <= chunk
+    assert cache_table(two, "token_lengths").equals(cache_table(one, "token_lengths"))
+    assert result_table(two, "length_bias").equals(result_table(one, "length_bias"))
+
+
 def test_staged_parts_of_a_killed_driver_are_committed_not_recomputed(base_store, tmp_path):
     """A part a worker staged (atomically) before the driver died is committed by the next run."""
     from curation.core.store import write_parquet_atomic
