@@ -67,12 +67,15 @@ def test_curate_serve_registers_schedules_and_stops_cleanly(prefect_api, tmp_pat
         found, deadline = [], time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             found = anyio.run(deployments)
-            if len(found) == 2 and all(d.schedules for d in found):
+            # registered, and the runner has polled for runs: its own SIGTERM handler is in place (a SIGTERM in
+            # the instant before that lands in Prefect's start-up: test_a_stop_wrapped_by_a_library...)
+            if len(found) == 2 and all(d.schedules and d.last_polled for d in found):
                 break
             time.sleep(1)
         assert proc.poll() is None, proc.communicate()[0]
         by_name = {d.name: d for d in found}
         assert set(by_name) == {"hourly-landing", "nightly-build"}
+        assert all(d.last_polled for d in found)  # served: the runner polls for scheduled runs
         hourly = by_name["hourly-landing"]
         assert hourly.schedules[0].schedule.cron == "0 * * * *"
         assert hourly.schedules[0].active
