@@ -46,6 +46,22 @@ _DUCKDB_TYPES = {
 
 
 @dataclasses.dataclass
+class ScoreRun:
+    """What ``Scorer.score`` works on: the store, the loaded records of each kind, the summary its cache
+    stats go to, and the run's options (``chunk_size`` None: the scorer's own)."""
+
+    store: Store
+    by_kind: dict[str, list[dict]]
+    summary: ScoreSummary
+    progress: bool = True
+    chunk_size: int | None = None
+
+
+#: What ``Scorer.score`` returns for ``commit``: (result spec, table or None when that result exists, report).
+Outcome = tuple["ResultSpec", pa.Table | None, dict]
+
+
+@dataclasses.dataclass
 class NoConfig:
     """A scorer without options."""
 
@@ -125,7 +141,7 @@ class Scorer(ChunkTask):
         with Timer() as t, store.writer_lock(f"score {self.name}"):
             by_kind = {kind: load_records(store, kind, where) for kind in self.load_kinds()}
             summary.records = sum(map(len, by_kind.values()))
-            out = self.score(store, by_kind, summary, progress=progress, chunk_size=chunk_size)
+            out = self.score(ScoreRun(store, by_kind, summary, progress, chunk_size))
             if out is not None:
                 self.commit(store, summary, *out)
         summary.seconds = t.seconds
@@ -139,38 +155,30 @@ class Scorer(ChunkTask):
             raise ValueError(f"{self.name}: kinds {list(kinds)!r}: choose among {', '.join(self.kinds)}")
         return kinds
 
-    def score(
-        self,
-        store: Store,
-        by_kind: dict[str, list[dict]],
-        summary: ScoreSummary,
-        *,
-        progress: bool = True,
-        chunk_size: int | None = None,
-    ) -> tuple[ResultSpec, pa.Table | None, dict] | None:
+    def score(self, run: ScoreRun) -> Outcome | None:
         """(result spec, table, report) of the loaded records; ``commit`` writes it. The default: the
         per-record cache over ``compute`` (in-process or on the workers), then ``finalize``. A whole-set
         scorer overrides it, routes its model work through ``cached_compute`` and adds the stats to
-        ``summary``; it returns table None when the result for this spec exists already, and None
+        ``run.summary``; it returns table None when the result for this spec exists already, and None
         itself when there is nothing to commit."""
         from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint
 
-        records = [r for recs in by_kind.values() for r in recs]
+        records = [r for recs in run.by_kind.values() for r in recs]
         ids = [r["id"] for r in records]
         fp = self.fingerprint()
         values, stats = cached_compute(
-            store,
+            run.store,
             CacheSpec(self.cache_name or self.name, self.version, fp, self.cache_params()),
             ids,
             schema=self.cache_schema(),
             order=self.order_key(records),
-            chunk_size=chunk_size or self.chunk_size,
-            progress=progress,
+            chunk_size=run.chunk_size or self.chunk_size,
+            progress=run.progress,
             desc=self.name,
             task=self,
             items=self.items(records),
         )
-        add_stats(summary, stats)
+        add_stats(run.summary, stats)
         table, report = self.finalize(values)
         return (
             ResultSpec(self.name, self.version, fp, self.result_params(), ids_fingerprint(ids)),

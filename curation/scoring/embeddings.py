@@ -27,7 +27,7 @@ from curation.core.models import (
 from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, CacheStats, cached_compute
-from curation.scoring.contract import Scorer
+from curation.scoring.contract import Scorer, ScoreRun
 from curation.scoring.task import ChunkTask
 from curation.scoring.texts import last_user_turn, plain_render, prompt_of_sft, response_text
 from schemas.ids import text_id
@@ -190,25 +190,17 @@ class Embeddings(Scorer):
     order = 60
     chunk_size = 1024
 
-    def score(
-        self,
-        store: Store,
-        by_kind: dict[str, list[dict]],
-        summary: ScoreSummary,
-        *,
-        progress: bool = True,
-        chunk_size: int | None = None,
-    ) -> None:
-        emb = self.config.embedder(store, progress, chunk_size=chunk_size or self.chunk_size)
-        for kind, records in by_kind.items():
+    def score(self, run: ScoreRun) -> None:
+        emb = self.config.embedder(run.store, run.progress, chunk_size=run.chunk_size or self.chunk_size)
+        for kind, records in run.by_kind.items():
             emb.embed(prompt_texts(kind, records), f"{kind} prompts")
             if kind == "pair":
                 c, r = pair_response_texts(records)
                 emb.embed(c + r, "pair responses")
             if kind == "sft":
                 emb.embed([plain_render(r["messages"]) for r in records], "sft conversations")
-        add_stats(summary, emb.stats)
-        summary.key, summary.skipped = emb.cache.key, emb.stats.computed == 0
+        add_stats(run.summary, emb.stats)
+        run.summary.key, run.summary.skipped = emb.cache.key, emb.stats.computed == 0
 
 
 def run(store: Store, *, where: str | None = None, progress: bool = True, **config: Any) -> ScoreSummary:

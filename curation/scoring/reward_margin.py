@@ -78,7 +78,7 @@ from curation.core.models import DEFAULT_ENCODER, ModelSpec
 from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint, result_done
-from curation.scoring.contract import Scorer
+from curation.scoring.contract import Outcome, Scorer, ScoreRun
 from curation.scoring.crossfit import (
     crossfit_features,
     crossfit_rewards,
@@ -409,20 +409,13 @@ class RewardMargin(Scorer):
 
         return RunnerConfig(**_pick(self.config, "device", "bf16", "token_budget", "max_length"))
 
-    def score(
-        self,
-        store: Store,
-        by_kind: dict[str, list[dict]],
-        summary: ScoreSummary,
-        *,
-        progress: bool = True,
-        chunk_size: int | None = None,
-    ) -> tuple[ResultSpec, pa.Table | None, dict] | None:
+    def score(self, run: ScoreRun) -> Outcome | None:
         """The backend's rewards, the length control, then ``combine``'s classes (module docstring). The
         crossfit backend computes nothing when its result exists already."""
-        c, records = self.config, by_kind["pair"]
+        chunk_size = run.chunk_size
+        c, records = self.config, run.by_kind["pair"]
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
-            summary.skipped, summary.report = True, {"note": "no pairs to score"}
+            run.summary.skipped, run.summary.report = True, {"note": "no pairs to score"}
             return None
         models = [c.models] if isinstance(c.models, str) else c.models
         backend = c.backend or ("models" if models else "crossfit")
@@ -438,11 +431,11 @@ class RewardMargin(Scorer):
             if not models:
                 raise ValueError("backend 'models' needs at least one --model")
             runs = [
-                model_rewards(store, records, self.spec(m), self.runner(), progress, chunk_size)
+                model_rewards(run.store, records, self.spec(m), self.runner(), run.progress, chunk_size)
                 for m in models
             ]
             for _, stats, _ in runs:
-                add_stats(summary, stats)
+                add_stats(run.summary, stats)
             rc, rr = (
                 np.stack([t.column(f"reward_{s}").to_numpy() for t, _, _ in runs], 1)
                 for s in ("chosen", "rejected")
@@ -465,7 +458,7 @@ class RewardMargin(Scorer):
                 from curation.scoring.embeddings import Embedder
 
                 access = _pick(c, "device", "bf16", "trust_remote_code", "allow_network")
-                embedder = Embedder(store, c.encoder, progress=progress, **access)
+                embedder = Embedder(run.store, c.encoder, progress=run.progress, **access)
                 fingerprint = embedder.fingerprint
                 params = {"backend": "crossfit", "head": c.head, "folds": c.folds, "repeats": reps}
                 params |= {"epochs": ep}
@@ -473,22 +466,22 @@ class RewardMargin(Scorer):
                 params |= {"seed": c.seed, "embeddings": embedder.cache.key} | combine_kw
                 params |= {"c_bias": c.c_bias} if length_control else {}
             rspec = ResultSpec(NAME, VERSION, fingerprint, params | control, ids_fingerprint(ids))
-            if result_done(store, rspec):  # cross-fitting is dear: an existing result is only activated
-                summary.cached = len(ids)
+            if result_done(run.store, rspec):  # cross-fitting is dear: an existing result is only activated
+                run.summary.cached = len(ids)
                 return rspec, None, {}
             if c.finetune:
                 ft_kw = {"folds": c.folds, "repeats": reps, "epochs": ep, "lr": c.finetune_lr, "seed": c.seed}
-                ft_kw |= {"soft_label": c.finetune_soft_label, "progress": progress}
+                ft_kw |= {"soft_label": c.finetune_soft_label, "progress": run.progress}
                 rc, rr = finetune_rewards(records, keys, self.spec(c.encoder), self.runner(), **ft_kw)
-                summary.computed = len(ids)
+                run.summary.computed = len(ids)
             else:
                 ec, er = response_embeddings(records, embedder)
-                add_stats(summary, embedder.stats)
+                add_stats(run.summary, embedder.stats)
                 head_kw = {"folds": c.folds, "repeats": reps, "head": c.head, "c": c.c, "hidden": c.hidden}
                 head_kw |= {"epochs": ep, "seed": c.seed}
                 rc, rr = crossfit_rewards(*crossfit_features(records, ec, er), keys, **head_kw)
                 if length_control:  # product of experts: the content head alone gives mu
-                    features, len_diff = length_inputs(store, records, progress)
+                    features, len_diff = length_inputs(run.store, records, run.progress)
                     gc, gr = crossfit_features(records, ec, er, content_only=True)
                     cc, cr = crossfit_rewards(gc, gr, keys, bias=features, c_bias=c.c_bias, **head_kw)
                     controlled = cc - cr
@@ -496,10 +489,14 @@ class RewardMargin(Scorer):
             from curation.scoring.pairwise_judge import judge_margins
 
             judge_kw = _pick(c, "base_url", "api_key", "api_key_env", "concurrency", "timeout_s", "retries")
-            judge_kw |= {"logprobs": c.judge_logprobs, "top_logprobs": c.top_logprobs, "progress": progress}
+            judge_kw |= {
+                "logprobs": c.judge_logprobs,
+                "top_logprobs": c.top_logprobs,
+                "progress": run.progress,
+            }
             judge_kw |= {"margin_from": c.judge_margin, "chunk_size": chunk_size}
-            jm = judge_margins(store, records, models, **judge_kw)
-            add_stats(summary, jm.stats)
+            jm = judge_margins(run.store, records, models, **judge_kw)
+            add_stats(run.summary, jm.stats)
             (rc, rr), fingerprint, combine_kw = jm.rewards(), jm.fingerprint, jm.thresholds(combine_kw)
             params = jm.params | combine_kw
             if jm.margin_from == "votes" and length_control:
@@ -512,7 +509,7 @@ class RewardMargin(Scorer):
         strata = None
         if length_control:  # backends without a bias expert: residualise their margins out of fold
             if features is None:
-                features, len_diff = length_inputs(store, records, progress)
+                features, len_diff = length_inputs(run.store, records, run.progress)
             if controlled is None:
                 controlled = residualise(rc - rr, features, keys, c.folds)
             strata = length_stratum(len_diff, c.length_strata) if c.length_strata > 0 else None
@@ -521,7 +518,7 @@ class RewardMargin(Scorer):
             table, report = jm.annotate(table, report)
         if length_control or control.get("votes_uncontrolled"):  # what the flagged set is made of
             if features is None:
-                features, len_diff = length_inputs(store, records, progress)
+                features, len_diff = length_inputs(run.store, records, run.progress)
             cls = np.asarray(table.column("quality_class").to_pylist())
             raw, mu = table.column("margin_raw").to_numpy(), table.column("margin").to_numpy()
             report |= length_make_up(cls, features, len_diff, raw, mu)

@@ -20,7 +20,7 @@ import pyarrow as pa
 from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import ResultSpec, ids_fingerprint, result_done
-from curation.scoring.contract import Scorer
+from curation.scoring.contract import Outcome, Scorer, ScoreRun
 from curation.scoring.embeddings import ALL_KINDS, EmbeddingsConfig, prompt_texts
 from curation.scoring.schemas import SEMANTIC_SCHEMA
 
@@ -110,30 +110,22 @@ class SemanticDedup(Scorer):
         """Over every record of the kinds (no ``where``); the embeddings cache keeps its own chunking."""
         return super().run(store, progress=progress)
 
-    def score(
-        self,
-        store: Store,
-        by_kind: dict[str, list[dict]],
-        summary: ScoreSummary,
-        *,
-        progress: bool = True,
-        chunk_size: int | None = None,
-    ) -> tuple[ResultSpec, pa.Table | None, dict]:
+    def score(self, run: ScoreRun) -> Outcome:
         cfg = self.config
-        emb = cfg.embedder(store, progress)
-        all_ids = [f"{k}:{r['id']}" for k, recs in by_kind.items() for r in recs]
+        emb = cfg.embedder(run.store, run.progress)
+        all_ids = [f"{k}:{r['id']}" for k, recs in run.by_kind.items() for r in recs]
         params = {"threshold": cfg.threshold, "kinds": list(self.load_kinds()), "embeddings": emb.cache.key}
         spec = ResultSpec(NAME, VERSION, emb.fingerprint, params, ids_fingerprint(all_ids))
-        if result_done(store, spec):
+        if result_done(run.store, spec):
             return spec, None, {}
         parts, report = [], {}
-        for kind, recs in by_kind.items():
+        for kind, recs in run.by_kind.items():
             vecs = emb.embed(prompt_texts(kind, recs), f"{kind} prompts")
             parts.append(part := kind_clusters(kind, recs, vecs, cfg.threshold, cfg.block))
             report[f"{kind}_near_duplicates"] = sum(
                 not r for r in part.column("sem_representative").to_pylist()
             )
-        add_stats(summary, emb.stats)
+        add_stats(run.summary, emb.stats)
         return spec, pa.concat_tables(parts) if parts else SEMANTIC_SCHEMA.empty_table(), report
 
 

@@ -32,7 +32,7 @@ from curation.core.models import DEFAULT_ENCODER
 from curation.core.options import option
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import ResultSpec, active_meta, active_table, ids_fingerprint, result_done
-from curation.scoring.contract import Scorer
+from curation.scoring.contract import Outcome, Scorer, ScoreRun
 from curation.scoring.schemas import SPURIOUS_SCHEMA
 from curation.scoring.texts import last_user_turn, response_text
 
@@ -133,15 +133,7 @@ class SpuriousGroups(Scorer):
     Config = SpuriousGroupsConfig
     chunk_size = 1024  # texts per embedding cache chunk (Embedder's default)
 
-    def score(
-        self,
-        store: Store,
-        by_kind: dict[str, list[dict]],
-        summary: ScoreSummary,
-        *,
-        progress: bool = True,
-        chunk_size: int | None = None,
-    ) -> tuple[ResultSpec, pa.Table | None, dict] | None:
+    def score(self, run: ScoreRun) -> Outcome | None:
         """Bias features, clusters, Q-Diversity pseudo-groups and group weights of every pair (``chunk_size``:
         texts per embedding cache chunk)."""
         from sklearn.cluster import KMeans
@@ -151,29 +143,31 @@ class SpuriousGroups(Scorer):
         from curation.scoring.length_bias import pair_lengths
         from schemas.ids import text_id
 
-        c, records = self.config, by_kind["pair"]
+        c, records = self.config, run.by_kind["pair"]
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
-            summary.skipped, summary.report = True, {"note": "no pairs to score"}
+            run.summary.skipped, run.summary.report = True, {"note": "no pairs to score"}
             return None
-        ids, size = [r["id"] for r in records], chunk_size or self.chunk_size
+        ids, size = [r["id"] for r in records], run.chunk_size or self.chunk_size
         access = {k: getattr(c, k) for k in ("trust_remote_code", "allow_network")}
-        emb = Embedder(store, c.encoder, device=c.device, progress=progress, chunk_size=size, **access)
-        rm_meta = active_meta(store, "reward_margin")
+        emb = Embedder(
+            run.store, c.encoder, device=c.device, progress=run.progress, chunk_size=size, **access
+        )
+        rm_meta = active_meta(run.store, "reward_margin")
         keep = ("clusters", "kl_weight", "steps", "max_weight", "seed", "tokenizer")
         params = {k: getattr(c, k) for k in keep} | {"embeddings": emb.cache.key}
         params["reward_margin"] = rm_meta["key"] if rm_meta else None
         spec = ResultSpec(NAME, VERSION, emb.fingerprint, params, ids_fingerprint(ids))
-        if result_done(store, spec):  # clustering and the Q-Diversity head are not run again
-            summary.cached = len(ids)
+        if result_done(run.store, spec):  # clustering and the Q-Diversity head are not run again
+            run.summary.cached = len(ids)
             return spec, None, {}
-        lengths, stats, _ = pair_lengths(store, records, c.tokenizer, progress, **access)
-        add_stats(summary, stats)
+        lengths, stats, _ = pair_lengths(run.store, records, c.tokenizer, run.progress, **access)
+        add_stats(run.summary, stats)
         lc = lengths.column("len_chosen").to_numpy().astype(np.int64)
         lr = lengths.column("len_rejected").to_numpy().astype(np.int64)
         prompts = emb.embed(prompt_texts("pair", records), "pair prompts")
         tc, tr = pair_response_texts(records)
         resp = emb.embed(tc + tr, "pair responses")
-        add_stats(summary, emb.stats)
+        add_stats(run.summary, emb.stats)
         n = len(records)
         diff = resp[:n] - resp[n:]
         k = max(1, min(c.clusters, n))
@@ -181,7 +175,7 @@ class SpuriousGroups(Scorer):
         # per-pair loss of the preference model
         margin = None
         if rm_meta:
-            rm = active_table(store, "reward_margin")
+            rm = active_table(run.store, "reward_margin")
             mp = dict(zip(rm.column("id").to_pylist(), rm.column("margin").to_pylist(), strict=True))
             margin = np.array([mp.get(i, np.nan) for i in ids], dtype=np.float64)
             if np.isnan(margin).any():

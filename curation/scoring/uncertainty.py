@@ -33,7 +33,7 @@ from curation.core.options import option
 from curation.core.sql import check_expression
 from curation.scoring.base import ScoreSummary, add_stats
 from curation.scoring.cache import CacheSpec, ResultSpec, cached_compute, ids_fingerprint
-from curation.scoring.contract import Scorer
+from curation.scoring.contract import Outcome, Scorer, ScoreRun
 from curation.scoring.schemas import UNCERTAINTY_SCHEMA
 from curation.scoring.task import ChunkTask
 from curation.scoring.texts import final_response_of_sft, plain_render, prompt_of_sft, render
@@ -192,22 +192,16 @@ class Uncertainty(Scorer):
     order = 40
     chunk_size = 256
 
-    def score(
-        self,
-        store: Store,
-        by_kind: dict[str, list[dict]],
-        summary: ScoreSummary,
-        *,
-        progress: bool = True,
-        chunk_size: int | None = None,
-    ) -> tuple[ResultSpec, pa.Table, dict] | None:
-        records, c = by_kind["sft"], self.config
+    def score(self, run: ScoreRun) -> Outcome | None:
+        records, c = run.by_kind["sft"], self.config
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
-            summary.skipped, summary.report = True, {"note": "no sft records to score"}
+            run.summary.skipped, run.summary.report = True, {"note": "no sft records to score"}
             return None
         ids = [r["id"] for r in records]
         source = getattr(self, f"_{c.source.replace('-', '_')}")
-        u, fingerprint, params = source(store, records, summary, progress, chunk_size or self.chunk_size)
+        u, fingerprint, params = source(
+            run.store, records, run.summary, run.progress, run.chunk_size or self.chunk_size
+        )
         eps = ual_smoothing(
             np.nan_to_num(u, nan=float(np.nanmean(u)) if np.isfinite(u).any() else 0.0), c.mean_epsilon, c.cap
         )
