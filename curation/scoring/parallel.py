@@ -122,7 +122,7 @@ def staged_parts(cache_folder: Path) -> list[Path]:
 class _ChunkWorker:
     """A Ray actor: builds the task once, then computes and stages one chunk per call."""
 
-    def __init__(self, task: Any, threads: int | None, kill_after: int) -> None:
+    def __init__(self, task: Any, threads: int | None, kill_after: int | None) -> None:
         if threads:
             import torch
 
@@ -140,7 +140,7 @@ class _ChunkWorker:
 
         from curation.core.store import write_parquet_atomic
 
-        if self.kill_after and self.done >= self.kill_after:
+        if self.kill_after is not None and self.done >= self.kill_after:
             os._exit(1)  # the test hook: die like a killed worker, mid-run
         table = chunk_table(ids, self.task(items), schema, what)
         path = (
@@ -209,10 +209,10 @@ def map_chunks(
     actors: list = []
     try:
         options, threads = _resources(ray, cfg, n)
-        kill_after = int(os.environ.get(KILL_WORKER_ENV, "0") or 0)
+        kill_after = int(os.environ[KILL_WORKER_ENV]) if os.environ.get(KILL_WORKER_ENV) else None
         actor_cls = ray.remote(max_restarts=0, **options)(_ChunkWorker)
         task_ref = ray.put(task)
-        actors = [actor_cls.remote(task_ref, threads, kill_after if rank == 0 else 0) for rank in range(n)]
+        actors = [actor_cls.remote(task_ref, threads, kill_after if rank == 0 else None) for rank in range(n)]
         ray.get([a.ready.remote() for a in actors])
         LAST_TIMING.clear()
         LAST_TIMING["ready_s"] = time.perf_counter() - t0
