@@ -191,36 +191,12 @@ def scoring_large(
     """A reward model of realistic size: a 1.1B Llama-shaped sequence classifier (TinyLlama's shape,
     random bf16 weights: speed does not depend on their values), saved and loaded like any RM folder.
     Runner vs bare in bf16, and the naive pipeline on the same bf16 model."""
-    import torch
     from bench import naive_pipeline  # benchmarks/scoring/bench.py
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from llama_rm import build_llama_rm  # benchmarks/gpu/llama_rm.py
 
-    tok = AutoTokenizer.from_pretrained(str(pack / "minilm"))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: half the memory and time
-    try:
-        with torch.device(device):
-            model = LlamaForSequenceClassification(cfg)
-    finally:
-        torch.set_default_dtype(torch.float32)
     rm_dir = Path("/tmp/curate_gpu_rm_1b")
-    model.save_pretrained(rm_dir)
-    tok.save_pretrained(rm_dir)
-    params = sum(p.numel() for p in model.parameters())
-    del model
-    torch.cuda.empty_cache()
+    params = build_llama_rm(rm_dir, pack / "minilm", device, layers)
     build_s = time.perf_counter() - t0
     records = load_pairs(pack, limit)
     n = len(records)

@@ -20,36 +20,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def build_rm(out: Path, layers: int = 22) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    from curation.core.models import bundled_minilm_path
-
-    tok = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = LlamaForSequenceClassification(cfg)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=2000)
@@ -58,7 +28,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/curate_scale_gpu.json"))
     args = ap.parse_args()
     if not (args.rm / "config.json").exists():
-        build_rm(args.rm)
+        import torch
+
+        from curation.core.models import bundled_minilm_path
+
+        sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
+        from llama_rm import build_llama_rm
+
+        build_llama_rm(args.rm, bundled_minilm_path(), "cuda" if torch.cuda.is_available() else "cpu")
     sys.path.insert(0, str(Path(__file__).parent))
     import score_workers
 
