@@ -412,7 +412,6 @@ class RewardMargin(Scorer):
     def score(self, run: ScoreRun) -> Outcome | None:
         """The backend's rewards, the length control, then ``combine``'s classes (module docstring). The
         crossfit backend computes nothing when its result exists already."""
-        chunk_size = run.chunk_size
         c, records = self.config, run.by_kind["pair"]
         if not records:  # nothing to score is not an error (a store may hold other kinds only)
             run.summary.skipped, run.summary.report = True, {"note": "no pairs to score"}
@@ -420,7 +419,7 @@ class RewardMargin(Scorer):
         models = [c.models] if isinstance(c.models, str) else c.models
         backend = c.backend or ("models" if models else "crossfit")
         ids, length_control = [r["id"] for r in records], c.length_control
-        chunk_size = chunk_size or self.chunk_size
+        chunk_size = run.chunk_size or self.chunk_size
         keys = [text_id(plain_render(r["prompt"])) for r in records]  # folds by prompt
         combine_kw = _pick(c, *COMBINE_KEYS)
         control: dict[str, Any] = {"length_control": bool(length_control)}  # joins every backend's result key
