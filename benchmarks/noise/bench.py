@@ -19,6 +19,12 @@ score = -margin for "flipped":
 - ``stratified_auroc``: the mean of the AUROCs within the length strata (sign of len_chosen -
   len_rejected x quintiles of its size), so that the length difference alone scores about 0.5;
   ``stratified_auroc_10_bins``: the same with deciles (narrower strata leave length less to tell);
+- ``length_matched_auroc``: the mean of the AUROCs within strata of what the length features can tell
+  (sign of the length difference x quintiles of the cross-fitted length-features head's score, the
+  baseline below): a second try at a length-blind comparison, since the length-difference strata leave
+  length some power (the length-features head scores 0.54 within them on HH). It is not length-blind
+  either: on AlpacaEval the length-features head scores 0.62 within its own quintiles (the flips sit at
+  the ends of each bin), so read it beside the first, not instead of it;
 - ``chosen_longer_flagged`` against ``chosen_longer_all``: the share of pairs whose chosen response is
   longer (tokens) among those classed ``incorrect`` and among all; target: within 5 points;
 - ``precision_flagged``: the share of flipped pairs among those classed ``incorrect`` (20 % of pairs);
@@ -144,7 +150,22 @@ def stratified_auroc(y: np.ndarray, score: np.ndarray, len_diff: np.ndarray, bin
     """Mean AUROC within (sign of the length difference x quantile bin of its size) strata."""
     from curation.scoring.reward_margin import length_stratum
 
-    strata = length_stratum(len_diff, bins)
+    return auroc_within(y, score, length_stratum(len_diff, bins))
+
+
+def matched_strata(len_diff: np.ndarray, length_score: np.ndarray, bins: int = 5) -> np.ndarray:
+    """Stratum per pair: the sign of the length difference x quantile bins of ``length_score`` (what the
+    length features predict) within that sign."""
+    out = np.zeros(len(len_diff), dtype=np.int64)
+    for k, side in enumerate((len_diff < 0, len_diff == 0, len_diff > 0)):
+        s = length_score[side]
+        edges = np.quantile(s, np.linspace(0, 1, bins + 1)[1:-1]) if len(s) else np.zeros(0)
+        out[side] = k * bins + np.searchsorted(edges, s, side="right")
+    return out
+
+
+def auroc_within(y: np.ndarray, score: np.ndarray, strata: np.ndarray) -> float:
+    """Mean AUROC over the strata that hold both classes."""
     vals = []
     for s in np.unique(strata):
         m = strata == s
@@ -164,11 +185,8 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((rankdata(score)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def stratified_gain_ci(y, on, off, len_diff, n_boot: int = 1000, seed: int = 0) -> list[float]:
+def stratified_gain_ci(y, on, off, strata: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
     """95 % paired-bootstrap interval of stratified AUROC(on) - stratified AUROC(off) (strata fixed)."""
-    from curation.scoring.reward_margin import length_stratum
-
-    strata = length_stratum(len_diff, 5)
     groups = [np.nonzero(strata == s)[0] for s in np.unique(strata)]
     rng = np.random.default_rng(seed)
     gains = []
@@ -186,11 +204,12 @@ def precision_at(score: np.ndarray, y: np.ndarray, frac: float) -> float:
     return float(y[np.argsort(-score, kind="stable")[:k]].mean())
 
 
-def ranking_metrics(y: np.ndarray, score: np.ndarray, len_diff: np.ndarray) -> dict:
+def ranking_metrics(y: np.ndarray, score: np.ndarray, len_diff: np.ndarray, matched: np.ndarray) -> dict:
     return {
         "auroc": auroc(y, score),
         "stratified_auroc": stratified_auroc(y, score, len_diff),
         "stratified_auroc_10_bins": stratified_auroc(y, score, len_diff, 10),
+        "length_matched_auroc": auroc_within(y, score, matched),
         "precision_at_flag_rate": precision_at(score, y, 0.2),
     }
 
@@ -225,6 +244,7 @@ def bench_set(work: Path, name: str, rate: float, args) -> dict:
     run_scorer(st, "length_bias", progress=False)
     out: dict = {"rows_in_files": n_rows, "flipped_in_files": n_flipped, "embedding_chunks_linked": linked}
     out["settings"], margins = {}, {}
+    by_id = length_only_scores(st, args.folds)
     for setting, params in SETTINGS.items():
         t = time.perf_counter()
         s = run_scorer(
@@ -242,7 +262,9 @@ def bench_set(work: Path, name: str, rate: float, args) -> dict:
         y = np.array([truth[(Path(r[5]).name, r[6])] for r in rows])
         flagged = cls == "incorrect"
         margins[setting] = mu
-        res = ranking_metrics(y, -mu, len_diff) | {
+        length_score = np.array([by_id[i] for i in ids])
+        matched = matched_strata(len_diff, length_score)
+        res = ranking_metrics(y, -mu, len_diff, matched) | {
             "flagged": int(flagged.sum()),
             "precision_flagged": float(y[flagged].mean()),
             "chosen_longer_all": float((len_diff > 0).mean()),
@@ -256,16 +278,18 @@ def bench_set(work: Path, name: str, rate: float, args) -> dict:
         print(name, rate, setting, json.dumps({k: round(v, 3) for k, v in res.items()}), flush=True)
     out["pairs_scored"], out["flipped_scored"] = len(y), int(y.sum())
     rnd = np.random.default_rng(args.seed + 1).random(len(y))
-    by_id = length_only_scores(st, args.folds)
     out["baselines"] = {
-        "random": ranking_metrics(y, rnd, len_diff),
-        "length_diff": ranking_metrics(y, len_diff, len_diff),
-        "length_features_head": ranking_metrics(y, np.array([by_id[i] for i in ids]), len_diff),
+        "random": ranking_metrics(y, rnd, len_diff, matched),
+        "length_diff": ranking_metrics(y, len_diff, len_diff, matched),
+        "length_features_head": ranking_metrics(y, length_score, len_diff, matched),
     }
     on, off = out["settings"]["on"], out["settings"]["off"]
-    out["stratified_auroc_gain_on_minus_off_ci95"] = stratified_gain_ci(
-        y, -margins["on"], -margins["off"], len_diff, seed=args.seed
-    )
+    from curation.scoring.reward_margin import length_stratum
+
+    for key, strata in (("stratified_auroc", length_stratum(len_diff, 5)), ("length_matched_auroc", matched)):
+        out[f"{key}_gain_on_minus_off_ci95"] = stratified_gain_ci(
+            y, -margins["on"], -margins["off"], strata, seed=args.seed
+        )
     out["targets"] = {
         "on_flagged_share_within_5_points": abs(on["flagged_share_gap_points"]) <= 5,
         "on_global_flagged_share_within_5_points": abs(
@@ -273,6 +297,7 @@ def bench_set(work: Path, name: str, rate: float, args) -> dict:
         )
         <= 5,
         "on_stratified_auroc_at_least_off": on["stratified_auroc"] >= off["stratified_auroc"],
+        "on_length_matched_auroc_at_least_off": on["length_matched_auroc"] >= off["length_matched_auroc"],
     }
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(name, rate, "baselines", json.dumps(out["baselines"]), out["targets"], flush=True)
