@@ -33,6 +33,7 @@ EXPECTED = {
             "accuracy, shorter preferred",
             "accuracy, longer preferred",
             "accuracy, all test",
+            "accuracy, length-balanced",
         },
     ),
     "3": ({"(a) plain BT", "(b) group DRO"}, {"worst-group accuracy", "accuracy, all test"}),

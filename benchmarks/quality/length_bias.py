@@ -6,7 +6,8 @@ Bradley-Terry, (b) PoE with the trainer's length expert (``poe_expert: length``)
 paper's noisy-embedding expert, (d) the length expert without resampling by its residuals (an
 ablation; ``lb_arms`` picks the arms). Held out we report Spearman(reward, response tokens) over every test
 response, accuracy on all test pairs and on those where the shorter (longer) answer, in tokens, is
-preferred, all from ``training.rm.evaluate``; and each setting's chosen-longer share of the train shard.
+preferred, all from ``training.rm.evaluate``, and their mean (the length-balanced accuracy, where length
+alone scores 0.5); and each setting's chosen-longer share of the train shard.
 
 Settings:
 
@@ -65,7 +66,16 @@ METRICS = (
     ("accuracy, shorter preferred", "accuracy_shorter_preferred"),
     ("accuracy, longer preferred", "accuracy_longer_preferred"),
     ("accuracy, all test", "accuracy"),
+    ("accuracy, length-balanced", "accuracy_length_balanced"),
 )
+
+
+def with_balanced_accuracy(metrics: dict) -> dict:
+    """``metrics`` with the mean of the shorter- and longer-preferred accuracies: the accuracy a test set
+    with as many pairs won by the shorter answer as by the longer would give (length alone scores 0.5)."""
+    short, long = metrics.get("accuracy_shorter_preferred"), metrics.get("accuracy_longer_preferred")
+    balanced = float("nan") if short is None or long is None else (short + long) / 2
+    return metrics | {"accuracy_length_balanced": balanced}
 
 
 def annotation_path(variant: str, shared: Path = SHARED) -> Path:
@@ -255,7 +265,7 @@ def run(work: Path, sizes: Sizes, command: str, log=print) -> list[Row]:
                     }
                     with open(runs_file, "a") as fh:
                         fh.write(json.dumps(r) + "\n")
-                m = r["metrics"]
+                r["metrics"] = m = with_balanced_accuracy(r["metrics"])
                 log(
                     f"exp2 {setting} {arm} seed {seed}: spearman {m.get('spearman_reward_length', float('nan')):.3f} "
                     f"acc {m['accuracy']:.3f} shorter-preferred {m.get('accuracy_shorter_preferred', float('nan')):.3f} "
