@@ -384,10 +384,15 @@ def _summary(store: Store, name: str | None, manifest: dict | None) -> str:
 #: How to read each figure (static HTML, no user data).
 NOTES = {
     "margin_by_class": (
-        "Preference strength μ is the mean reward margin r(chosen) − r(rejected) over the reward models. "
-        "Classes: <b>incorrect</b> (μ well below 0: the models prefer the rejected response, the label is "
-        "likely wrong; the default policy flips these), <b>ambiguous</b> (|μ| small: a weak preference; "
-        "soft-labelled by default), <b>clean</b> (the rest). Unscored pairs count as clean."
+        "Preference strength μ is the mean reward margin r(chosen) − r(rejected) over the reward models, "
+        "by default with the length and markdown differences controlled for (the crossfit head's length "
+        "expert is trained jointly and dropped; reward-model and judge margins are residualised on the "
+        "same features out of fold); <code>margin_raw</code> keeps the uncontrolled margin. Classes are "
+        "taken within strata of similar length difference, so a class has its source's length make-up: "
+        "<b>incorrect</b> (the lowest 20 % of μ: the content goes against the label, which is likely "
+        "wrong; the default policy flips these), <b>ambiguous</b> (the next 20 %: a weak preference; "
+        "soft-labelled by default), <b>clean</b> (the rest). Unscored pairs count as clean. "
+        "<code>--param length_control=false</code> gives the uncontrolled margin and global classes."
     ),
     "length_diff_vs_label": (
         "Characters of the chosen response minus the rejected one's, per source. Mass right of 0 means "
