@@ -365,3 +365,25 @@ def app_():
     from curation.cli import app
 
     return app
+
+
+def test_deeply_nested_where_is_one_line_not_a_traceback(real_copy):
+    """Round three: `--where` of 900 NOTs died with a RecursionError traceback (Python's JSON reader
+    recursing over DuckDB's parse tree); now exit 1 naming `--where`, nothing scored."""
+    from curation.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "length_bias",
+            "--store",
+            str(real_copy.root),
+            "--no-progress",
+            "--where",
+            "not " * 900 + "true",
+        ],
+    )
+    assert res.exit_code == 1, res.output[-800:]
+    assert "--where" in res.output and "nests too deeply" in res.output, res.output[-800:]
+    assert not (real_copy.root / "scores").exists()
