@@ -176,6 +176,15 @@ def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (f / "modules.json").write_text(json.dumps(modules))
     out["st_module_pickle"] = (f, r"2_Dense: this sentence-transformers module has only pickle weights")
+    # round three: a config.json that is not a JSON object (a traceback from curate's own describe())
+    for name, text in (("config_garbage", "{nope"), ("config_list", "[1, 2]"), ("config_string", '"bert"')):
+        f = tmp_path / name
+        shutil.copytree(minilm, f)
+        (f / "config.json").write_text(text)
+        out[name] = (f, r"config\.json: not a JSON model config")
+    f = _copy_config(minilm, tmp_path / "huge_header")  # a header length of 2**62 bytes: never allocated
+    (f / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    out["huge_header"] = (f, r"model\.safetensors: not a valid safetensors file .*header too large")
     return out
 
 

@@ -80,6 +80,7 @@ def check_safetensors(folder: Path) -> None:
     (model.safetensors.index.json) naming any file that is not a .safetensors file in the folder (a
     ``.bin`` there went to ``torch.load``); a .safetensors file whose header does not parse; and a
     sentence-transformers module folder (modules.json) outside the folder or with only pickle weights."""
+    read_config(folder)
     weights = sorted(folder.glob("*.safetensors"))
     if (folder / INDEX).exists():
         weights += [folder / name for name in _index_files(folder / INDEX)]
@@ -104,6 +105,20 @@ def check_safetensors(folder: Path) -> None:
         weights += sorted(module.glob("*.safetensors"))
     for path in dict.fromkeys(weights):
         _check_header(path)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json as a mapping ({} when there is none); ModelError when it is not one."""
+    path = folder / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a JSON model config ({exc!r:.100})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a JSON model config (a {type(cfg).__name__}, not an object)")
+    return cfg
 
 
 def _index_files(index: Path) -> set[str]:
@@ -280,9 +295,7 @@ def load_sentence_encoder(spec: ModelSpec, device: str | None = None):
 def describe(spec: ModelSpec) -> dict[str, str]:
     """A JSON-able identity of the model for manifests and score tables."""
     folder = spec.path()
-    cfg = {}
-    if (folder / "config.json").exists():
-        cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder)
     return {
         "model": spec.model,
         "fingerprint": fingerprint(folder),
