@@ -355,6 +355,26 @@ def test_report_never_writes_over_the_store(store, tmp_path):
     assert (store.root / "reports" / "r.html").stat().st_size > 1000
 
 
+def test_the_build_flows_report_out_is_held_to_the_same_rule(store, tmp_path):
+    """Round three: the build flow's ``report_out`` (a Prefect deployment parameter) reached
+    render_report unchecked, so ``report_out=<store>/catalog.duckdb`` replaced the catalog with the HTML
+    page. The rule is now checked in render_report itself, for every caller."""
+    from flows import tasks
+
+    before = tree_digest(store.root)
+    for out in (
+        store.root / "catalog.duckdb",
+        store.root / "curated" / "v1" / "manifest.json",
+        store.root / "reports" / ".." / "ingest" / "r.html",
+    ):
+        with pytest.raises(StoreError, match="inside the store"):
+            tasks.report.fn(str(store.root), "v1", str(out))
+    assert tree_digest(store.root) == before
+    assert tasks.report.fn(str(store.root), "v1", str(tmp_path / "r.html"))["report"] == str(
+        tmp_path / "r.html"
+    )
+
+
 def test_sql_out_never_writes_over_the_store(store, tmp_path):
     """The same rule for `curate sql --out`: `--out <unit>/pair.parquet` emptied a unit."""
     unit = next((store.root / "ingest").glob("hh-*"))
