@@ -7,6 +7,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -133,6 +135,22 @@ def _index(folder, target: str) -> None:
     )
 
 
+def _unblock_fifos(fifos: list) -> None:
+    """So that a regression fails rather than hangs: every 2 s, a reader blocked on one of these pipes is
+    given an end of file by a writer that opens and closes at once. A child process, not a thread: the
+    blocked reader (safetensors' Rust code) holds the GIL. It exits with the test process."""
+    code = (
+        "import os, sys, time\n"
+        "parent = os.getppid()\n"
+        "while os.getppid() == parent:\n"
+        "    time.sleep(2)\n"
+        "    for f in sys.argv[1:]:\n"
+        "        try: os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))\n"
+        "        except OSError: pass\n"
+    )
+    subprocess.Popen([sys.executable, "-c", code, *map(str, fifos)])
+
+
 def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
     """Model folders curate must refuse, each with the part of the message that says why."""
     import torch
@@ -182,6 +200,20 @@ def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
         shutil.copytree(minilm, f)
         (f / "config.json").write_text(text)
         out[name] = (f, r"config\.json: not a JSON model config")
+    for name, target in (("weights_fifo", "model.safetensors"), ("tokenizer_fifo", "tokenizer.json")):
+        f = tmp_path / name  # a pipe: every load hung, waiting for a writer
+        shutil.copytree(minilm, f)
+        (f / target).unlink()
+        os.mkfifo(f / target)
+        out[name] = (f, rf"{re.escape(target)}: not a regular file")
+    _unblock_fifos(
+        [tmp_path / "weights_fifo" / "model.safetensors", tmp_path / "tokenizer_fifo" / "tokenizer.json"]
+    )
+    f = tmp_path / "weights_device"
+    shutil.copytree(minilm, f)
+    (f / "model.safetensors").unlink()
+    (f / "model.safetensors").symlink_to("/dev/zero")
+    out["weights_device"] = (f, r"model\.safetensors: not a regular file")
     f = _copy_config(minilm, tmp_path / "huge_header")  # a header length of 2**62 bytes: never allocated
     (f / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
     out["huge_header"] = (f, r"model\.safetensors: not a valid safetensors file .*header too large")
