@@ -274,6 +274,32 @@ def test_symlinks_in_the_store_that_lead_out_are_never_followed(store, tmp_path)
     ).read_bytes()
 
 
+def test_work_in_progress_folders_replaced_by_links_are_never_written_through(store, tmp_path, monkeypatch):
+    """Round three: `.staging` replaced by a link out of the store between two runs: the next build wrote
+    its shards there (rmtree refuses a link, and the error was ignored), then moved them in. `.replaced`
+    as a link would pull a folder from outside in as a parked build. The writer lock removes both links."""
+    outside = tmp_path / "outside"
+    (outside / "wip").mkdir(parents=True)
+    shutil.copytree(store.root / "curated" / "v1", outside / "parked" / "curated" / "v9")
+    shutil.rmtree(store.root / ".staging", ignore_errors=True)
+    os.symlink(outside / "wip", store.root / ".staging")
+    os.symlink(outside / "parked", store.root / ".replaced")
+    staged: list[Path] = []
+    original = Store.new_staging_dir
+
+    def recording(self: Store) -> Path:
+        staged.append(original(self))
+        return staged[-1]
+
+    monkeypatch.setattr(Store, "new_staging_dir", recording)
+    build(store, "default", "v2")
+    assert staged and all(store.root.resolve() in p.resolve().parents for p in staged), staged
+    assert not (store.root / ".staging").is_symlink() and not (store.root / ".replaced").exists()
+    assert build_names(store) == ["v1", "v2"]  # v9 stayed outside, not restored as a build
+    assert (outside / "parked" / "curated" / "v9" / "manifest.json").is_file()
+    assert list((outside / "wip").iterdir()) == []
+
+
 def _a_pair_id(store: Store) -> str:
     con = catalog.connect(store)
     try:
