@@ -4,6 +4,7 @@ is built from them; ordinary aliases still work."""
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import time
@@ -14,6 +15,7 @@ import yaml
 
 from curation.builds import policy as policy_module
 from curation.builds.policy import PolicyError, bundled_policy, load_policy
+from tests.fixtures.fifos import unblock_fifos
 
 
 def alias_bomb(levels: int, width: int = 10) -> str:
@@ -213,4 +215,11 @@ def test_train_config_and_deployments_file_are_read_by_the_same_bounded_reader(t
         assert time.perf_counter() - started < 2.0  # 7 levels: 49.6 s before
         with pytest.raises(DeploymentFileError, match=match):
             load_specs(path)
+    pipe = tmp_path / "pipe.yaml"  # reading a FIFO waited for a writer for good
+    os.mkfifo(pipe)
+    unblock_fifos([pipe])
+    with pytest.raises(ValueError, match="is not a regular file"):
+        parse_config("rm", ["--config", str(pipe), "--shards", "x", "--model", "x"])
+    with pytest.raises(DeploymentFileError, match="is not a regular file"):
+        load_specs(pipe)
     assert load_specs()  # the repository's prefect.yaml still reads

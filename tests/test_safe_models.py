@@ -7,8 +7,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -23,6 +21,7 @@ from curation.core.models import (
     load_tokenizer,
     resolve,
 )
+from tests.fixtures.fifos import unblock_fifos
 
 
 def test_bundled_minilm_loads_as_a_reward_model_offline(minilm):
@@ -135,22 +134,6 @@ def _index(folder, target: str) -> None:
     )
 
 
-def _unblock_fifos(fifos: list) -> None:
-    """So that a regression fails rather than hangs: every 2 s, a reader blocked on one of these pipes is
-    given an end of file by a writer that opens and closes at once. A child process, not a thread: the
-    blocked reader (safetensors' Rust code) holds the GIL. It exits with the test process."""
-    code = (
-        "import os, sys, time\n"
-        "parent = os.getppid()\n"
-        "while os.getppid() == parent:\n"
-        "    time.sleep(2)\n"
-        "    for f in sys.argv[1:]:\n"
-        "        try: os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))\n"
-        "        except OSError: pass\n"
-    )
-    subprocess.Popen([sys.executable, "-c", code, *map(str, fifos)])
-
-
 def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
     """Model folders curate must refuse, each with the part of the message that says why."""
     import torch
@@ -206,7 +189,7 @@ def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
         (f / target).unlink()
         os.mkfifo(f / target)
         out[name] = (f, rf"{re.escape(target)}: not a regular file")
-    _unblock_fifos(
+    unblock_fifos(
         [tmp_path / "weights_fifo" / "model.safetensors", tmp_path / "tokenizer_fifo" / "tokenizer.json"]
     )
     f = tmp_path / "weights_device"

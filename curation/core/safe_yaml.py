@@ -28,6 +28,8 @@ class YAMLRefused(ValueError):
 def read_yaml_file(path: str | Path, what: str = "YAML file") -> Any:
     """The document of a UTF-8 YAML file of at most ``MAX_YAML_BYTES`` (see ``load_yaml``)."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read for good
+        raise YAMLRefused(f"{what} {path} is not a regular file (a folder, a pipe or a device)")
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_YAML_BYTES + 1)
