@@ -420,6 +420,34 @@ def test_sql_out_never_writes_over_the_store(store, tmp_path):
     assert res.exit_code == 0 and (tmp_path / "x.csv").read_text().splitlines() == ['"x"', "1"]
 
 
+def test_sql_out_that_cannot_be_written_is_one_line_and_leaves_no_part(store, tmp_path, monkeypatch):
+    """Round three: `--out` into a folder that does not exist (or under /proc) was a FileNotFoundError
+    traceback, and the file was written in place, so a failure half-way left a partial file under the
+    name; `--limit -1` printed no row and "2 more rows" for a 1-row result."""
+    import pyarrow.csv as pacsv
+
+    for out in (tmp_path / "no-such-folder" / "x.csv", Path("/proc/self/x.parquet")):
+        res = runner.invoke(app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--out", str(out)])
+        assert res.exit_code == 1 and res.output.startswith("error: --out"), (out, res.output)
+        assert "cannot write it" in res.output and not isinstance(res.exception, OSError)
+    (tmp_path / "out").mkdir()
+    good = tmp_path / "out" / "x.csv"
+    good.write_text("the previous result\n")
+
+    def half_then_full_disk(table, path, *a, **k):
+        Path(path).write_text('"x"\n')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pacsv, "write_csv", half_then_full_disk)
+    res = runner.invoke(app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--out", str(good)])
+    assert res.exit_code == 1 and "No space left on device" in res.output, res.output
+    assert good.read_text() == "the previous result\n" and sorted(p.name for p in good.parent.iterdir()) == [
+        "x.csv"
+    ]
+    res = runner.invoke(app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--limit", "-1"])
+    assert res.exit_code == 2 and "--limit" in res.output, res.output
+
+
 # ------------------------------------------------------------- store roots
 @pytest.mark.parametrize("folder", list(ODD_ROOTS), ids=lambda f: repr(f))
 def test_store_roots_with_odd_characters_work_and_never_read_a_sibling(tmp_path, inputs, folder):
