@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from curation.core.safe_yaml import YAMLRefused, read_yaml_file
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
 #: Parameters that name paths: made absolute (relative to the directory `curate serve` runs in).
@@ -40,11 +40,9 @@ def load_specs(path: str | Path = DEFAULT_FILE, only: list[str] | None = None) -
     """Read the deployments of a prefect.yaml (optionally only those named in ``only``)."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise DeploymentFileError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise DeploymentFileError(f"{path}: not valid YAML: {exc}") from exc
+        doc = read_yaml_file(path, "deployments file") or {}  # bounded; a repeated key is an error
+    except YAMLRefused as exc:
+        raise DeploymentFileError(str(exc)) from None
     specs = []
     for i, entry in enumerate(doc.get("deployments") or []):
         for key in ("name", "entrypoint"):

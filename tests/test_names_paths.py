@@ -274,6 +274,32 @@ def test_symlinks_in_the_store_that_lead_out_are_never_followed(store, tmp_path)
     ).read_bytes()
 
 
+def test_work_in_progress_folders_replaced_by_links_are_never_written_through(store, tmp_path, monkeypatch):
+    """Round three: `.staging` replaced by a link out of the store between two runs: the next build wrote
+    its shards there (rmtree refuses a link, and the error was ignored), then moved them in. `.replaced`
+    as a link would pull a folder from outside in as a parked build. The writer lock removes both links."""
+    outside = tmp_path / "outside"
+    (outside / "wip").mkdir(parents=True)
+    shutil.copytree(store.root / "curated" / "v1", outside / "parked" / "curated" / "v9")
+    shutil.rmtree(store.root / ".staging", ignore_errors=True)
+    os.symlink(outside / "wip", store.root / ".staging")
+    os.symlink(outside / "parked", store.root / ".replaced")
+    staged: list[Path] = []
+    original = Store.new_staging_dir
+
+    def recording(self: Store) -> Path:
+        staged.append(original(self))
+        return staged[-1]
+
+    monkeypatch.setattr(Store, "new_staging_dir", recording)
+    build(store, "default", "v2")
+    assert staged and all(store.root.resolve() in p.resolve().parents for p in staged), staged
+    assert not (store.root / ".staging").is_symlink() and not (store.root / ".replaced").exists()
+    assert build_names(store) == ["v1", "v2"]  # v9 stayed outside, not restored as a build
+    assert (outside / "parked" / "curated" / "v9" / "manifest.json").is_file()
+    assert list((outside / "wip").iterdir()) == []
+
+
 def _a_pair_id(store: Store) -> str:
     con = catalog.connect(store)
     try:
@@ -355,6 +381,26 @@ def test_report_never_writes_over_the_store(store, tmp_path):
     assert (store.root / "reports" / "r.html").stat().st_size > 1000
 
 
+def test_the_build_flows_report_out_is_held_to_the_same_rule(store, tmp_path):
+    """Round three: the build flow's ``report_out`` (a Prefect deployment parameter) reached
+    render_report unchecked, so ``report_out=<store>/catalog.duckdb`` replaced the catalog with the HTML
+    page. The rule is now checked in render_report itself, for every caller."""
+    from flows import tasks
+
+    before = tree_digest(store.root)
+    for out in (
+        store.root / "catalog.duckdb",
+        store.root / "curated" / "v1" / "manifest.json",
+        store.root / "reports" / ".." / "ingest" / "r.html",
+    ):
+        with pytest.raises(StoreError, match="inside the store"):
+            tasks.report.fn(str(store.root), "v1", str(out))
+    assert tree_digest(store.root) == before
+    assert tasks.report.fn(str(store.root), "v1", str(tmp_path / "r.html"))["report"] == str(
+        tmp_path / "r.html"
+    )
+
+
 def test_sql_out_never_writes_over_the_store(store, tmp_path):
     """The same rule for `curate sql --out`: `--out <unit>/pair.parquet` emptied a unit."""
     unit = next((store.root / "ingest").glob("hh-*"))
@@ -372,6 +418,34 @@ def test_sql_out_never_writes_over_the_store(store, tmp_path):
         app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--out", str(tmp_path / "x.csv")]
     )
     assert res.exit_code == 0 and (tmp_path / "x.csv").read_text().splitlines() == ['"x"', "1"]
+
+
+def test_sql_out_that_cannot_be_written_is_one_line_and_leaves_no_part(store, tmp_path, monkeypatch):
+    """Round three: `--out` into a folder that does not exist (or under /proc) was a FileNotFoundError
+    traceback, and the file was written in place, so a failure half-way left a partial file under the
+    name; `--limit -1` printed no row and "2 more rows" for a 1-row result."""
+    import pyarrow.csv as pacsv
+
+    for out in (tmp_path / "no-such-folder" / "x.csv", Path("/proc/self/x.parquet")):
+        res = runner.invoke(app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--out", str(out)])
+        assert res.exit_code == 1 and res.output.startswith("error: --out"), (out, res.output)
+        assert "cannot write it" in res.output and not isinstance(res.exception, OSError)
+    (tmp_path / "out").mkdir()
+    good = tmp_path / "out" / "x.csv"
+    good.write_text("the previous result\n")
+
+    def half_then_full_disk(table, path, *a, **k):
+        Path(path).write_text('"x"\n')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pacsv, "write_csv", half_then_full_disk)
+    res = runner.invoke(app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--out", str(good)])
+    assert res.exit_code == 1 and "No space left on device" in res.output, res.output
+    assert good.read_text() == "the previous result\n" and sorted(p.name for p in good.parent.iterdir()) == [
+        "x.csv"
+    ]
+    res = runner.invoke(app, ["sql", "SELECT 1 AS x", "--store", str(store.root), "--limit", "-1"])
+    assert res.exit_code == 2 and "--limit" in res.output, res.output
 
 
 # ------------------------------------------------------------- store roots

@@ -155,3 +155,43 @@ def test_near_duplicate_levels_and_balance_length_keys(tmp_path):
         parse_policy({"name": "p", "dedup": {"near_duplicates": "drop_pair"}, "consumers": {"rm": {}}})
     with pytest.raises(PolicyError, match=r"consumers\.sft\.balance_length: unknown key"):
         parse_policy({"name": "p", "consumers": {"sft": {"balance_length": True}}})
+
+
+@pytest.mark.parametrize(
+    ("clause", "label", "reason"),
+    [
+        (
+            {"weight": "9223372036854775807::HUGEINT * 100000000000000000000"},
+            "consumers.rm.weight",
+            "Overflow in multiplication",
+        ),
+        (
+            {
+                "filters": [
+                    {"name": "fine", "where": "true"},
+                    {"name": "boom", "where": "cast(source_row::VARCHAR || 'x' AS INTEGER) > 0"},
+                ]
+            },
+            "consumers.rm.filters[1] 'boom'",
+            "Could not convert string",
+        ),
+        (
+            {"weight": "CASE WHEN len(chosen) > 0 THEN error('bad row') ELSE 1 END"},
+            "consumers.rm.weight",
+            "bad row",
+        ),
+    ],
+)
+def test_a_clause_that_binds_but_fails_on_the_data_is_named(scored_store, clause, label, reason):
+    """Round three: a clause that passes the bind check but fails while the build runs it (an overflow, a
+    cast of some rows, error()) gave a DuckDB traceback; now a PolicyError naming the clause, nothing written."""
+    store, _ = scored_store
+    data = json.loads(load_policy(bundled_policy()).canonical_json())
+    data["consumers"]["rm"].update(clause)
+    with pytest.raises(PolicyError) as e:
+        build(store, parse_policy(data))
+    msg = str(e.value)
+    assert f"{label} `" in msg and "fails on the data" in msg and reason in msg, msg
+    assert "LINE 1" not in msg
+    assert not (store.root / "curated").exists()
+    assert not list(store.root.glob(".staging/*"))

@@ -21,6 +21,7 @@ from curation.core.models import (
     load_tokenizer,
     resolve,
 )
+from tests.fixtures.fifos import unblock_fifos
 
 
 def test_bundled_minilm_loads_as_a_reward_model_offline(minilm):
@@ -176,6 +177,29 @@ def refused_models(tmp_path, minilm) -> dict[str, tuple[object, str]]:
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (f / "modules.json").write_text(json.dumps(modules))
     out["st_module_pickle"] = (f, r"2_Dense: this sentence-transformers module has only pickle weights")
+    # round three: a config.json that is not a JSON object (a traceback from curate's own describe())
+    for name, text in (("config_garbage", "{nope"), ("config_list", "[1, 2]"), ("config_string", '"bert"')):
+        f = tmp_path / name
+        shutil.copytree(minilm, f)
+        (f / "config.json").write_text(text)
+        out[name] = (f, r"config\.json: not a JSON model config")
+    for name, target in (("weights_fifo", "model.safetensors"), ("tokenizer_fifo", "tokenizer.json")):
+        f = tmp_path / name  # a pipe: every load hung, waiting for a writer
+        shutil.copytree(minilm, f)
+        (f / target).unlink()
+        os.mkfifo(f / target)
+        out[name] = (f, rf"{re.escape(target)}: not a regular file")
+    unblock_fifos(
+        [tmp_path / "weights_fifo" / "model.safetensors", tmp_path / "tokenizer_fifo" / "tokenizer.json"]
+    )
+    f = tmp_path / "weights_device"
+    shutil.copytree(minilm, f)
+    (f / "model.safetensors").unlink()
+    (f / "model.safetensors").symlink_to("/dev/zero")
+    out["weights_device"] = (f, r"model\.safetensors: not a regular file")
+    f = _copy_config(minilm, tmp_path / "huge_header")  # a header length of 2**62 bytes: never allocated
+    (f / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    out["huge_header"] = (f, r"model\.safetensors: not a valid safetensors file .*header too large")
     return out
 
 

@@ -635,6 +635,40 @@ def test_engine_alone_reads_no_python_variable(arena):
 
 
 # ------------------------------------------------------- not over-blocking
+#: Round three: expressions nested hundreds of levels deep. DuckDB's parser allows depth 1,000, but its
+#: JSON parse tree is read by Python's recursive JSON reader: from about 500 nested calls the check died
+#: with a RecursionError (a traceback from `curate score --where` and `curate build`).
+DEEP = {
+    "500 nested calls": "abs(" * 500 + "1" + ")" * 500,
+    "990 nested calls": "abs(" * 990 + "1" + ")" * 990,
+    "900 NOTs": "not " * 900 + "true",
+    "600 nested CASEs": "case when true then " * 600 + "1" + " end" * 600,
+    "800 nested lists": "[" * 800 + "1" + "]" * 800,
+}
+#: Past DuckDB's own depth limit: refused by the parser.
+TOO_DEEP = {
+    "5000 parentheses": "(" * 5000 + "1" + ")" * 5000,
+    "20000 additions": " + ".join(["1"] * 20000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP) + sorted(TOO_DEEP))
+def test_deeply_nested_sql_is_refused_in_one_line(arena, build_con, policy_data, name):
+    """As a query, a `--where`, a policy clause and through `curate sql`: refused with one message."""
+    from curation.cli import app
+
+    expr = (DEEP | TOO_DEEP)[name]
+    boolean = f"({expr}) IS NOT NULL"
+    msg = refused_by_sql(arena, f"SELECT {expr} AS x FROM pairs")
+    assert ("nests too deeply" if name in DEEP else "expression depth") in msg, msg
+    refused_by_where(arena, boolean)
+    refused_by_policy(build_con, policy_data, boolean)
+    runner = CliRunner()
+    res = runner.invoke(app, ["sql", f"SELECT {expr}", "--store", str(arena.root)])
+    assert res.exit_code == 2 and res.output.startswith("error:"), res.output[-500:]
+    # `curate score --where` through the CLI: test_sql_readonly.py (it takes the writer lock)
+
+
 @pytest.mark.parametrize("sql", sorted(ALLOWED))
 def test_allowed_queries_still_work(arena, sql):
     assert ALLOWED[sql](query(arena.store, sql), arena), sql

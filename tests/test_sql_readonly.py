@@ -365,3 +365,64 @@ def app_():
     from curation.cli import app
 
     return app
+
+
+def test_deeply_nested_where_is_one_line_not_a_traceback(real_copy):
+    """Round three: `--where` of 900 NOTs died with a RecursionError traceback (Python's JSON reader
+    recursing over DuckDB's parse tree); now exit 1 naming `--where`, nothing scored."""
+    from curation.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "length_bias",
+            "--store",
+            str(real_copy.root),
+            "--no-progress",
+            "--where",
+            "not " * 900 + "true",
+        ],
+    )
+    assert res.exit_code == 1, res.output[-800:]
+    assert "--where" in res.output and "nests too deeply" in res.output, res.output[-800:]
+    assert not (real_copy.root / "scores").exists()
+
+
+def test_a_scorer_parameter_never_breaks_the_scored_views(real_copy):
+    """Round three: `curate score length_bias --param ratio=nan` (or inf) was accepted, stored, and spliced
+    into the scored_pairs view as bare text: from then on every `curate sql`, `stats` and `build` on the store
+    failed (`Referenced column "nan" not found`). Parameters now have their field's type (finite numbers),
+    and the view writes the stored number as a typed literal, so a NaN an older run stored reads too."""
+    from curation.cli import app
+    from curation.scoring.length_bias import LengthBias, LengthBiasConfig
+
+    runner = CliRunner()
+    root = str(real_copy.root)
+    for param, why in (
+        ("ratio=nan", "parameter ratio must be a finite number"),
+        ("ratio=inf", "parameter ratio must be a finite number"),
+        ("ratio=NaN", "parameter ratio must be a finite number"),
+        ("ratio=abc", "parameter ratio must be a finite number"),
+        ("min_diff=1.5", "parameter min_diff must be a whole number"),
+        ("chunk_size=0", "chunk_size must be a whole number of at least 1"),
+        ("chunk_size=abc", "chunk_size must be a whole number of at least 1"),
+    ):
+        res = runner.invoke(app, ["score", "length_bias", "--store", root, "--no-progress", "--param", param])
+        assert res.exit_code == 1 and why in res.output, (param, res.output)
+    assert not (real_copy.root / "scores").exists()
+    res = runner.invoke(app, ["score", "length_bias", "--store", root, "--no-progress", "--param", "ratio=2"])
+    assert res.exit_code == 0, res.output
+
+    n_pairs = _counts(real_copy)[0]
+    for stored in ("nan", float("nan"), "abc"):  # as older runs stored it (the CLI passed text on)
+        LengthBias(LengthBiasConfig(ratio=stored)).run(real_copy, progress=False)
+        res = runner.invoke(
+            app, ["sql", "SELECT count(length_explained) AS e FROM scored_pairs", "--store", root]
+        )
+        assert res.exit_code == 0, (stored, res.output)
+    res = runner.invoke(
+        app, ["sql", "SELECT count(*) AS n, count(length_explained) AS e FROM scored_pairs", "--store", root]
+    )
+    assert res.exit_code == 0, res.output
+    assert query(real_copy, "SELECT count(*) AS n FROM scored_pairs").column("n")[0].as_py() == n_pairs

@@ -49,6 +49,7 @@ from curation.builds.policy import (
     RmConsumer,
     SftConsumer,
     check_expressions,
+    expressions,
     load_policy,
     resolve_policy,
 )
@@ -204,7 +205,10 @@ def decide(con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str) -> pl.
         cols += [f"{chars_sql('chosen')} AS __chars_chosen", f"{chars_sql('rejected')} AS __chars_rejected"]
     if isinstance(c, SftConsumer):
         cols.append(f"({c.label_smoothing})::DOUBLE AS __ls")
-    df = frame(con, f"SELECT {', '.join(cols)} FROM {rel} ORDER BY id")
+    try:
+        df = frame(con, f"SELECT {', '.join(cols)} FROM {rel} ORDER BY id")
+    except duckdb.Error as exc:  # a clause that binds but fails on some row (overflow, a bad cast, error())
+        raise _failing_clause(con, policy, consumer, rel, exc) from None
 
     rules: list[tuple[pl.Expr, str, pl.Expr]] = []
     level = policy.dedup.near_level(consumer)
@@ -280,6 +284,25 @@ def _check_values(df: pl.DataFrame, policy: Policy, consumer: str) -> None:
                 + ", ".join(f"{i} -> {x}" for i, x in ex)
                 + ". Wrap it in coalesce(...) or filter those records out."
             )
+
+
+def _failing_clause(
+    con: duckdb.DuckDBPyConnection, policy: Policy, consumer: str, rel: str, exc: duckdb.Error
+) -> PolicyError:
+    """The PolicyError for a query of the policy's clauses that failed while running: each clause of
+    ``consumer`` is run alone to name the one that fails."""
+    for cname, label, expr, _ in expressions(policy):
+        if cname != consumer:
+            continue
+        try:
+            con.sql(f"SELECT bit_xor(hash(({expr}))) FROM {rel}").fetchall()  # every row evaluated
+        except duckdb.Error as one:
+            return PolicyError(f"policy {policy.name!r}: {label} `{expr}` fails on the data: {_line(one)}")
+    return PolicyError(f"policy {policy.name!r}: consumers.{consumer} cannot be applied: {_line(exc)}")
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\nLINE ")[0].split())  # DuckDB's message, without the query it quotes
 
 
 def _apply_mix(df: pl.DataFrame, mix, consumer: str, policy_name: str) -> pl.DataFrame:

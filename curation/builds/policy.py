@@ -31,15 +31,18 @@ from typing import Annotated, Any, Literal
 
 import duckdb
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.core.errors import StoreError
 from curation.core.names import safe_name
+from curation.core.safe_yaml import MAX_YAML_BYTES, YAMLRefused, read_yaml_file
+from curation.core.safe_yaml import MAX_YAML_NODES as MAX_YAML_NODES
 from curation.core.sql import SQLRefused, check_expression
 
 POLICY_VERSION = 1
-_CLAUSE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_CLAUSE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+#: Largest count a policy may give (rows per shard, a cap): beyond it Arrow and orjson overflow.
+MAX_COUNT = 2**53
 
 #: consumer -> (canonical kind, scored view it reads)
 CONSUMER_VIEWS: dict[str, tuple[str, str]] = {
@@ -54,7 +57,8 @@ class PolicyError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: a ratio of .inf made every share NaN and the build died in min()
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Filter(_Strict):
@@ -66,7 +70,7 @@ class Filter(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _CLAUSE_NAME.match(v):
+        if not _CLAUSE_NAME.fullmatch(v):  # fullmatch: `$` would let a final newline through
             raise ValueError(
                 f"filter name {v!r}: use letters, digits, '_', '.', '-' (max 64), starting with a letter"
             )
@@ -107,8 +111,8 @@ class Mix(_Strict):
     must be listed; 0 removes a source); ``caps`` are hard upper bounds per source, applied after ratios.
     Which records a source keeps is decided by a salted hash of the id (deterministic)."""
 
-    ratios: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
-    caps: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    ratios: dict[str, Annotated[float, Field(ge=0.0, le=1e12)]] = Field(default_factory=dict)  # no inf sum
+    caps: dict[str, Annotated[int, Field(ge=0, le=MAX_COUNT)]] = Field(default_factory=dict)
     salt: str = "curate-mix-v1"
 
     @model_validator(mode="after")
@@ -174,7 +178,7 @@ class Policy(_Strict):
     consumers: Consumers
     split: Split = Field(default_factory=Split)
     dedup: Dedup = Field(default_factory=Dedup)
-    shard_rows: Annotated[int, Field(gt=0)] = 50_000
+    shard_rows: Annotated[int, Field(gt=0, le=MAX_COUNT)] = 50_000
 
     @field_validator("name")
     @classmethod
@@ -229,77 +233,32 @@ def parse_policy(data: Any, where: str = "policy") -> Policy:
 
 
 #: Largest policy file read (the bundled default is 3 KB).
-MAX_POLICY_BYTES = 1 << 20
-#: Most YAML nodes a policy may have once every alias is expanded (the bundled default has 74).
-#: Aliases of aliases grow as a power: a 472-byte file of nested aliases expanded to tens of millions
-#: of values and took 15 s and 917 MB to refuse (issue 23).
-MAX_YAML_NODES = 10_000
+MAX_POLICY_BYTES = MAX_YAML_BYTES
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read a .yaml/.yml or .toml policy file (safe loaders only, bounded size and alias expansion) and
-    validate it."""
+    """Read a .yaml/.yml or .toml policy file and validate it: safe loaders only, bounded size and alias
+    expansion, and a key given twice is an error (``curation.core.safe_yaml``; tomllib refuses it too)."""
     path = Path(path)
     try:
+        if path.suffix.lower() != ".toml":
+            return parse_policy(read_yaml_file(path, "policy"), str(path))
         with open(path, "rb") as fh:
             raw = fh.read(MAX_POLICY_BYTES + 1)
+        if len(raw) > MAX_POLICY_BYTES:
+            raise PolicyError(f"{path}: larger than {MAX_POLICY_BYTES} bytes; a policy is a short file")
+        data = tomllib.loads(raw.decode("utf-8"))
+    except YAMLRefused as exc:
+        raise PolicyError(str(exc)) from None
     except OSError as exc:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
-    if len(raw) > MAX_POLICY_BYTES:
-        raise PolicyError(f"{path}: larger than {MAX_POLICY_BYTES} bytes; a policy is a short file")
-    is_toml = path.suffix.lower() == ".toml"
-    try:
-        text = raw.decode("utf-8")
-        data = tomllib.loads(text) if is_toml else _load_yaml(text, path)
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise PolicyError(f"{path}: not valid {'TOML' if is_toml else 'YAML'}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: not valid TOML: {exc}") from exc
     except RecursionError:
         raise PolicyError(f"{path}: nested too deeply") from None
     return parse_policy(data, str(path))
-
-
-def _load_yaml(text: str, path: Path) -> Any:
-    """``yaml.safe_load``, refusing a document whose aliases would expand past ``MAX_YAML_NODES``
-    nodes (or refer to themselves) before anything is built from it."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, {}, set()) > MAX_YAML_NODES:
-            raise PolicyError(
-                f"{path}: its YAML aliases expand to more than {MAX_YAML_NODES} values (or refer to "
-                "themselves); write the policy out without nested aliases"
-            )
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
-    """Nodes under ``node`` with every alias expanded (each shared node counted where it is used)."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in open_:  # an alias inside the node it names: endless
-        return MAX_YAML_NODES + 1
-    open_.add(key)
-    size = 1
-    if isinstance(node, yaml.SequenceNode):
-        for child in node.value:
-            size += _expanded_size(child, sizes, open_)
-            if size > MAX_YAML_NODES:
-                break
-    elif isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            size += _expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
-            if size > MAX_YAML_NODES:
-                break
-    open_.discard(key)
-    sizes[key] = size
-    return size
 
 
 def bundled_policy(name: str = "default") -> Path:

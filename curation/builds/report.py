@@ -308,8 +308,12 @@ def _latest_build(store: Store) -> str | None:
 
 
 def render_report(store: Store, out: str | os.PathLike[str], build: str | None = None) -> Path:
-    """Write the HTML report of ``store`` (and of ``build``, default: the newest build) to ``out``."""
+    """Write the HTML report of ``store`` (and of ``build``, default: the newest build) to ``out``: outside
+    the store, or ``<store>/reports/<name>`` (``Store.output_path``; checked here, so that every caller, the
+    CLI and the build flow's ``report_out`` alike, is held to it)."""
     import plotly.io as pio
+
+    out = store.output_path(out)
 
     name = build or _latest_build(store)
     manifest, acc = None, None
@@ -348,7 +352,6 @@ def render_report(store: Store, out: str | os.PathLike[str], build: str | None =
         summary=_summary(store, name, manifest),
         figures="\n".join(sections),
     )
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(page, encoding="utf-8")

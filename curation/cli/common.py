@@ -10,6 +10,7 @@ inside one of our own markup literals, through ``esc``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -107,20 +108,31 @@ def parse_pairs(items: list[str], option: str) -> dict[str, str]:
 
 
 def write_table(table, out: Path) -> None:
-    """Write an Arrow table as .parquet, .csv or .json (JSON lines) by the file's extension."""
+    """Write an Arrow table as .parquet, .csv or .json (JSON lines) by the file's extension: into a
+    temporary file beside ``out``, renamed over it when complete (never a half-written file under the
+    name); a path that cannot be written is one error line."""
+    import uuid
+
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     suffix = out.suffix.lower()
-    if suffix == ".parquet":
-        pq.write_table(table, out)
-    elif suffix == ".csv":
-        pacsv.write_csv(table, out)
-    elif suffix in (".json", ".jsonl"):
-        import orjson
-
-        with open(out, "wb") as fh:
-            for row in table.to_pylist():
-                fh.write(orjson.dumps(row, default=str) + b"\n")
-    else:
+    if suffix not in (".parquet", ".csv", ".json", ".jsonl"):
         fail(f"--out {out}: unknown extension; use .csv, .parquet or .json")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        if suffix == ".parquet":
+            pq.write_table(table, tmp)
+        elif suffix == ".csv":
+            pacsv.write_csv(table, tmp)
+        else:
+            import orjson
+
+            with open(tmp, "wb") as fh:
+                for row in table.to_pylist():
+                    fh.write(orjson.dumps(row, default=str) + b"\n")
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        fail(f"--out {out}: cannot write it ({exc.strerror or exc})")

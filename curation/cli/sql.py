@@ -20,7 +20,7 @@ def sql(
     out: Path | None = typer.Option(
         None, help="Write the result to FILE (.csv, .parquet or .json) instead of printing."
     ),
-    limit: int = typer.Option(50, help="Rows to print (0 = all)."),
+    limit: int = typer.Option(50, min=0, help="Rows to print (0 = all)."),
 ) -> None:
     """Query the store with DuckDB SQL: one read-only statement, run in the store's sandbox (curation/core/sql.py);
     never blocks a running writer. Exit code 2 when the statement is refused or fails."""

@@ -29,8 +29,9 @@ def parse_config(kind: str, argv: list[str]):
     """The config dataclass for ``kind`` from ``--config FILE.yaml`` and flags (flags win)."""
     import importlib
 
-    import yaml
     from transformers import HfArgumentParser
+
+    from curation.core.safe_yaml import read_yaml_file
 
     module, cls_name, _ = TRAINERS[kind]
     cls = getattr(importlib.import_module(module), cls_name)
@@ -41,8 +42,7 @@ def parse_config(kind: str, argv: list[str]):
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise ValueError("--config needs a YAML file")
-        with open(argv[i + 1]) as fh:
-            values = yaml.safe_load(fh) or {}
+        values = read_yaml_file(argv[i + 1], "train config") or {}  # bounded; a repeated key is an error
         if not isinstance(values, dict):
             raise ValueError(f"{argv[i + 1]}: expected a mapping of option: value")
         known = {a.dest for a in parser._actions}

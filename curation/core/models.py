@@ -79,7 +79,12 @@ def check_safetensors(folder: Path) -> None:
     weights other than safetensors: a folder with only pickle checkpoints; an index
     (model.safetensors.index.json) naming any file that is not a .safetensors file in the folder (a
     ``.bin`` there went to ``torch.load``); a .safetensors file whose header does not parse; and a
-    sentence-transformers module folder (modules.json) outside the folder or with only pickle weights."""
+    sentence-transformers module folder (modules.json) outside the folder or with only pickle weights.
+    Every file in the folder is a regular file (a FIFO made loading hang) and config.json a JSON object."""
+    for entry in folder.iterdir():  # what the libraries may open (tokenizer.json, vocab.txt, ...)
+        if entry.exists() and not (entry.is_file() or entry.is_dir()):
+            _regular(entry)
+    read_config(folder)
     weights = sorted(folder.glob("*.safetensors"))
     if (folder / INDEX).exists():
         weights += [folder / name for name in _index_files(folder / INDEX)]
@@ -104,6 +109,30 @@ def check_safetensors(folder: Path) -> None:
         weights += sorted(module.glob("*.safetensors"))
     for path in dict.fromkeys(weights):
         _check_header(path)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json as a mapping ({} when there is none); ModelError when it is not one."""
+    path = folder / "config.json"
+    if not path.exists():
+        return {}
+    _regular(path)
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a JSON model config ({exc!r:.100})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a JSON model config (a {type(cfg).__name__}, not an object)")
+    return cfg
+
+
+def _regular(path: Path) -> None:
+    """``path`` (followed through links) is a regular file: a FIFO there made every load hang, a device
+    (/dev/zero) would be read without end."""
+    if not path.is_file():
+        raise ModelError(
+            f"{path}: not a regular file (a folder, a pipe or a device); curate reads model files only"
+        )
 
 
 def _index_files(index: Path) -> set[str]:
@@ -150,6 +179,7 @@ def _check_header(path: Path) -> None:
     """A .safetensors file whose header parses and whose tensors fill the file (safetensors checks)."""
     from safetensors import SafetensorError, safe_open
 
+    _regular(path)
     try:
         with safe_open(str(path), framework="numpy") as fh:
             fh.keys()
@@ -280,9 +310,7 @@ def load_sentence_encoder(spec: ModelSpec, device: str | None = None):
 def describe(spec: ModelSpec) -> dict[str, str]:
     """A JSON-able identity of the model for manifests and score tables."""
     folder = spec.path()
-    cfg = {}
-    if (folder / "config.json").exists():
-        cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder)
     return {
         "model": spec.model,
         "fingerprint": fingerprint(folder),

@@ -166,7 +166,13 @@ def _check_select(sql: str) -> None:
     with _PARSER_LOCK:
         con, table_functions = _parser()
         (serialized,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree = json.loads(serialized)
+    try:
+        tree = json.loads(serialized)
+    except RecursionError:  # Python's JSON reader recurses once per level of DuckDB's parse tree
+        raise SQLRefused(
+            "read-only SQL: the query nests too deeply to be checked (hundreds of nested calls, "
+            "parentheses or operators); write it flatter"
+        ) from None
     if tree.get("error"):
         raise SQLRefused(
             f"read-only SQL: only a plain SELECT can run ({tree.get('error_message', 'unreadable')})"

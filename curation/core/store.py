@@ -156,7 +156,12 @@ class Store:
             os.close(fd)
 
     def _clean_staging(self) -> None:
-        """Remove leftovers of killed writers (only ever called under the lock)."""
+        """Remove leftovers of killed writers (only ever called under the lock). A link (or a file) where
+        ``.staging`` or ``.replaced`` should be is never ours: it would send work in progress out of the
+        store, or pull a folder from outside in as a parked build; it is removed."""
+        for wip in (self.staging, self.root / ".replaced"):
+            if wip.is_symlink() or (wip.exists() and not wip.is_dir()):
+                wip.unlink()
         self.restore_replaced()
         if self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)

@@ -19,6 +19,9 @@ override ``score`` and still route their per-record model work through ``cached_
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -204,8 +207,12 @@ class Scorer(ChunkTask):
     def run_with(cls, store: Store, **params: Any) -> ScoreSummary:
         """Run with ``params``: the Config's fields build the config, the rest go to ``run``."""
         fields = {f.name for f in dataclasses.fields(cls.Config)}
-        config = cls.Config(**{k: v for k, v in params.items() if k in fields})
-        return cls(config).run(store, **{k: v for k, v in params.items() if k not in fields})
+        config = cls.Config(**checked_params(cls, {k: v for k, v in params.items() if k in fields}))
+        rest = {k: v for k, v in params.items() if k not in fields}
+        chunk = rest.get("chunk_size")
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+            raise ValueError(f"chunk_size must be a whole number of at least 1, got {chunk!r}")
+        return cls(config).run(store, **rest)
 
     @classmethod
     def accepts(cls) -> list[str]:
@@ -241,6 +248,39 @@ class Scorer(ChunkTask):
     def extra_views(cls) -> dict[str, str]:
         """Views of their own over the scored views (name -> SQL)."""
         return {}
+
+
+def checked_params(cls: type[Scorer], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` for ``cls.Config``, each of its field's type: a number where a number is expected (finite:
+    a ratio of NaN or infinity was spliced into the scored views' SQL and made every later command on the
+    store fail), a whole number, a bool, text (a number given for text is taken as its text). ValueError
+    naming the parameter otherwise. A parameter whose type is none of these is passed on as given."""
+    hints = typing.get_type_hints(cls.Config)
+    out = {}
+    for key, value in params.items():
+        kinds = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else (hints[key],)
+        if value is None and type(None) in kinds:
+            out[key] = value
+            continue
+        base = next((k for k in kinds if k is not type(None)), object)
+        ok = True
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if base is float:
+            ok = number and math.isfinite(value)
+            value = float(value) if ok else value
+        elif base is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif base is bool:
+            ok = isinstance(value, bool)
+        elif base is str and number:
+            value = str(value)
+        elif base is str:
+            ok = isinstance(value, str)
+        if not ok:
+            want = {float: "a finite number", int: "a whole number", bool: "true or false", str: "text"}[base]
+            raise ValueError(f"parameter {key} must be {want}, got {value!r}")
+        out[key] = value
+    return out
 
 
 def register(cls: type[Scorer]) -> type[Scorer]:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.core.models import DEFAULT_ENCODER, ModelSpec
+from curation.core.names import sql_string
 from curation.core.options import option
 from curation.scoring.base import ScoreSummary
 from curation.scoring.cache import CacheSpec, cached_compute
@@ -148,14 +149,24 @@ class LengthBias(Scorer):
         from curation.scoring.cache import active_meta
 
         params = (active_meta(store, NAME) or {}).get("params", {}) if store is not None else {}
-        ratio = float(params.get("ratio", DEFAULTS["ratio"]))
-        min_diff = int(params.get("min_diff", DEFAULTS["min_diff"]))
+        # typed literals, never bare text: a ratio of NaN written by an older run must not break the view
+        ratio = sql_string(str(_stored(params, "ratio", float)))
+        min_diff = _stored(params, "min_diff", int)
         sql = (
-            f"CASE WHEN length_bias.id IS NULL THEN NULL ELSE (length_bias.len_chosen >= {ratio} * "
+            f"CASE WHEN length_bias.id IS NULL THEN NULL ELSE (length_bias.len_chosen >= {ratio}::DOUBLE * "
             f"length_bias.len_rejected AND length_bias.len_diff >= {min_diff} AND "
             "coalesce(reward_margin.quality_class <> 'clean', true)) END"
         )
         return {"scored_pairs": [("length_explained", sql, "BOOLEAN")]}
+
+
+def _stored(params: dict[str, Any], key: str, kind: type) -> Any:
+    """A parameter as a run stored it; the default where an older run stored something unreadable (a NaN
+    is stored as null; the command line once passed 'nan' and 'abc' as text)."""
+    try:
+        return kind(params.get(key, DEFAULTS[key]))
+    except (TypeError, ValueError):
+        return DEFAULTS[key]
 
 
 def pair_lengths(
