@@ -223,3 +223,15 @@ def test_train_config_and_deployments_file_are_read_by_the_same_bounded_reader(t
     with pytest.raises(DeploymentFileError, match="is not a regular file"):
         load_specs(pipe)
     assert load_specs()  # the repository's prefect.yaml still reads
+
+
+def test_a_policy_that_is_a_pipe_or_a_folder_is_named_as_such(tmp_path):
+    """`curate build --policy` given a FIFO or a folder said "not found" (a .toml pipe would block)."""
+    from curation.builds.policy import resolve_policy
+
+    pipe = tmp_path / "pipe.toml"
+    os.mkfifo(pipe)
+    unblock_fifos([pipe])
+    for odd in (pipe, tmp_path):
+        with pytest.raises(PolicyError, match="is not a regular file"):
+            resolve_policy(str(odd))

@@ -245,6 +245,10 @@ ALLOWED = {
     "SELECT * FROM range(3)": lambda t, a: t.num_rows == 3,
     "SELECT count(*) AS n FROM duckdb_views() WHERE NOT internal": lambda t, a: t.column("n")[0].as_py() >= 6,
     "VALUES (1), (2)": lambda t, a: t.num_rows == 2,
+    # a PIVOT with its values listed is one SELECT (without them DuckDB runs several statements: refused)
+    "PIVOT (SELECT source_row % 2 AS k FROM pairs) ON k IN (0, 1) USING count(*)": lambda t, a: (
+        t.column("0")[0].as_py() + t.column("1")[0].as_py() == a.pairs
+    ),
     # an aggregate that shares its name with a table function (a map as a list of (key, count) pairs)
     "SELECT histogram(source_row % 3) AS h FROM pairs": lambda t, a: (
         sum(n for _, n in t.column("h")[0].as_py()) == a.pairs
@@ -667,6 +671,11 @@ def test_deeply_nested_sql_is_refused_in_one_line(arena, build_con, policy_data,
     res = runner.invoke(app, ["sql", f"SELECT {expr}", "--store", str(arena.root)])
     assert res.exit_code == 2 and res.output.startswith("error:"), res.output[-500:]
     # `curate score --where` through the CLI: test_sql_readonly.py (it takes the writer lock)
+
+
+def test_a_pivot_without_its_values_is_refused_saying_how_to_write_it(arena):
+    msg = refused_by_sql(arena, "PIVOT pairs ON source USING count(*)")
+    assert "several statements" in msg and "IN (" in msg, msg
 
 
 @pytest.mark.parametrize("sql", sorted(ALLOWED))

@@ -278,6 +278,8 @@ def resolve_policy(arg: str) -> Path:
     p = Path(arg)
     if p.is_file():
         return p
+    if p.exists():  # a folder, a pipe (reading it would block for good) or a device
+        raise PolicyError(f"policy {arg} is not a regular file (a folder, a pipe or a device)")
     if "/" not in arg and not p.suffix:
         return bundled_policy(arg)
     raise PolicyError(f"policy file {arg} not found")
