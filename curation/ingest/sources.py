@@ -598,12 +598,12 @@ def _value_bytes(values: pa.Array) -> np.ndarray:
         pa.binary_view(),
     ):
         return pc.binary_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    if (
-        pa.types.is_list(t)
-        or pa.types.is_large_list(t)
-        or pa.types.is_fixed_size_list(t)
-        or pa.types.is_map(t)
-    ):
+    if pa.types.is_map(t):  # no flatten kernel for maps (and list_parent_indices aborts the process on one)
+        offsets = values.offsets.to_numpy(zero_copy_only=False)
+        entries = values.values  # every key/value entry of the array, not only this slice's
+        sums = np.concatenate([[0], np.cumsum(_value_bytes(entries))]) if len(entries) else np.zeros(1)
+        return (sums[offsets[1:]] - sums[offsets[:-1]]).astype(np.int64)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         child = values.flatten()
         if not len(child):
             return np.zeros(n, dtype=np.int64)

@@ -1,0 +1,91 @@
+"""Hostile and odd data files through ingest (issue 23, round three: data). Real rows from ../shared/data
+throughout; each test failed on the code before its fix (docs/reliability.md, "Round three: data")."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.core.store import Store
+from curation.ingest.pipeline import IngestOptions, ingest_paths
+
+HH = "hh-rlhf/harmless-base-test.jsonl.gz"
+
+
+def _hh(shared: Path, n: int) -> list[dict]:
+    with gzip.open(shared / HH, "rt") as fh:
+        return [json.loads(next(fh)) for _ in range(n)]
+
+
+def _meta(store: Store) -> list[dict]:
+    (unit,) = store.root.glob("ingest/*/pair.parquet")
+    return [json.loads(m) for m in pq.read_table(unit, columns=["meta"]).column("meta").to_pylist()]
+
+
+# ----------------------------------------------------------------------------- Arrow types in Parquet
+def _every_parquet_type(n: int) -> dict[str, pa.Array]:
+    """An extra column of each Arrow type a Parquet file can hold, nested maps included."""
+    text_map = pa.map_(pa.string(), pa.string())
+    return {
+        "int8": pa.array(range(n), pa.int8()),
+        "uint64": pa.array([2**64 - 1] * n, pa.uint64()),
+        "float16": pa.array([1.5] * n, pa.float32()).cast(pa.float16()),
+        "decimal": pa.array([decimal.Decimal("1.10")] * n, pa.decimal128(5, 2)),
+        "date": pa.array([dt.date(2024, 1, 1)] * n),
+        "timestamp": pa.array([dt.datetime(2024, 1, 1)] * n, pa.timestamp("ms", tz="UTC")),
+        "fixed_binary": pa.array([b"ab"] * n, pa.binary(2)),
+        "null": pa.nulls(n),
+        "fixed_list": pa.array([[1, 2]] * n, pa.list_(pa.int64(), 2)),
+        "dictionary": pa.array(["x"] * n).dictionary_encode(),
+        "map": pa.array([[("a", 1)]] * n, pa.map_(pa.string(), pa.int64())),
+        "map_of_text": pa.array([[("k", "v"), ("k2", "w")]] * n, text_map),
+        "list_of_maps": pa.array([[[("k", "v")]]] * n, pa.list_(text_map)),
+        "struct_with_map": pa.array([{"m": [("k", "v")]}] * n, pa.struct([("m", text_map)])),
+    }
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_parquet_extra_columns_of_every_type_are_read_and_kept(shared_data, tmp_path, block_path):
+    """A map column (a Hugging Face dataset with a dict feature of free keys) stopped ingest with a
+    traceback: Arrow has no flatten kernel for maps, so sizing the row's text raised
+    ArrowNotImplementedError, on both paths."""
+    rows = _hh(shared_data, 12)
+    for name, values in _every_parquet_type(len(rows)).items():
+        path = tmp_path / f"hh_{name}.parquet"
+        table = pa.table({"chosen": [r["chosen"] for r in rows], "rejected": [r["rejected"] for r in rows]})
+        pq.write_table(table.append_column(name, values), path, row_group_size=5)
+        store = Store(tmp_path / f"store_{name}")
+        (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+        assert res.error is None, (name, res.error)
+        assert (res.rows_read, res.accepted, res.quarantined) == (12, 12, 0), name
+        assert all(name in m for m in _meta(store)), name
+    assert _meta(Store(tmp_path / "store_map_of_text"))[0]["map_of_text"] == [["k", "v"], ["k2", "w"]]
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_a_map_value_over_the_row_limit_is_quarantined_by_its_size(shared_data, tmp_path, block_path):
+    """The text inside a map counts towards the row limit, in slices of a batch too (only that row)."""
+    rows = _hh(shared_data, 30)
+    limit = 16 * 1024 * 1024
+    big = 3  # the row whose map holds a value over the limit
+    tags = [[("note", "x" * (limit + 10) if i == big else f"row {i}")] for i in range(len(rows))]
+    table = pa.table(
+        {
+            "chosen": [r["chosen"] for r in rows],
+            "rejected": [r["rejected"] for r in rows],
+            "tags": pa.array(tags, pa.map_(pa.string(), pa.string())),
+        }
+    )
+    path = tmp_path / "hh_tags.parquet"
+    pq.write_table(table, path, row_group_size=7)
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+    assert (res.rows_read, res.accepted, res.quarantined) == (30, 29, 1)
+    assert sorted(m["tags"][0][1] for m in _meta(store)) == sorted(f"row {i}" for i in range(30) if i != big)
