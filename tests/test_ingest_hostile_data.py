@@ -89,3 +89,55 @@ def test_a_map_value_over_the_row_limit_is_quarantined_by_its_size(shared_data, 
     (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
     assert (res.rows_read, res.accepted, res.quarantined) == (30, 29, 1)
     assert sorted(m["tags"][0][1] for m in _meta(store)) == sorted(f"row {i}" for i in range(30) if i != big)
+
+
+# ----------------------------------------------------------------------------- two system prompts
+DPO = "llama-factory/dpo_en_demo.json"
+
+
+def _system_variants(shared: Path) -> tuple[list[dict], list[int]]:
+    """Real DPO rows whose conversation opens with a system turn, each also given a ``system`` field: the
+    same text, the same with spaces around it, or another text; then the untouched rows. Returns the rows and
+    the indices of those with two different system prompts."""
+    rows = json.loads((shared / DPO).read_text())
+    with_turn = [r for r in rows if r["conversations"][0]["from"] == "system"][:4]
+    assert len(with_turn) == 4
+    out, clash = [], []
+    for r in with_turn:
+        own = r["conversations"][0]["value"]
+        for system in (own, f"  {own}\n", "You are a pirate. Answer like one.", "You are a lawyer."):
+            out.append({**r, "system": system})
+            if system.strip() != own.strip():
+                clash.append(len(out) - 1)
+    return out + [r for r in rows if r not in with_turn][:40], clash
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+@pytest.mark.parametrize("reader", ["sharegpt_pair", "sharegpt"])
+def test_a_system_field_that_contradicts_the_system_turn_is_quarantined(
+    shared_data, tmp_path, block_path, reader
+):
+    """The ``system`` field was dropped without a trace when the conversation opened with a system turn of
+    its own, so rows that differed only in it (a pirate, a lawyer) were counted as duplicates of one row."""
+    rows, clash = _system_variants(shared_data)
+    if reader == "sharegpt":  # the same conversations as SFT: the chosen reply closes each
+        rows = [
+            {
+                k: v
+                for k, v in {**r, "conversations": [*r["conversations"], r["chosen"]]}.items()
+                if k != "chosen"
+            }
+            for r in rows
+        ]
+        rows = [{k: v for k, v in r.items() if k != "rejected"} for r in rows]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(reader=reader, block_path=block_path))
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert sorted(q["source_row"] for q in quarantine) == clash
+    assert {q["field"] for q in quarantine} == {"system"}
+    assert all("two different system prompts" in q["reason"] for q in quarantine)
+    # the same text (with or without spaces around it) is one system prompt: kept once, then a duplicate
+    assert res.accepted + res.duplicates == len(rows) - len(clash)
+    assert res.duplicates >= 4
