@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import gzip
 import json
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,3 +142,79 @@ def test_a_system_field_that_contradicts_the_system_turn_is_quarantined(
     # the same text (with or without spaces around it) is one system prompt: kept once, then a duplicate
     assert res.accepted + res.duplicates == len(rows) - len(clash)
     assert res.duplicates >= 4
+
+
+# ----------------------------------------------------------------------------- the same text, twice
+def _lookalike_pairs(shared: Path) -> tuple[list[dict], list[int]]:
+    """Real DPO rows whose rejected reply is made the chosen one but for spaces, line ends, zero-width
+    characters or Unicode form; and controls that differ in a word or in where a space is. Returns the rows
+    and the indices of the look-alikes."""
+    rows = json.loads((shared / DPO).read_text())[:60]
+    variants = [
+        lambda t: t + "  \n",
+        lambda t: t.replace(" ", "  ", 5),
+        lambda t: t.replace("\n", "\r\n") + "\n",
+        lambda t: "\u200b" + t.replace(" ", " \u200b", 3),
+        lambda t: unicodedata.normalize("NFD", t),  # the rejected reply opens with accents (below)
+        lambda t: "\u3000" + t,
+    ]
+    out, same = [], []
+    for i, make in enumerate(variants):
+        r = json.loads(json.dumps(rows[i]))
+        if i == 4:
+            r["rejected"]["value"] = "Café, déjà vu. " + r["rejected"]["value"]
+        r["chosen"]["value"] = make(r["rejected"]["value"])
+        out.append(r)
+        same.append(len(out) - 1)
+    word = json.loads(json.dumps(rows[10]))
+    word["chosen"]["value"] = word["rejected"]["value"] + " Indeed."
+    space = json.loads(json.dumps(rows[11]))
+    space["rejected"]["value"] = "ab " + space["rejected"]["value"]
+    space["chosen"]["value"] = "a b " + space["rejected"]["value"][3:]
+    return out + [word, space] + rows[20:60], same
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_chosen_equal_to_rejected_but_for_spaces_or_unicode_form_is_quarantined(
+    shared_data, tmp_path, block_path
+):
+    """A pair whose responses differed only in trailing spaces, doubled spaces, CRLF, a zero-width space or
+    NFD against NFC was accepted: a preference for whitespace."""
+    rows, same = _lookalike_pairs(shared_data)
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert sorted(q["source_row"] for q in quarantine) == same
+    assert all(q["reason"].startswith("chosen == rejected") for q in quarantine)
+    assert res.accepted + res.duplicates == len(rows) - len(same)
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_a_ranking_holding_one_text_twice_with_two_grades_is_quarantined(shared_data, tmp_path, block_path):
+    """A ranking that grades the same reply (spaces aside) both high and low put a response above itself;
+    it was accepted. The same reply twice with one grade is a tie, and stays."""
+    trees = [json.loads(line) for line in (shared_data / "oasst/en_100_tree.jsonl").read_text().splitlines()]
+    rows = []
+    for t in trees[:30]:
+        replies = [r["text"] for r in t["prompt"]["replies"]][:3]
+        if len(replies) >= 2:
+            rows.append(
+                {
+                    "prompt": t["prompt"]["text"],
+                    "completions": [{"response": x, "score": 3 - i} for i, x in enumerate(replies)],
+                }
+            )
+    first, second = rows[0], rows[1]
+    first["completions"].append({"response": first["completions"][0]["response"] + " \n", "score": 0})
+    second["completions"].append({"response": second["completions"][1]["response"], "score": 2})
+    path = tmp_path / "ranked.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(reader="completions", block_path=block_path))
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert [(q["source_row"], q["reason"]) for q in quarantine] == [
+        (0, "the same candidate text twice with different grades")
+    ]
+    assert res.accepted + res.duplicates == len(rows) - 1
