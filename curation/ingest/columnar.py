@@ -283,23 +283,29 @@ def derive_frame(kind: Kind, frame: pl.DataFrame) -> pl.DataFrame:
 _COUNTS = ("min_turn_chars", "total_chars", "n_turns", "n_candidates")
 
 
-#: A character that ``validate.text_key`` keeps as it is and NFC never makes or splits: not a space, a
-#: zero-width character, a combining mark or a Hangul letter. Two texts with the same key have as many.
-_VISIBLE = (
-    f"[^{PY_WHITESPACE}{INVISIBLE}\\p{{M}}\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]"
-)
+#: Characters that ``validate.text_key`` drops or may merge or split (spaces, zero-width characters,
+#: combining marks, Hangul letters, which NFC composes). Two texts with the same key have as many of the
+#: others ("visible" ones). Counting these (rare) characters is twice as fast as counting the others.
+_HIDDEN = f"[{PY_WHITESPACE}{INVISIBLE}\\p{{M}}\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]"
 
 
-def _visible(column: str) -> pl.Expr:
-    """Per row: the number of ``_VISIBLE`` characters in each turn of ``column``, as a list."""
-    return pl.col(column).list.eval(pl.element().struct.field("content").str.count_matches(_VISIBLE))
+def _visible(texts: pl.Expr) -> pl.Expr:
+    """The number of characters of each text that ``validate.text_key`` keeps as they are."""
+    return texts.str.len_chars() - texts.str.count_matches(_HIDDEN)
+
+
+def _turns_visible(column: str) -> pl.Expr:
+    """Per row: ``_visible`` of each turn of ``column``, as a list."""
+    return pl.col(column).list.eval(_visible(pl.element().struct.field("content")))
 
 
 def _responses_differ(frame: pl.DataFrame) -> pl.Expr:
     """``validate.messages_key(chosen) != messages_key(rejected)`` as a literal column. The keys are
     compared only where the roles and the visible characters of each turn agree (a few rows in a thousand):
     normalising every response costs 20x more."""
-    alike = (pl.col("_roles_c") == pl.col("_roles_r")) & (_visible("chosen") == _visible("rejected"))
+    alike = (pl.col("_roles_c") == pl.col("_roles_r")) & (
+        _turns_visible("chosen") == _turns_visible("rejected")
+    )
     maybe = frame.select(alike.fill_null(True)).to_series()
     differ = ~maybe
     if maybe.any():
@@ -312,7 +318,7 @@ def _responses_differ(frame: pl.DataFrame) -> pl.Expr:
 def _candidates_agree(frame: pl.DataFrame) -> pl.Expr:
     """``validate.candidates_agree`` as a literal column, computed only for the rankings where two
     candidates have as many visible characters."""
-    counts = pl.col("candidates").list.eval(pl.element().struct.field("content").str.count_matches(_VISIBLE))
+    counts = _turns_visible("candidates")
     maybe = frame.select((counts.list.n_unique() < counts.list.len()).fill_null(True)).to_series()
     agree = ~maybe
     if maybe.any():
