@@ -218,3 +218,31 @@ def test_a_ranking_holding_one_text_twice_with_two_grades_is_quarantined(shared_
         (0, "the same candidate text twice with different grades")
     ]
     assert res.accepted + res.duplicates == len(rows) - 1
+
+
+def test_a_ranking_graded_by_two_kinds_of_grade_is_quarantined(shared_data, tmp_path):
+    """One candidate with a ``score``, another with a ``rank``: every grade was read as a rank (lower is
+    better), so the reply scored 9 went below the one ranked 1, silently; a ``rating`` beside a ``score``
+    was put on one scale."""
+    outputs = json.loads((shared_data / "alpaca-eval/gpt-3.5-turbo-1106.annotations.json").read_text())[:12]
+    rows = [
+        {
+            "prompt": o["instruction"],
+            "completions": [{"response": o["output_1"], "score": 2}, {"response": o["output_2"], "score": 7}],
+        }
+        for o in outputs
+    ]
+    rows[3]["completions"][1] = {"response": outputs[3]["output_2"], "rank": 1}
+    rows[5]["completions"][0] = {"response": outputs[5]["output_1"], "rating": 9}
+    path = tmp_path / "graded.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)])
+    assert res.reader == "completions"
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert [(q["source_row"], q["field"]) for q in quarantine] == [
+        (3, "completions[1].rank"),
+        (5, "completions[1].score"),
+    ]
+    assert all("one ranking takes one kind of grade" in q["reason"] for q in quarantine)
+    assert res.accepted == 10
