@@ -94,9 +94,12 @@ def messages_key(messages: Sequence[dict[str, str]]) -> tuple[tuple[str, str], .
 
 def candidates_agree(candidates: Sequence[Mapping[str, Any]]) -> bool:
     """False when two candidates of a ranking are the same text (``text_key``) with different grades: the
-    ranking would put a response above itself."""
+    ranking would put a response above itself. A reference answer is left out: it is graded above the
+    others by design, and a correct model answer may copy it word for word (GSM8K)."""
     grade_of: dict[str, Any] = {}
     for c in candidates:
+        if c.get("is_reference"):
+            continue
         key = text_key(c["content"])
         if grade_of.setdefault(key, c.get("grade")) != c.get("grade"):
             return False
