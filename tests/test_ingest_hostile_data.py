@@ -3,11 +3,16 @@ throughout; each test failed on the code before its fix (docs/reliability.md, "R
 
 from __future__ import annotations
 
+import bz2
+import csv
 import datetime as dt
 import decimal
 import gzip
+import io
 import json
+import lzma
 import unicodedata
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -246,3 +251,103 @@ def test_a_ranking_graded_by_two_kinds_of_grade_is_quarantined(shared_data, tmp_
     ]
     assert all("one ranking takes one kind of grade" in q["reason"] for q in quarantine)
     assert res.accepted == 10
+
+
+# ----------------------------------------------------------------------------- encodings, compressions
+def _hh_text(shared: Path, n: int = 40) -> str:
+    with gzip.open(shared / HH, "rt") as fh:
+        return "".join(next(fh) for _ in range(n))
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_bz2_and_xz_inputs_are_read_like_gzip(shared_data, tmp_path, block_path):
+    """A .jsonl.bz2 or .jsonl.xz was "cannot tell the format" (and a folder's were skipped by name); now
+    they are read as they stream, the same rows as the .gz; a truncated one is a damaged file."""
+    text = _hh_text(shared_data).encode()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl.gz").write_bytes(gzip.compress(text))
+    (folder / "b.jsonl.bz2").write_bytes(bz2.compress(text))
+    (folder / "c.jsonl.xz").write_bytes(lzma.compress(text))
+    (folder / "d.jsonl.xz").write_bytes(lzma.compress(text)[:-40])  # truncated
+    results = ingest_paths(Store(tmp_path / "store"), [str(folder)], IngestOptions(block_path=block_path))
+    got = {Path(r.source_file).name: r for r in results}
+    assert set(got) == {"a.jsonl.gz", "b.jsonl.bz2", "c.jsonl.xz", "d.jsonl.xz"}
+    assert [got[n].source for n in ("b.jsonl.bz2", "c.jsonl.xz")] == ["b", "c"]
+    assert (got["a.jsonl.gz"].accepted, got["a.jsonl.gz"].error) == (40, None)
+    for name in ("b.jsonl.bz2", "c.jsonl.xz"):  # the same rows: duplicates of a's
+        assert (got[name].rows_read, got[name].duplicates, got[name].error) == (40, 40, None)
+    assert "cannot be read to the end" in got["d.jsonl.xz"].error
+    assert got["d.jsonl.xz"].unit == ""
+
+
+def _not_utf8_files(shared: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Real rows in encodings and containers curate does not read, with a word each error must hold."""
+    text = _hh_text(shared, 10)
+    rows = [json.loads(line) for line in text.splitlines()]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerows([["chosen", "rejected"], *[[r["chosen"], r["rejected"]] for r in rows]])
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("hh.jsonl", text)
+    made = {
+        "utf16.jsonl": (text.encode("utf-16"), "UTF-16"),
+        "utf16be.jsonl": (b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16"),
+        "utf16_no_bom.jsonl": (text.encode("utf-16-le"), "UTF-16"),
+        "utf32.jsonl": (text.encode("utf-32"), "UTF-32"),
+        "excel_unicode.csv": (buf.getvalue().encode("utf-16"), "UTF-16"),
+        "utf16.jsonl.gz": (gzip.compress(text.encode("utf-16")), "UTF-16"),
+        "hh.jsonl.zst": (b"\x28\xb5\x2f\xfd" + b"\x00" * 64, "zstd"),
+        "hh.zip": (zipped.getvalue(), "ZIP"),
+    }
+    out = {}
+    for name, (data, word) in made.items():
+        (tmp / name).write_bytes(data)
+        out[name] = (tmp / name, word)
+    return out
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_text_that_is_not_utf8_is_refused_by_name_and_the_other_files_go_in(
+    shared_data, tmp_path, block_path
+):
+    """A UTF-16 file (Excel's "Unicode text", PowerShell's default) said "no readable row to detect the
+    format" (or, with --reader, quarantined every line as invalid UTF-8 and exited 0); a .zst said "cannot
+    tell the format; pass --format". Now each names its encoding or container and how to convert it."""
+    files = _not_utf8_files(shared_data, tmp_path)
+    good = tmp_path / "good.jsonl"
+    good.write_text(_hh_text(shared_data, 10))
+    for reader in ("auto", "hh"):
+        store = Store(tmp_path / f"store_{reader}")
+        paths = [str(good), *(str(p) for p, _ in files.values())]
+        got = {
+            Path(r.source_file).name: r
+            for r in ingest_paths(store, paths, IngestOptions(reader=reader, block_path=block_path))
+        }
+        assert got["good.jsonl"].accepted == 10
+        for name, (_, word) in files.items():
+            if name.endswith(".csv") and reader == "hh":
+                continue  # (the CSV is read as CSV only by its name: covered with reader auto)
+            assert got[name].error is not None and word in got[name].error, (reader, name, got[name].error)
+            assert got[name].unit == "" and got[name].accepted == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("empty.jsonl.gz", gzip.compress(b""), "no rows"),
+        ("zero.jsonl.gz", b"", "no rows"),
+        ("header_only.csv", b"chosen,rejected\r\n", "no rows"),
+        ("pairs_as_arrays.json", b'[["a", "b"], ["c", "d"]]', "row 0: expected a JSON object, got list"),
+        ("mac.jsonl", b'{"chosen": "a"}\r{"chosen": "b"}\r', "lone CR"),
+    ],
+    ids=["empty-gzip", "zero-bytes", "csv-header-only", "json-array-of-arrays", "lone-cr-line-ends"],
+)
+def test_a_file_without_one_readable_row_says_why(tmp_path, name, data, words):
+    """These all said "no readable row to detect the format from; pass --reader", which hid the reason
+    (and, for an empty file, asked for a reader it does not need)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    (res,) = ingest_paths(Store(tmp_path / "store"), [str(path)])
+    assert res.error is not None and words in res.error, res.error

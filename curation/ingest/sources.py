@@ -16,12 +16,14 @@ and runs of blank lines are skipped in C, a megabyte at a time.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import dataclasses
 import glob
 import gzip
 import io
 import json
+import lzma
 import os
 import re
 import zlib
@@ -101,7 +103,7 @@ class RawRow:
 #: What reading a damaged input raises: a truncated gzip stream (EOFError), a bad CRC or corrupt deflate
 #: data (BadGzipFile, an OSError; zlib.error), a damaged Parquet file (ArrowInvalid, or ArrowIOError, an
 #: OSError), an I/O error. (Not Arrow's other errors: "not implemented" or a type error is a bug of ours.)
-READ_ERRORS = (EOFError, OSError, zlib.error, pa.ArrowInvalid)
+READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowInvalid)
 
 
 def why_unreadable(exc: BaseException) -> str:
@@ -111,6 +113,8 @@ def why_unreadable(exc: BaseException) -> str:
         return f"the compressed stream ends early, the file is truncated ({text})"
     if isinstance(exc, gzip.BadGzipFile | zlib.error):
         return f"corrupt gzip data ({text})"
+    if isinstance(exc, lzma.LZMAError):
+        return f"corrupt xz data ({text})"
     if isinstance(exc, pa.ArrowException):
         return f"damaged or not Parquet ({text})"
     if isinstance(exc, OSError) and exc.strerror:
@@ -169,9 +173,14 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
+#: Compressed inputs read as they stream (by their first bytes, whatever the name says), with the suffix
+#: each usually has.
+COMPRESSED = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".xz": b"\xfd7zXZ\x00"}
+
+
 def _data_suffix(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
     return _SUFFIXES.get(suffixes[-1]) if suffixes else None
 
@@ -204,15 +213,82 @@ class HashingFile(io.RawIOBase):
         super().close()
 
 
+#: Containers and compressions curate does not read, by their first bytes: what to do is said instead of
+#: reading them as text (which quarantined every line, or failed to "tell the format").
+_NOT_READ = {
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first (zstd -d FILE)",
+    b"PK\x03\x04": "a ZIP archive: unpack it first and ingest its files",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it first and ingest its files",
+}
+#: Byte order marks of text that is not UTF-8 (UTF-32's first: its LE mark starts with UTF-16's).
+_OTHER_ENCODINGS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
 def open_bytes(path: Path, raw: HashingFile | None = None) -> io.BufferedIOBase:
-    """The file's bytes (decompressed if it is gzip), read from ``raw`` if given; closing it closes the file."""
-    fh = io.BufferedReader(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - the caller closes it
-    head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
-    if head == b"\x1f\x8b":
-        gz = gzip.GzipFile(fileobj=fh)
-        gz.myfileobj = fh  # type: ignore[attr-defined]  (GzipFile closes the file it opened itself)
-        return gz  # type: ignore[return-value]
+    """The file's bytes (decompressed if it is gzip, bzip2 or xz), read from ``raw`` if given; closing it
+    closes the file. A file that is not UTF-8 text once decompressed (UTF-16 or UTF-32, by its byte order
+    mark or by the zero bytes between ASCII letters), or an archive or compression curate does not read, is
+    a SourceError that says what to do."""
+    fh: Any = io.BufferedReader(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - the caller closes it
+    try:
+        head = fh.peek(6)[:6]
+        if head.startswith(COMPRESSED[".gz"]):
+            inner: Any = gzip.GzipFile(fileobj=fh)
+        elif head.startswith(COMPRESSED[".bz2"]):
+            inner = bz2.BZ2File(fh)
+        elif head.startswith(COMPRESSED[".xz"]):
+            inner = lzma.LZMAFile(fh)  # noqa: SIM115 - closed by _ClosingBoth
+        else:
+            inner = None
+        if inner is not None:  # (a decompressor closes only a file it opened itself)
+            fh = io.BufferedReader(_ClosingBoth(inner, fh), READ_BYTES)
+        _check_text(path, fh.peek(16)[:16])
+    except BaseException:
+        fh.close()
+        raise
     return fh
+
+
+class _ClosingBoth(io.RawIOBase):
+    """A decompressing reader that also closes the compressed file under it."""
+
+    def __init__(self, inner: Any, under: io.BufferedIOBase) -> None:
+        self.inner, self.under = inner, under
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.inner.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.inner.close()
+            finally:
+                self.under.close()
+        super().close()
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    for magic, what in _NOT_READ.items():
+        if head.startswith(magic):
+            raise SourceError(f"{path}: {what}")
+    if head.startswith(b"PAR1"):
+        return
+    encoding = next((e for bom, e in _OTHER_ENCODINGS.items() if head.startswith(bom)), None)
+    if encoding is None and len(head) >= 8 and (head[1::2].count(0) >= 4 or head[0::2].count(0) >= 4):
+        encoding = "UTF-16 (no byte order mark, but a zero byte beside each ASCII character)"
+    if encoding is not None:
+        raise SourceError(
+            f"{path}: the text is {encoding}, not UTF-8; convert it first, e.g. "
+            f"`iconv -f {encoding.split()[0]} -t UTF-8 FILE > FILE.utf8` (nothing of this file was ingested)"
+        )
 
 
 def detect_format(path: Path) -> str:
@@ -319,6 +395,8 @@ def _decode_object(data: bytes | str, row: int) -> RawRow:
                 data.decode("utf-8")
             except UnicodeDecodeError as uexc:
                 reason = f"invalid UTF-8 at byte {uexc.start}"
+        if "\r{" in text.replace(" ", ""):  # lines ended by CR alone (classic Mac OS) read as one line
+            reason += "; its lines seem to end with a lone CR (old Mac line ends): convert them to LF"
         return RawRow(row, None, text, f"malformed JSON: {reason}")
     except RecursionError:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
