@@ -351,3 +351,27 @@ def test_a_file_without_one_readable_row_says_why(tmp_path, name, data, words):
     path.write_bytes(data)
     (res,) = ingest_paths(Store(tmp_path / "store"), [str(path)])
     assert res.error is not None and words in res.error, res.error
+
+
+# ----------------------------------------------------------------------------- CSV dialects
+GSM8K = "gsm8k/test.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("name", "delimiter"), [("q.tsv", "\t"), ("q.csv", ";"), ("pipes.csv", "|"), ("c.csv", ",")]
+)
+def test_csv_separated_by_tabs_semicolons_or_pipes_reads_every_row(shared_data, tmp_path, name, delimiter):
+    """GSM8K written with ``;`` (a locale whose decimal mark is a comma) or as TSV: 20 rows with multi-line
+    answers became 95 quarantined "rows" and exit 0 (and a .tsv was "cannot tell the format")."""
+    rows = [json.loads(line) for line in (shared_data / GSM8K).read_text().splitlines()[:20]]
+    path = tmp_path / name
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerows([["question", "answer"], *[[r["question"], r["answer"]] for r in rows]])
+    store = Store(tmp_path / "store")
+    opts = IngestOptions(kind="sft", mapping={"prompt": "question", "response": "answer"})
+    (res,) = ingest_paths(store, [str(path)], opts)
+    assert (res.rows_read, res.accepted, res.quarantined) == (20, 20, 0)
+    (unit,) = store.root.glob("ingest/*/sft.parquet")
+    messages = pq.read_table(unit, columns=["messages"]).column("messages").to_pylist()
+    assert [[m["content"] for m in ms] for ms in messages] == [[r["question"], r["answer"]] for r in rows]

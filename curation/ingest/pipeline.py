@@ -175,7 +175,7 @@ def source_name(path: Path, opts: IngestOptions) -> str:
     if opts.source is not None:
         return safe_name(opts.source, "source name")
     name = path.name
-    for suffix in (".gz", ".bz2", ".xz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv"):
+    for suffix in (".gz", ".bz2", ".xz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv"):
         name = name.removesuffix(suffix)
     name = name or "input"
     return plain_name("".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:100])

@@ -39,7 +39,16 @@ import pyarrow.compute as pc
 
 #: Formats a file can be read as (``auto`` looks at the extension, then the first byte).
 FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
-_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+_SUFFIXES = {
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+}
+#: Field separators a CSV file may use besides the comma (found from its header line).
+CSV_DELIMITERS = ("\t", ";", "|")
 #: Largest raw text kept verbatim in quarantine (the rest is summarised, never silently cut).
 RAW_KEEP = 1_000_000
 #: A JSONL line (or CSV line) longer than this is quarantined without being parsed or even held: no record
@@ -741,6 +750,7 @@ class _CsvLines:
 
     def __init__(self, text: io.TextIOBase, limit: int) -> None:
         self.text, self.limit = text, limit
+        self.delimiter = ","
         self.line = 0  # physical lines read
         self.last: str | None = None  # the last line read whole (not over-long)
         self.again: str | None = None  # a line to read again (``unread``)
@@ -797,7 +807,7 @@ class _CsvLines:
         if line is None or self.line <= self.first:
             return False
         quote = line.find('"')
-        if quote < 0 or (quote > 0 and line[quote - 1] != ","):
+        if quote < 0 or (quote > 0 and line[quote - 1] != self.delimiter):
             return False
         if self.held_last:
             self.kept -= len(self.held.pop())
@@ -817,7 +827,8 @@ def _csv(path: Path, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
     with open_bytes(path) as fb:
         text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
         lines = _CsvLines(text, limit)
-        records = csv.reader(lines, strict=True)
+        lines.delimiter = _csv_delimiter(lines)
+        records = csv.reader(lines, strict=True, delimiter=lines.delimiter)
         header: list[str] = []
         try:
             while not header:
@@ -858,6 +869,28 @@ def _csv(path: Path, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
             raw.size = lines.kept
             yield raw
             row += 1
+
+
+def _csv_delimiter(lines: _CsvLines) -> str:
+    """The field separator: a comma, unless the header line (the first line not blank) is one field with
+    commas but more with a tab, ``;`` or ``|`` (TSV; the CSV of a locale whose decimal mark is a comma). The
+    line is given back to be read again as the header."""
+    line = ""
+    for line in lines:
+        if line.strip():
+            break
+    longest = lines.longest  # an over-long header line stays over-long when read again
+    lines.again, lines.line = (line, lines.line - 1) if line else (None, lines.line)
+    lines.start()
+    lines.longest = longest
+    try:
+        if not line or len(next(csv.reader([line]))) > 1:
+            return ","
+        fields = {d: len(next(csv.reader([line], delimiter=d))) for d in CSV_DELIMITERS}
+    except (csv.Error, StopIteration):
+        return ","
+    best = max(CSV_DELIMITERS, key=lambda d: fields[d])
+    return best if fields[best] > 1 else ","
 
 
 def _csv_row(header: list[str], fields: list[str], lines: _CsvLines, row: int, limit: int) -> RawRow:
