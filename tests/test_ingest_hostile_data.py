@@ -11,6 +11,11 @@ import gzip
 import io
 import json
 import lzma
+import os
+import signal
+import subprocess
+import sys
+import time
 import unicodedata
 import zipfile
 from pathlib import Path
@@ -375,3 +380,41 @@ def test_csv_separated_by_tabs_semicolons_or_pipes_reads_every_row(shared_data, 
     (unit,) = store.root.glob("ingest/*/sft.parquet")
     messages = pq.read_table(unit, columns=["messages"]).column("messages").to_pylist()
     assert [[m["content"] for m in ms] for ms in messages] == [[r["question"], r["answer"]] for r in rows]
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sigterm_during_ingest_cleans_up_like_ctrl_c_and_the_rerun_finishes(shared_data, tmp_path):
+    """SIGTERM (``timeout``, ``docker stop``, systemd) killed `curate ingest` on the spot: the half-written
+    staging folder stayed until the next writer, exit status -15. Now it stops as Ctrl-C does: the staging
+    folder is removed at once, no unit of the file looks committed, exit 143; the rerun ingests it all."""
+    with gzip.open(shared_data / HH, "rt") as fh:
+        rows = [json.loads(line) for line in fh]
+    big = tmp_path / "hh_many.jsonl"
+    with big.open("w") as out:
+        for k in range(6):  # 13,872 distinct real rows: a few seconds of work
+            for r in rows:
+                out.write(
+                    json.dumps({"chosen": r["chosen"] + f" ({k})", "rejected": r["rejected"] + f" [{k}]"})
+                    + "\n"
+                )
+    root = tmp_path / "store"
+    cmd = [sys.executable, "-m", "curation.cli", "ingest", str(big), "--store", str(root), "--no-near-dedup"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not any((root / ".staging").glob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest ended before it could be interrupted"
+    time.sleep(0.2)  # its staging folder is made as the file starts: inside the file
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list((root / ".staging").iterdir()) == []
+    assert not list(root.glob("ingest/*"))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (res,) = ingest_paths(Store(root), [str(big)])  # already ingested: its accounting
+    assert res.skipped and res.accepted == 6 * len(rows)
