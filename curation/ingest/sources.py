@@ -246,42 +246,24 @@ def open_bytes(path: Path, raw: HashingFile | None = None) -> io.BufferedIOBase:
     fh: Any = io.BufferedReader(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - the caller closes it
     try:
         head = fh.peek(6)[:6]
+        # A decompressor closes the file under it only if it opened it itself: told to by the attribute
+        # each keeps for that. (Not wrapped in a reader of ours: ``read1`` must give what is decompressed so
+        # far, so that the rows before a damaged part come out before its error.)
         if head.startswith(COMPRESSED[".gz"]):
-            inner: Any = gzip.GzipFile(fileobj=fh)
+            gz = gzip.GzipFile(fileobj=fh)
+            gz.myfileobj = fh  # type: ignore[attr-defined]
+            fh = gz
         elif head.startswith(COMPRESSED[".bz2"]):
-            inner = bz2.BZ2File(fh)
+            fh = bz2.BZ2File(fh)
+            fh._closefp = True  # noqa: SLF001
         elif head.startswith(COMPRESSED[".xz"]):
-            inner = lzma.LZMAFile(fh)  # noqa: SIM115 - closed by _ClosingBoth
-        else:
-            inner = None
-        if inner is not None:  # (a decompressor closes only a file it opened itself)
-            fh = io.BufferedReader(_ClosingBoth(inner, fh), READ_BYTES)
+            fh = lzma.LZMAFile(fh)  # noqa: SIM115 - the caller closes it
+            fh._closefp = True  # noqa: SLF001
         _check_text(path, fh.peek(16)[:16])
     except BaseException:
         fh.close()
         raise
     return fh
-
-
-class _ClosingBoth(io.RawIOBase):
-    """A decompressing reader that also closes the compressed file under it."""
-
-    def __init__(self, inner: Any, under: io.BufferedIOBase) -> None:
-        self.inner, self.under = inner, under
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        return self.inner.readinto(buffer)
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self.inner.close()
-            finally:
-                self.under.close()
-        super().close()
 
 
 def _check_text(path: Path, head: bytes) -> None:
