@@ -166,8 +166,8 @@ def no_readable_row(path: Path, head: list[RawRow]) -> str:
     if not head:
         return f"{path}: no rows (the file is empty, or holds only blank lines or a CSV header); nothing to ingest"
     return (
-        f"{path}: none of its first {len(head)} row(s) can be read, so its layout cannot be detected "
-        f"(row {head[0].row}: {head[0].error}); fix the file, or pass --reader to quarantine such rows one by one"
+        f"{path}: no readable row among its first {len(head)} to detect its layout from (row {head[0].row}: "
+        f"{head[0].error}); fix the file, or pass --reader to quarantine such rows one by one"
     )
 
 
