@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 
 import typer
@@ -46,13 +47,33 @@ def configure_allocators() -> bool:
     return "polars" not in sys.modules
 
 
+def _stop_on_sigterm() -> list[int]:
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, systemd, a cancelled flow) stops a command as Ctrl-C
+    does, so its clean-up runs (a half-read file's staging folder is removed at once, the writer lock let
+    go) instead of the process vanishing mid-step. Returns the list the signal is recorded in."""
+    got: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, stop)
+    return got
+
+
 def main() -> None:  # pragma: no cover - console entry point
     configure_allocators()  # this module does not import polars; its commands do, when they run
+    terminated = _stop_on_sigterm()
     try:
         app()
     except (StoreError, ModelError) as exc:  # a command that did not catch its own
         print_error(exc)
         sys.exit(1)
+    except SystemExit:
+        if terminated:  # the exit status of a process killed by the signal, as before
+            sys.exit(128 + signal.SIGTERM)
+        raise
     finally:
         # The process is about to exit: spare the interpreter's final garbage collection over the
         # hundreds of thousands of objects Great Expectations (or torch) left, about 1 s of the exit.

@@ -161,11 +161,21 @@ def make_reader(opts: IngestOptions, sample: list[dict[str, Any]], where: str) -
     return detect(sample, where)()
 
 
+def no_readable_row(path: Path, head: list[RawRow]) -> str:
+    """Why the reader of a file whose first rows (``head``) hold no readable one cannot be detected."""
+    if not head:
+        return f"{path}: no rows (the file is empty, or holds only blank lines or a CSV header); nothing to ingest"
+    return (
+        f"{path}: no readable row among its first {len(head)} to detect its layout from (row {head[0].row}: "
+        f"{head[0].error}); fix the file, or pass --reader to quarantine such rows one by one"
+    )
+
+
 def source_name(path: Path, opts: IngestOptions) -> str:
     if opts.source is not None:
         return safe_name(opts.source, "source name")
     name = path.name
-    for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv"):
+    for suffix in (".gz", ".bz2", ".xz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv"):
         name = name.removesuffix(suffix)
     name = name or "input"
     return plain_name("".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:100])
@@ -251,6 +261,9 @@ def ingest_file(
         if len(head) >= 20:
             break
     sample = [r.value for r in head if r.value is not None]
+    if not sample and not opts.mapping and opts.reader == "auto":
+        rows.close()  # type: ignore[attr-defined]
+        raise DetectError(no_readable_row(path, head))
     reader = make_reader(opts, sample, str(path))
     source = source_name(path, opts)
     overlap = default_enabled() if opts.overlap is None else opts.overlap

@@ -16,12 +16,14 @@ and runs of blank lines are skipped in C, a megabyte at a time.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import dataclasses
 import glob
 import gzip
 import io
 import json
+import lzma
 import os
 import re
 import zlib
@@ -37,7 +39,16 @@ import pyarrow.compute as pc
 
 #: Formats a file can be read as (``auto`` looks at the extension, then the first byte).
 FORMATS = ("auto", "json", "jsonl", "parquet", "csv")
-_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+_SUFFIXES = {
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+}
+#: Field separators a CSV file may use besides the comma (found from its header line).
+CSV_DELIMITERS = ("\t", ";", "|")
 #: Largest raw text kept verbatim in quarantine (the rest is summarised, never silently cut).
 RAW_KEEP = 1_000_000
 #: A JSONL line (or CSV line) longer than this is quarantined without being parsed or even held: no record
@@ -101,7 +112,7 @@ class RawRow:
 #: What reading a damaged input raises: a truncated gzip stream (EOFError), a bad CRC or corrupt deflate
 #: data (BadGzipFile, an OSError; zlib.error), a damaged Parquet file (ArrowInvalid, or ArrowIOError, an
 #: OSError), an I/O error. (Not Arrow's other errors: "not implemented" or a type error is a bug of ours.)
-READ_ERRORS = (EOFError, OSError, zlib.error, pa.ArrowInvalid)
+READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowInvalid)
 
 
 def why_unreadable(exc: BaseException) -> str:
@@ -111,6 +122,8 @@ def why_unreadable(exc: BaseException) -> str:
         return f"the compressed stream ends early, the file is truncated ({text})"
     if isinstance(exc, gzip.BadGzipFile | zlib.error):
         return f"corrupt gzip data ({text})"
+    if isinstance(exc, lzma.LZMAError):
+        return f"corrupt xz data ({text})"
     if isinstance(exc, pa.ArrowException):
         return f"damaged or not Parquet ({text})"
     if isinstance(exc, OSError) and exc.strerror:
@@ -169,9 +182,14 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
+#: Compressed inputs read as they stream (by their first bytes, whatever the name says), with the suffix
+#: each usually has.
+COMPRESSED = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".xz": b"\xfd7zXZ\x00"}
+
+
 def _data_suffix(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
     return _SUFFIXES.get(suffixes[-1]) if suffixes else None
 
@@ -204,15 +222,64 @@ class HashingFile(io.RawIOBase):
         super().close()
 
 
+#: Containers and compressions curate does not read, by their first bytes: what to do is said instead of
+#: reading them as text (which quarantined every line, or failed to "tell the format").
+_NOT_READ = {
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first (zstd -d FILE)",
+    b"PK\x03\x04": "a ZIP archive: unpack it first and ingest its files",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it first and ingest its files",
+}
+#: Byte order marks of text that is not UTF-8 (UTF-32's first: its LE mark starts with UTF-16's).
+_OTHER_ENCODINGS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
 def open_bytes(path: Path, raw: HashingFile | None = None) -> io.BufferedIOBase:
-    """The file's bytes (decompressed if it is gzip), read from ``raw`` if given; closing it closes the file."""
-    fh = io.BufferedReader(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - the caller closes it
-    head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
-    if head == b"\x1f\x8b":
-        gz = gzip.GzipFile(fileobj=fh)
-        gz.myfileobj = fh  # type: ignore[attr-defined]  (GzipFile closes the file it opened itself)
-        return gz  # type: ignore[return-value]
+    """The file's bytes (decompressed if it is gzip, bzip2 or xz), read from ``raw`` if given; closing it
+    closes the file. A file that is not UTF-8 text once decompressed (UTF-16 or UTF-32, by its byte order
+    mark or by the zero bytes between ASCII letters), or an archive or compression curate does not read, is
+    a SourceError that says what to do."""
+    fh: Any = io.BufferedReader(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - the caller closes it
+    try:
+        head = fh.peek(6)[:6]
+        # A decompressor closes the file under it only if it opened it itself: told to by the attribute
+        # each keeps for that. (Not wrapped in a reader of ours: ``read1`` must give what is decompressed so
+        # far, so that the rows before a damaged part come out before its error.)
+        if head.startswith(COMPRESSED[".gz"]):
+            gz = gzip.GzipFile(fileobj=fh)
+            gz.myfileobj = fh  # type: ignore[attr-defined]
+            fh = gz
+        elif head.startswith(COMPRESSED[".bz2"]):
+            fh = bz2.BZ2File(fh)
+            fh._closefp = True  # noqa: SLF001
+        elif head.startswith(COMPRESSED[".xz"]):
+            fh = lzma.LZMAFile(fh)  # noqa: SIM115 - the caller closes it
+            fh._closefp = True  # noqa: SLF001
+        _check_text(path, fh.peek(16)[:16])
+    except BaseException:
+        fh.close()
+        raise
     return fh
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    for magic, what in _NOT_READ.items():
+        if head.startswith(magic):
+            raise SourceError(f"{path}: {what}")
+    if head.startswith(b"PAR1"):
+        return
+    encoding = next((e for bom, e in _OTHER_ENCODINGS.items() if head.startswith(bom)), None)
+    if encoding is None and len(head) >= 8 and (head[1::2].count(0) >= 4 or head[0::2].count(0) >= 4):
+        encoding = "UTF-16 (no byte order mark, but a zero byte beside each ASCII character)"
+    if encoding is not None:
+        raise SourceError(
+            f"{path}: the text is {encoding}, not UTF-8; convert it first, e.g. "
+            f"`iconv -f {encoding.split()[0]} -t UTF-8 FILE > FILE.utf8` (nothing of this file was ingested)"
+        )
 
 
 def detect_format(path: Path) -> str:
@@ -319,6 +386,8 @@ def _decode_object(data: bytes | str, row: int) -> RawRow:
                 data.decode("utf-8")
             except UnicodeDecodeError as uexc:
                 reason = f"invalid UTF-8 at byte {uexc.start}"
+        if "\r{" in text.replace(" ", ""):  # lines ended by CR alone (classic Mac OS) read as one line
+            reason += "; its lines seem to end with a lone CR (old Mac line ends): convert them to LF"
         return RawRow(row, None, text, f"malformed JSON: {reason}")
     except RecursionError:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
@@ -598,12 +667,12 @@ def _value_bytes(values: pa.Array) -> np.ndarray:
         pa.binary_view(),
     ):
         return pc.binary_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    if (
-        pa.types.is_list(t)
-        or pa.types.is_large_list(t)
-        or pa.types.is_fixed_size_list(t)
-        or pa.types.is_map(t)
-    ):
+    if pa.types.is_map(t):  # no flatten kernel for maps (and list_parent_indices aborts the process on one)
+        offsets = values.offsets.to_numpy(zero_copy_only=False)
+        entries = values.values  # every key/value entry of the array, not only this slice's
+        sums = np.concatenate([[0], np.cumsum(_value_bytes(entries))]) if len(entries) else np.zeros(1)
+        return (sums[offsets[1:]] - sums[offsets[:-1]]).astype(np.int64)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         child = values.flatten()
         if not len(child):
             return np.zeros(n, dtype=np.int64)
@@ -663,6 +732,7 @@ class _CsvLines:
 
     def __init__(self, text: io.TextIOBase, limit: int) -> None:
         self.text, self.limit = text, limit
+        self.delimiter = ","
         self.line = 0  # physical lines read
         self.last: str | None = None  # the last line read whole (not over-long)
         self.again: str | None = None  # a line to read again (``unread``)
@@ -719,7 +789,7 @@ class _CsvLines:
         if line is None or self.line <= self.first:
             return False
         quote = line.find('"')
-        if quote < 0 or (quote > 0 and line[quote - 1] != ","):
+        if quote < 0 or (quote > 0 and line[quote - 1] != self.delimiter):
             return False
         if self.held_last:
             self.kept -= len(self.held.pop())
@@ -739,7 +809,8 @@ def _csv(path: Path, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
     with open_bytes(path) as fb:
         text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
         lines = _CsvLines(text, limit)
-        records = csv.reader(lines, strict=True)
+        lines.delimiter = _csv_delimiter(lines)
+        records = csv.reader(lines, strict=True, delimiter=lines.delimiter)
         header: list[str] = []
         try:
             while not header:
@@ -780,6 +851,28 @@ def _csv(path: Path, limit: int = MAX_ROW_BYTES) -> Iterator[RawRow]:
             raw.size = lines.kept
             yield raw
             row += 1
+
+
+def _csv_delimiter(lines: _CsvLines) -> str:
+    """The field separator: a comma, unless the header line (the first line not blank) is one field with
+    commas but more with a tab, ``;`` or ``|`` (TSV; the CSV of a locale whose decimal mark is a comma). The
+    line is given back to be read again as the header."""
+    line = ""
+    for line in lines:
+        if line.strip():
+            break
+    longest = lines.longest  # an over-long header line stays over-long when read again
+    lines.again, lines.line = (line, lines.line - 1) if line else (None, lines.line)
+    lines.start()
+    lines.longest = longest
+    try:
+        if not line or len(next(csv.reader([line]))) > 1:
+            return ","
+        fields = {d: len(next(csv.reader([line], delimiter=d))) for d in CSV_DELIMITERS}
+    except (csv.Error, StopIteration):
+        return ","
+    best = max(CSV_DELIMITERS, key=lambda d: fields[d])
+    return best if fields[best] > 1 else ","
 
 
 def _csv_row(header: list[str], fields: list[str], lines: _CsvLines, row: int, limit: int) -> RawRow:

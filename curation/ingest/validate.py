@@ -14,13 +14,16 @@ import gc
 import io
 import logging
 import os
+import re
 import threading
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from curation.ingest.readers.base import PY_WHITESPACE
 from schemas import ROLES, Kind
 
 #: Default upper bound on a record's characters (prompt + longest response), about
@@ -72,6 +75,37 @@ def _empty_at(**fields: Sequence[dict[str, str]]) -> str:
     return ""
 
 
+#: Characters that show nothing: "the same text" ignores them (a zero-width space is no preference).
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
+_SPACES = re.compile(f"[{re.escape(PY_WHITESPACE)}]+")
+
+
+def text_key(text: str) -> str:
+    """``text`` as two responses are compared ("the same text"): zero-width characters dropped, each run of
+    spaces one space, none around it, Unicode NFC (``e`` + combining accent is ``é``)."""
+    return unicodedata.normalize("NFC", _SPACES.sub(" ", text.translate(_INVISIBLE)).strip(PY_WHITESPACE))
+
+
+def messages_key(messages: Sequence[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Turns as compared for "the same response": each role with the ``text_key`` of its content."""
+    return tuple((m["role"], text_key(m["content"])) for m in messages)
+
+
+def candidates_agree(candidates: Sequence[Mapping[str, Any]]) -> bool:
+    """False when two candidates of a ranking are the same text (``text_key``) with different grades: the
+    ranking would put a response above itself. A reference answer is left out: it is graded above the
+    others by design, and a correct model answer may copy it word for word (GSM8K)."""
+    grade_of: dict[str, Any] = {}
+    for c in candidates:
+        if c.get("is_reference"):
+            continue
+        key = text_key(c["content"])
+        if grade_of.setdefault(key, c.get("grade")) != c.get("grade"):
+            return False
+    return True
+
+
 def _chars(messages: Sequence[dict[str, str]]) -> int:
     return sum(len(m["content"]) for m in messages)
 
@@ -109,7 +143,7 @@ def derive(kind: Kind, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                     "role_order": problem or "ok",
                     "total_chars": _chars(p) + max(_chars(c), _chars(j)),
                     "field": _empty_at(prompt=p, chosen=c, rejected=j) or "prompt,chosen,rejected",
-                    "responses_differ": c != j,
+                    "responses_differ": messages_key(c) != messages_key(j),
                 }
             )
         else:
@@ -127,6 +161,7 @@ def derive(kind: Kind, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                     "total_chars": _chars(p) + max((len(c) for c in contents), default=0),
                     "n_candidates": len(cands),
                     "grades_present": all(c.get("grade") is not None for c in cands),
+                    "candidates_agree": candidates_agree(cands),
                 }
             )
     return pd.DataFrame(rows)
@@ -146,7 +181,7 @@ def checks(kind: Kind, max_chars: int) -> list[Check]:
     ]
     if kind == "pair":
         common.append(
-            Check(
+            Check(  # compared by ``messages_key``: spaces, zero-width characters and Unicode forms aside
                 "responses_differ", "ExpectColumnValuesToBeInSet", {"value_set": [True]}, "chosen == rejected"
             )
         )
@@ -156,6 +191,12 @@ def checks(kind: Kind, max_chars: int) -> list[Check]:
                 "n_candidates", "ExpectColumnValuesToBeBetween", {"min_value": 2}, "fewer than 2 candidates"
             ),
             Check("grades_present", "ExpectColumnValuesToBeInSet", {"value_set": [True]}, "grades missing"),
+            Check(
+                "candidates_agree",
+                "ExpectColumnValuesToBeInSet",
+                {"value_set": [True]},
+                "the same candidate text twice with different grades",
+            ),
         ]
     return common
 

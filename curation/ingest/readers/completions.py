@@ -48,7 +48,7 @@ class CompletionsReader(Reader):
         if lkey is None:
             raise RowError(_LIST_KEYS[0], f"missing: no list of candidates ({', '.join(_LIST_KEYS)})")
         items = row[lkey]
-        contents, scores, by_rank = [], [], False
+        contents, scores, by_rank, keys = [], [], False, []
         for i, item in enumerate(items):
             where = f"{lkey}[{i}]"
             if not isinstance(item, Mapping):
@@ -62,6 +62,13 @@ class CompletionsReader(Reader):
                 skey, by_rank = "rank", True
             if skey is None:
                 raise RowError(f"{where}", "grades present: no grade/score/rating/rank")
+            if keys and skey not in keys:  # a rank of 1 is the best, a score of 1 the worst: no one order
+                raise RowError(
+                    f"{where}.{skey}",
+                    f"graded by {skey!r} while an earlier candidate is graded by {keys[0]!r}: "
+                    "one ranking takes one kind of grade",
+                )
+            keys.append(skey)
             value = item[skey]
             if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
                 raise RowError(f"{where}.{skey}", f"expected a number (not NaN), got {value!r}")

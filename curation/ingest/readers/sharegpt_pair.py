@@ -78,6 +78,7 @@ class ShareGPTPairReader(Reader):
             ok = (
                 ok & (turn.field("role") == "assistant").fill_null(False) & ~blank_text(turn.field("content"))
             )
+        ok = ok & ~turns.system_clash("prompt", pl.col("system"))
         frame = frame.with_columns(ok.alias("_ok")).with_columns(
             turns.system_first("prompt", pl.col("system"))
         )

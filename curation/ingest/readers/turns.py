@@ -113,11 +113,20 @@ def turn_extras(turns: list[Any], role_key: str = "role", content_key: str = "co
 
 def with_system(system: Any, messages: list[Message]) -> list[Message]:
     """``messages`` after the ``system`` field (none when absent, null or blank; an error when not text),
-    unless they open with a system turn of their own."""
+    unless they open with a system turn of their own: then the field must say the same (a different one
+    would be dropped without a trace, and rows differing only in it would count as duplicates)."""
     prompt = optional_text(system, "system")
-    if prompt is not None and (not messages or messages[0]["role"] != "system"):
-        return [msg("system", prompt), *messages]
-    return messages
+    if prompt is None:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        if messages[0]["content"].strip() != prompt.strip():
+            raise RowError(
+                "system",
+                "two different system prompts: the system field and the conversation's own first (system) "
+                "turn; keep one of them",
+            )
+        return messages
+    return [msg("system", prompt), *messages]
 
 
 # ------------------------------------------------------------------ the same, a column at a time
@@ -162,6 +171,17 @@ def turns_ok(column: str) -> pl.Expr:
     ).fill_null(False)
 
 
+def system_clash(column: str, system: pl.Expr) -> pl.Expr:
+    """Rows whose ``system`` string is not blank and is not exactly the text of the system turn that opens
+    ``column``: ``with_system`` decides them (a RowError unless they differ only in surrounding spaces)."""
+    import polars as pl
+
+    first = pl.col(column).list.first().struct
+    return (
+        ~blank_text(system) & (first.field("role") == "system") & (first.field("content") != system)
+    ).fill_null(False)
+
+
 def system_first(column: str, system: pl.Expr) -> pl.Expr:
     """``with_system``: a system string that is not blank goes first, unless the first turn is a system's."""
     import polars as pl
@@ -186,6 +206,7 @@ def messages_columnar(frame: Frame, system: pl.Expr | None = None) -> Taken:
     frame = map_roles(frame, lists=["messages"])
     frame = frame.with_columns(turns_ok("messages").alias("_ok"))
     if system is not None:
+        frame = frame.with_columns((pl.col("_ok") & ~system_clash("messages", system)).alias("_ok"))
         frame = frame.with_columns(system_first("messages", system))
     roles = pl.col("messages").list.eval(pl.element().struct.field("role"))
     ok = (

@@ -1,0 +1,420 @@
+"""Hostile and odd data files through ingest (issue 23, round three: data). Real rows from ../shared/data
+throughout; each test failed on the code before its fix (docs/reliability.md, "Round three: data")."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import datetime as dt
+import decimal
+import gzip
+import io
+import json
+import lzma
+import os
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.core.store import Store
+from curation.ingest.pipeline import IngestOptions, ingest_paths
+
+HH = "hh-rlhf/harmless-base-test.jsonl.gz"
+
+
+def _hh(shared: Path, n: int) -> list[dict]:
+    with gzip.open(shared / HH, "rt") as fh:
+        return [json.loads(next(fh)) for _ in range(n)]
+
+
+def _meta(store: Store) -> list[dict]:
+    (unit,) = store.root.glob("ingest/*/pair.parquet")
+    return [json.loads(m) for m in pq.read_table(unit, columns=["meta"]).column("meta").to_pylist()]
+
+
+# ----------------------------------------------------------------------------- Arrow types in Parquet
+def _every_parquet_type(n: int) -> dict[str, pa.Array]:
+    """An extra column of each Arrow type a Parquet file can hold, nested maps included."""
+    text_map = pa.map_(pa.string(), pa.string())
+    return {
+        "int8": pa.array(range(n), pa.int8()),
+        "uint64": pa.array([2**64 - 1] * n, pa.uint64()),
+        "float16": pa.array([1.5] * n, pa.float32()).cast(pa.float16()),
+        "decimal": pa.array([decimal.Decimal("1.10")] * n, pa.decimal128(5, 2)),
+        "date": pa.array([dt.date(2024, 1, 1)] * n),
+        "timestamp": pa.array([dt.datetime(2024, 1, 1)] * n, pa.timestamp("ms", tz="UTC")),
+        "fixed_binary": pa.array([b"ab"] * n, pa.binary(2)),
+        "null": pa.nulls(n),
+        "fixed_list": pa.array([[1, 2]] * n, pa.list_(pa.int64(), 2)),
+        "dictionary": pa.array(["x"] * n).dictionary_encode(),
+        "map": pa.array([[("a", 1)]] * n, pa.map_(pa.string(), pa.int64())),
+        "map_of_text": pa.array([[("k", "v"), ("k2", "w")]] * n, text_map),
+        "list_of_maps": pa.array([[[("k", "v")]]] * n, pa.list_(text_map)),
+        "struct_with_map": pa.array([{"m": [("k", "v")]}] * n, pa.struct([("m", text_map)])),
+    }
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_parquet_extra_columns_of_every_type_are_read_and_kept(shared_data, tmp_path, block_path):
+    """A map column (a Hugging Face dataset with a dict feature of free keys) stopped ingest with a
+    traceback: Arrow has no flatten kernel for maps, so sizing the row's text raised
+    ArrowNotImplementedError, on both paths."""
+    rows = _hh(shared_data, 12)
+    for name, values in _every_parquet_type(len(rows)).items():
+        path = tmp_path / f"hh_{name}.parquet"
+        table = pa.table({"chosen": [r["chosen"] for r in rows], "rejected": [r["rejected"] for r in rows]})
+        pq.write_table(table.append_column(name, values), path, row_group_size=5)
+        store = Store(tmp_path / f"store_{name}")
+        (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+        assert res.error is None, (name, res.error)
+        assert (res.rows_read, res.accepted, res.quarantined) == (12, 12, 0), name
+        assert all(name in m for m in _meta(store)), name
+    assert _meta(Store(tmp_path / "store_map_of_text"))[0]["map_of_text"] == [["k", "v"], ["k2", "w"]]
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_a_map_value_over_the_row_limit_is_quarantined_by_its_size(shared_data, tmp_path, block_path):
+    """The text inside a map counts towards the row limit, in slices of a batch too (only that row)."""
+    rows = _hh(shared_data, 30)
+    limit = 16 * 1024 * 1024
+    big = 3  # the row whose map holds a value over the limit
+    tags = [[("note", "x" * (limit + 10) if i == big else f"row {i}")] for i in range(len(rows))]
+    table = pa.table(
+        {
+            "chosen": [r["chosen"] for r in rows],
+            "rejected": [r["rejected"] for r in rows],
+            "tags": pa.array(tags, pa.map_(pa.string(), pa.string())),
+        }
+    )
+    path = tmp_path / "hh_tags.parquet"
+    pq.write_table(table, path, row_group_size=7)
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+    assert (res.rows_read, res.accepted, res.quarantined) == (30, 29, 1)
+    assert sorted(m["tags"][0][1] for m in _meta(store)) == sorted(f"row {i}" for i in range(30) if i != big)
+
+
+# ----------------------------------------------------------------------------- two system prompts
+DPO = "llama-factory/dpo_en_demo.json"
+
+
+def _system_variants(shared: Path) -> tuple[list[dict], list[int]]:
+    """Real DPO rows whose conversation opens with a system turn, each also given a ``system`` field: the
+    same text, the same with spaces around it, or another text; then the untouched rows. Returns the rows and
+    the indices of those with two different system prompts."""
+    rows = json.loads((shared / DPO).read_text())
+    with_turn = [r for r in rows if r["conversations"][0]["from"] == "system"][:4]
+    assert len(with_turn) == 4
+    out, clash = [], []
+    for r in with_turn:
+        own = r["conversations"][0]["value"]
+        for system in (own, f"  {own}\n", "You are a pirate. Answer like one.", "You are a lawyer."):
+            out.append({**r, "system": system})
+            if system.strip() != own.strip():
+                clash.append(len(out) - 1)
+    return out + [r for r in rows if r not in with_turn][:40], clash
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+@pytest.mark.parametrize("reader", ["sharegpt_pair", "sharegpt"])
+def test_a_system_field_that_contradicts_the_system_turn_is_quarantined(
+    shared_data, tmp_path, block_path, reader
+):
+    """The ``system`` field was dropped without a trace when the conversation opened with a system turn of
+    its own, so rows that differed only in it (a pirate, a lawyer) were counted as duplicates of one row."""
+    rows, clash = _system_variants(shared_data)
+    if reader == "sharegpt":  # the same conversations as SFT: the chosen reply closes each
+        rows = [
+            {
+                k: v
+                for k, v in {**r, "conversations": [*r["conversations"], r["chosen"]]}.items()
+                if k != "chosen"
+            }
+            for r in rows
+        ]
+        rows = [{k: v for k, v in r.items() if k != "rejected"} for r in rows]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(reader=reader, block_path=block_path))
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert sorted(q["source_row"] for q in quarantine) == clash
+    assert {q["field"] for q in quarantine} == {"system"}
+    assert all("two different system prompts" in q["reason"] for q in quarantine)
+    # the same text (with or without spaces around it) is one system prompt: kept once, then a duplicate
+    assert res.accepted + res.duplicates == len(rows) - len(clash)
+    assert res.duplicates >= 4
+
+
+# ----------------------------------------------------------------------------- the same text, twice
+def _lookalike_pairs(shared: Path) -> tuple[list[dict], list[int]]:
+    """Real DPO rows whose rejected reply is made the chosen one but for spaces, line ends, zero-width
+    characters or Unicode form; and controls that differ in a word or in where a space is. Returns the rows
+    and the indices of the look-alikes."""
+    rows = json.loads((shared / DPO).read_text())[:60]
+    variants = [
+        lambda t: t + "  \n",
+        lambda t: t.replace(" ", "  ", 5),
+        lambda t: t.replace("\n", "\r\n") + "\n",
+        lambda t: "\u200b" + t.replace(" ", " \u200b", 3),
+        lambda t: unicodedata.normalize("NFD", t),  # the rejected reply opens with accents (below)
+        lambda t: "\u3000" + t,
+    ]
+    out, same = [], []
+    for i, make in enumerate(variants):
+        r = json.loads(json.dumps(rows[i]))
+        if i == 4:
+            r["rejected"]["value"] = "Café, déjà vu. " + r["rejected"]["value"]
+        r["chosen"]["value"] = make(r["rejected"]["value"])
+        out.append(r)
+        same.append(len(out) - 1)
+    word = json.loads(json.dumps(rows[10]))
+    word["chosen"]["value"] = word["rejected"]["value"] + " Indeed."
+    space = json.loads(json.dumps(rows[11]))
+    space["rejected"]["value"] = "ab " + space["rejected"]["value"]
+    space["chosen"]["value"] = "a b " + space["rejected"]["value"][3:]
+    return out + [word, space] + rows[20:60], same
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_chosen_equal_to_rejected_but_for_spaces_or_unicode_form_is_quarantined(
+    shared_data, tmp_path, block_path
+):
+    """A pair whose responses differed only in trailing spaces, doubled spaces, CRLF, a zero-width space or
+    NFD against NFC was accepted: a preference for whitespace."""
+    rows, same = _lookalike_pairs(shared_data)
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert sorted(q["source_row"] for q in quarantine) == same
+    assert all(q["reason"].startswith("chosen == rejected") for q in quarantine)
+    assert res.accepted + res.duplicates == len(rows) - len(same)
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_a_ranking_holding_one_text_twice_with_two_grades_is_quarantined(shared_data, tmp_path, block_path):
+    """A ranking that grades the same reply (spaces aside) both high and low put a response above itself;
+    it was accepted. The same reply twice with one grade is a tie, and stays."""
+    trees = [json.loads(line) for line in (shared_data / "oasst/en_100_tree.jsonl").read_text().splitlines()]
+    rows = []
+    for t in trees[:30]:
+        replies = [r["text"] for r in t["prompt"]["replies"]][:3]
+        if len(replies) >= 2:
+            rows.append(
+                {
+                    "prompt": t["prompt"]["text"],
+                    "completions": [{"response": x, "score": 3 - i} for i, x in enumerate(replies)],
+                }
+            )
+    first, second = rows[0], rows[1]
+    first["completions"].append({"response": first["completions"][0]["response"] + " \n", "score": 0})
+    second["completions"].append({"response": second["completions"][1]["response"], "score": 2})
+    path = tmp_path / "ranked.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(reader="completions", block_path=block_path))
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert [(q["source_row"], q["reason"]) for q in quarantine] == [
+        (0, "the same candidate text twice with different grades")
+    ]
+    assert res.accepted + res.duplicates == len(rows) - 1
+
+
+def test_a_ranking_graded_by_two_kinds_of_grade_is_quarantined(shared_data, tmp_path):
+    """One candidate with a ``score``, another with a ``rank``: every grade was read as a rank (lower is
+    better), so the reply scored 9 went below the one ranked 1, silently; a ``rating`` beside a ``score``
+    was put on one scale."""
+    outputs = json.loads((shared_data / "alpaca-eval/gpt-3.5-turbo-1106.annotations.json").read_text())[:12]
+    rows = [
+        {
+            "prompt": o["instruction"],
+            "completions": [{"response": o["output_1"], "score": 2}, {"response": o["output_2"], "score": 7}],
+        }
+        for o in outputs
+    ]
+    rows[3]["completions"][1] = {"response": outputs[3]["output_2"], "rank": 1}
+    rows[5]["completions"][0] = {"response": outputs[5]["output_1"], "rating": 9}
+    path = tmp_path / "graded.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)])
+    assert res.reader == "completions"
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert [(q["source_row"], q["field"]) for q in quarantine] == [
+        (3, "completions[1].rank"),
+        (5, "completions[1].score"),
+    ]
+    assert all("one ranking takes one kind of grade" in q["reason"] for q in quarantine)
+    assert res.accepted == 10
+
+
+# ----------------------------------------------------------------------------- encodings, compressions
+def _hh_text(shared: Path, n: int = 40) -> str:
+    with gzip.open(shared / HH, "rt") as fh:
+        return "".join(next(fh) for _ in range(n))
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_bz2_and_xz_inputs_are_read_like_gzip(shared_data, tmp_path, block_path):
+    """A .jsonl.bz2 or .jsonl.xz was "cannot tell the format" (and a folder's were skipped by name); now
+    they are read as they stream, the same rows as the .gz; a truncated one is a damaged file."""
+    text = _hh_text(shared_data).encode()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl.gz").write_bytes(gzip.compress(text))
+    (folder / "b.jsonl.bz2").write_bytes(bz2.compress(text))
+    (folder / "c.jsonl.xz").write_bytes(lzma.compress(text))
+    (folder / "d.jsonl.xz").write_bytes(lzma.compress(text)[:-40])  # truncated
+    results = ingest_paths(Store(tmp_path / "store"), [str(folder)], IngestOptions(block_path=block_path))
+    got = {Path(r.source_file).name: r for r in results}
+    assert set(got) == {"a.jsonl.gz", "b.jsonl.bz2", "c.jsonl.xz", "d.jsonl.xz"}
+    assert [got[n].source for n in ("b.jsonl.bz2", "c.jsonl.xz")] == ["b", "c"]
+    assert (got["a.jsonl.gz"].accepted, got["a.jsonl.gz"].error) == (40, None)
+    for name in ("b.jsonl.bz2", "c.jsonl.xz"):  # the same rows: duplicates of a's
+        assert (got[name].rows_read, got[name].duplicates, got[name].error) == (40, 40, None)
+    assert "cannot be read to the end" in got["d.jsonl.xz"].error
+    assert got["d.jsonl.xz"].unit == ""
+
+
+def _not_utf8_files(shared: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Real rows in encodings and containers curate does not read, with a word each error must hold."""
+    text = _hh_text(shared, 10)
+    rows = [json.loads(line) for line in text.splitlines()]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerows([["chosen", "rejected"], *[[r["chosen"], r["rejected"]] for r in rows]])
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("hh.jsonl", text)
+    made = {
+        "utf16.jsonl": (text.encode("utf-16"), "UTF-16"),
+        "utf16be.jsonl": (b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16"),
+        "utf16_no_bom.jsonl": (text.encode("utf-16-le"), "UTF-16"),
+        "utf32.jsonl": (text.encode("utf-32"), "UTF-32"),
+        "excel_unicode.csv": (buf.getvalue().encode("utf-16"), "UTF-16"),
+        "utf16.jsonl.gz": (gzip.compress(text.encode("utf-16")), "UTF-16"),
+        "hh.jsonl.zst": (b"\x28\xb5\x2f\xfd" + b"\x00" * 64, "zstd"),
+        "hh.zip": (zipped.getvalue(), "ZIP"),
+    }
+    out = {}
+    for name, (data, word) in made.items():
+        (tmp / name).write_bytes(data)
+        out[name] = (tmp / name, word)
+    return out
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+def test_text_that_is_not_utf8_is_refused_by_name_and_the_other_files_go_in(
+    shared_data, tmp_path, block_path
+):
+    """A UTF-16 file (Excel's "Unicode text", PowerShell's default) said "no readable row to detect the
+    format" (or, with --reader, quarantined every line as invalid UTF-8 and exited 0); a .zst said "cannot
+    tell the format; pass --format". Now each names its encoding or container and how to convert it."""
+    files = _not_utf8_files(shared_data, tmp_path)
+    good = tmp_path / "good.jsonl"
+    good.write_text(_hh_text(shared_data, 10))
+    for reader in ("auto", "hh"):
+        store = Store(tmp_path / f"store_{reader}")
+        paths = [str(good), *(str(p) for p, _ in files.values())]
+        got = {
+            Path(r.source_file).name: r
+            for r in ingest_paths(store, paths, IngestOptions(reader=reader, block_path=block_path))
+        }
+        assert got["good.jsonl"].accepted == 10
+        for name, (_, word) in files.items():
+            if name.endswith(".csv") and reader == "hh":
+                continue  # (the CSV is read as CSV only by its name: covered with reader auto)
+            assert got[name].error is not None and word in got[name].error, (reader, name, got[name].error)
+            assert got[name].unit == "" and got[name].accepted == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("empty.jsonl.gz", gzip.compress(b""), "no rows"),
+        ("zero.jsonl.gz", b"", "no rows"),
+        ("header_only.csv", b"chosen,rejected\r\n", "no rows"),
+        ("pairs_as_arrays.json", b'[["a", "b"], ["c", "d"]]', "row 0: expected a JSON object, got list"),
+        ("mac.jsonl", b'{"chosen": "a"}\r{"chosen": "b"}\r', "lone CR"),
+    ],
+    ids=["empty-gzip", "zero-bytes", "csv-header-only", "json-array-of-arrays", "lone-cr-line-ends"],
+)
+def test_a_file_without_one_readable_row_says_why(tmp_path, name, data, words):
+    """These all said "no readable row to detect the format from; pass --reader", which hid the reason
+    (and, for an empty file, asked for a reader it does not need)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    (res,) = ingest_paths(Store(tmp_path / "store"), [str(path)])
+    assert res.error is not None and words in res.error, res.error
+
+
+# ----------------------------------------------------------------------------- CSV dialects
+GSM8K = "gsm8k/test.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("name", "delimiter"), [("q.tsv", "\t"), ("q.csv", ";"), ("pipes.csv", "|"), ("c.csv", ",")]
+)
+def test_csv_separated_by_tabs_semicolons_or_pipes_reads_every_row(shared_data, tmp_path, name, delimiter):
+    """GSM8K written with ``;`` (a locale whose decimal mark is a comma) or as TSV: 20 rows with multi-line
+    answers became 95 quarantined "rows" and exit 0 (and a .tsv was "cannot tell the format")."""
+    rows = [json.loads(line) for line in (shared_data / GSM8K).read_text().splitlines()[:20]]
+    path = tmp_path / name
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerows([["question", "answer"], *[[r["question"], r["answer"]] for r in rows]])
+    store = Store(tmp_path / "store")
+    opts = IngestOptions(kind="sft", mapping={"prompt": "question", "response": "answer"})
+    (res,) = ingest_paths(store, [str(path)], opts)
+    assert (res.rows_read, res.accepted, res.quarantined) == (20, 20, 0)
+    (unit,) = store.root.glob("ingest/*/sft.parquet")
+    messages = pq.read_table(unit, columns=["messages"]).column("messages").to_pylist()
+    assert [[m["content"] for m in ms] for ms in messages] == [[r["question"], r["answer"]] for r in rows]
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sigterm_during_ingest_cleans_up_like_ctrl_c_and_the_rerun_finishes(shared_data, tmp_path):
+    """SIGTERM (``timeout``, ``docker stop``, systemd) killed `curate ingest` on the spot: the half-written
+    staging folder stayed until the next writer, exit status -15. Now it stops as Ctrl-C does: the staging
+    folder is removed at once, no unit of the file looks committed, exit 143; the rerun ingests it all."""
+    with gzip.open(shared_data / HH, "rt") as fh:
+        rows = [json.loads(line) for line in fh]
+    big = tmp_path / "hh_many.jsonl"
+    with big.open("w") as out:
+        for k in range(6):  # 13,872 distinct real rows: a few seconds of work
+            for r in rows:
+                out.write(
+                    json.dumps({"chosen": r["chosen"] + f" ({k})", "rejected": r["rejected"] + f" [{k}]"})
+                    + "\n"
+                )
+    root = tmp_path / "store"
+    cmd = [sys.executable, "-m", "curation.cli", "ingest", str(big), "--store", str(root), "--no-near-dedup"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not any((root / ".staging").glob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest ended before it could be interrupted"
+    time.sleep(0.2)  # its staging folder is made as the file starts: inside the file
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list((root / ".staging").iterdir()) == []
+    assert not list(root.glob("ingest/*"))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (res,) = ingest_paths(Store(root), [str(big)])  # already ingested: its accounting
+    assert res.skipped and res.accepted == 6 * len(rows)
