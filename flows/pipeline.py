@@ -17,6 +17,7 @@ from prefect.futures import wait
 
 from curation import catalog
 from curation.core.store import Store
+from curation.ingest.pipeline import earlier_versions_note
 from flows import tasks
 from flows.caching import result_storage
 
@@ -100,6 +101,9 @@ def ingest_flow(
             rows.append(state.result())
         else:
             errors.append(f"{path}: {state.message}")
+    for r in rows:
+        if r["earlier_units"]:
+            print("warning: " + earlier_versions_note(r["source_file"], r["earlier_units"]))
     dedup = _bound(tasks.near_dedup, st)
     kinds = sorted({r["kind"] for r in rows})
     near_rows = [_call(dedup, steps, f"near-dedup {k}", str(st.root), k, near_threshold) for k in kinds]

@@ -418,3 +418,40 @@ def test_sigterm_during_ingest_cleans_up_like_ctrl_c_and_the_rerun_finishes(shar
     assert done.returncode == 0, done.stdout + done.stderr
     (res,) = ingest_paths(Store(root), [str(big)])  # already ingested: its accounting
     assert res.skipped and res.accepted == 6 * len(rows)
+
+
+# ----------------------------------------------------------------------------- a file edited after ingest
+def test_a_file_edited_after_ingest_is_flagged_as_a_second_version(shared_data, tmp_path):
+    """Editing an ingested file and ingesting it again made a second unit silently: the earlier version's
+    rows (the one fixed, the one deleted) stayed current beside the new ones with nothing to say so."""
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    rows = _hh(shared_data, 30)
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = tmp_path / "store"
+    runner = CliRunner()
+    first = runner.invoke(app, ["ingest", str(data), "--store", str(store), "--reader", "hh"])
+    assert first.exit_code == 0, first.output
+    assert "ingested before" not in first.output
+    (old,) = [u.name for u in (store / "ingest").iterdir()]
+
+    rows[3]["chosen"] += " (fixed)"  # the user fixes one row and deletes another
+    data.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i != 7))
+    other = tmp_path / "other.jsonl"  # another file of the same source is not a version of this one
+    other.write_text("".join(json.dumps(r) + "\n" for r in _hh(shared_data, 40)[30:]))
+    again = runner.invoke(
+        app, ["ingest", str(data), str(other), "--store", str(store), "--reader", "hh", "--source", "hh"]
+    )
+    assert again.exit_code == 0, again.output
+    note = " ".join(again.output.split())
+    assert f"hh.jsonl was ingested before with other content (unit {old})" in note, note
+    assert "other.jsonl was ingested before" not in note
+    assert note.count("ingested before with other content") == 1
+    # the same command again skips both files and says nothing more
+    third = runner.invoke(
+        app, ["ingest", str(data), str(other), "--store", str(store), "--reader", "hh", "--source", "hh"]
+    )
+    assert third.exit_code == 0 and "ingested before with other content" not in third.output, third.output

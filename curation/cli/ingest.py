@@ -68,7 +68,7 @@ def ingest(
     """Read files into the store: normalise, hash, validate (Great Expectations), dedup; bad rows to quarantine."""
     from curation import catalog
     from curation.ingest.dedup import MinHashParams, near_counts, refresh_near_duplicates
-    from curation.ingest.pipeline import IngestOptions, ingest_paths
+    from curation.ingest.pipeline import IngestOptions, earlier_versions_note, ingest_paths
     from curation.ingest.readers import DetectError
     from curation.ingest.sources import SourceError
 
@@ -124,6 +124,13 @@ def ingest(
             "near-identical to an earlier record): "
             + ", ".join(f"{k}: {counts.get(k, (0, 0))[0]} / {counts.get(k, (0, 0))[1]}" for k in near)
         )
+    for r in results:
+        if r.earlier_units:
+            err.print(
+                Text.assemble(
+                    ("warning: ", "bold yellow"), text(earlier_versions_note(r.source_file, r.earlier_units))
+                )
+            )
     failed = [r for r in results if r.error]
     if failed:
         names = ", ".join(Path(r.source_file).name for r in failed)

@@ -45,6 +45,7 @@ from curation.ingest.pipeline import (
     IngestOptions,
     UnitResult,
     committed_so_far,
+    earlier_versions,
     failed_result,
     ingest_file,
     skipped_result,
@@ -155,6 +156,7 @@ def ingest_files_parallel(
                         done[j] = _collect(ray, ref, files[j])
                     submit()
                 res = _commit_staged(store, path, items[i][1], done.pop(i), results, run_ids)
+                res.earlier_units = earlier_versions(store, res)
                 results.append(res)
                 if progress:
                     progress(res)

@@ -133,6 +133,9 @@ class UnitResult:
     skipped: bool = False
     rows_converted: int = 0
     error: str | None = None  # the whole file could not be read (format unknown, not JSON, damaged ...)
+    #: units of the same source committed from this same file when it held other content: their rows stay
+    #: in the store beside this unit's (the store is append-only), so a user must be told
+    earlier_units: list[str] = field(default_factory=list)
 
     @property
     def rows_quarantined(self) -> int:
@@ -214,10 +217,36 @@ def ingest_paths(
                         exc.__cause__, f"committing {path}", committed_so_far(results, path)
                     ) from exc
                 raise StoreError(f"{exc} ({committed_so_far(results, path)})") from exc
+            res.earlier_units = earlier_versions(store, res)
             results.append(res)
             if progress:
                 progress(res)
     return results
+
+
+def earlier_versions_note(source_file: str, units: list[str]) -> str:
+    """What to tell a user whose file was ingested before with other content (``earlier_versions``)."""
+    return (
+        f"{source_file} was ingested before with other content (unit {', '.join(units)}): the store keeps "
+        "every version, so the rows of the earlier one that this one changed or removed are still read "
+        "by scores and builds"
+    )
+
+
+def earlier_versions(store: Store, res: UnitResult) -> list[str]:
+    """The units of ``res``'s source read from the same file (same resolved path) with other content,
+    for a unit this run committed; [] for a skipped or failed file."""
+    if res.error or res.skipped or not res.unit:
+        return []
+    me = Path(res.source_file).resolve()
+    out = []
+    for unit in sorted(store.path("ingest").glob(f"{glob.escape(res.source)}-*")):
+        if unit.name == res.unit or not (unit / "run.parquet").is_file():
+            continue
+        run = pq.read_table(unit / "run.parquet", columns=["source", "source_file"]).to_pylist()[0]
+        if run["source"] == res.source and Path(run["source_file"]).resolve() == me:
+            out.append(unit.name)
+    return out
 
 
 def failed_result(path: Path, opts: IngestOptions, exc: Exception) -> UnitResult:
