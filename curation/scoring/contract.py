@@ -265,9 +265,8 @@ def checked_params(cls: type[Scorer], params: dict[str, Any]) -> dict[str, Any]:
         base = next((k for k in kinds if k is not type(None)), object)
         ok = True
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if base is float:
-            ok = number and math.isfinite(value)
-            value = float(value) if ok else value
+        if base is float:  # kept as given (an int stays an int): the result key hashes the value as given
+            ok = number and _finite(value)
         elif base is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif base is bool:
@@ -281,6 +280,13 @@ def checked_params(cls: type[Scorer], params: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"parameter {key} must be {want}, got {value!r}")
         out[key] = value
     return out
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def register(cls: type[Scorer]) -> type[Scorer]:
