@@ -94,9 +94,8 @@ def check_query(sql: str) -> str:
             raise SQLRefused(f"read-only SQL: EXPLAIN may only wrap a SELECT, not {_a(kind)} statement")
         _check_select(inner_stmt.query)
         return f"{prefix} {inner_stmt.query}"
-    if (
-        _type(stmt) == duckdb.StatementType.MULTI
-    ):  # DuckDB runs a PIVOT without IN (...) as several statements
+    # DuckDB runs a PIVOT without IN (...) as several statements
+    if _type(stmt) == duckdb.StatementType.MULTI:
         raise SQLRefused(
             "read-only SQL: this runs as several statements (a PIVOT whose ON columns have no IN list "
             "first creates a type); list the values: PIVOT t ON col IN ('a', 'b') USING ..."
