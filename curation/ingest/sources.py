@@ -378,16 +378,30 @@ def _needs_exact(data: bytes, value: Any) -> bool:
 
 class _Pairs(dict):
     """A JSON object read by ``_exact``: a dict (the last value of a repeated key, as every reader keeps)
-    that remembers its first key given twice."""
+    that remembers its first key given twice, and then all its pairs."""
 
-    __slots__ = ("twice",)
+    __slots__ = ("pairs", "twice")
 
     def __init__(self, pairs: list[tuple[str, Any]]) -> None:
         super().__init__(pairs)
         self.twice: str | None = None
+        self.pairs: list[tuple[str, Any]] | None = None
         if len(self) < len(pairs):
             seen: set[str] = set()
             self.twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            self.pairs = pairs
+
+
+def _dump_exact(value: Any) -> str:
+    """``value`` (read by ``_exact``) as JSON text, every pair of an object with a repeated key kept."""
+    if isinstance(value, dict):
+        pairs = getattr(value, "pairs", None) or value.items()
+        return (
+            "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_dump_exact(v)}" for k, v in pairs) + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_dump_exact(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _exact(data: bytes) -> Any:
@@ -657,7 +671,7 @@ def _json(path: Path, limit: int = MAX_ROW_BYTES, cap: int = MAX_JSON_BYTES) -> 
         for i, item in enumerate(records if isinstance(records, list) else []):
             error = _exact_error(item)
             if error:
-                changed[i] = (*error, json.dumps(item, ensure_ascii=False))
+                changed[i] = (*error, _dump_exact(item))
         del exact, records
     del data, doc
     for i, item in enumerate(value):
