@@ -330,17 +330,23 @@ _INT_RANGE = (-(2**63), 2**64 - 1)
 _FLOAT_LOW, _FLOAT_HIGH = float(-(2**63)), float(2**64)
 
 
-#: What follows every key of a JSON object is its closing quote, optional whitespace and a colon: ``":``
-#: (counted by ``bytes.count``) or this, rare. The same bytes may stand inside a string value (a quoted line
-#: of code), so the count is never below the number of keys the text holds.
+#: What follows every key of a JSON object: its closing quote, optional whitespace and a colon. The same
+#: bytes may stand inside a string value (a quoted line of code), so their count is never below the number
+#: of keys the text holds.
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _KEY_END_SPACED = re.compile(rb'"[ \t\n\r]+:')
+#: Texts up to this size are counted by one ``findall`` (fastest; a list of at most size/2 matches).
+_FINDALL_BYTES = 1 << 18
 
 
 def _more_key_ends(data: bytes, keys: int) -> bool:
     """Whether ``data`` holds more places where a key may end than ``keys``. A ``":`` after exactly one
     backslash is an escaped quote inside a string, not a key's end; it is discounted only when the plain
     count is over (a string holding JSON or code), as the discount costs two more scans."""
-    ends = data.count(b'":') + sum(1 for _ in _KEY_END_SPACED.finditer(data))
+    if len(data) <= _FINDALL_BYTES:
+        ends = len(_KEY_END.findall(data))
+    else:  # a JSON document: no list of every match
+        ends = data.count(b'":') + sum(1 for _ in _KEY_END_SPACED.finditer(data))
     if ends > keys:
         ends -= data.count(b'\\":') - data.count(b'\\\\":')
     return ends > keys
