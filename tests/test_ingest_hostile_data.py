@@ -23,8 +23,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curation.core.store import Store
+from curation.ingest import sources
 from curation.ingest.pipeline import IngestOptions, ingest_paths
 
 HH = "hh-rlhf/harmless-base-test.jsonl.gz"
@@ -455,3 +458,170 @@ def test_a_file_edited_after_ingest_is_flagged_as_a_second_version(shared_data, 
         app, ["ingest", str(data), str(other), "--store", str(store), "--reader", "hh", "--source", "hh"]
     )
     assert third.exit_code == 0 and "ingested before with other content" not in third.output, third.output
+
+
+# ----------------------------------------------------------------------------- a key given twice
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _rows_with_repeated_keys(shared: Path) -> tuple[list[str], dict[int, str], dict[int, dict]]:
+    """JSON texts of 30 real DPO rows (ShareGPT pairs), four of them with a key given twice: at the top
+    level, inside a turn, inside the chosen reply and in an extra field. Two controls hold text that looks
+    like a key (``"x": 1`` and ``"x" : 1``) in a string. Returns the texts, {row: the field named} and
+    {row: the value each control must keep}."""
+    rows = json.loads((shared / DPO).read_text())[:30]
+    texts = [_dumps(r) for r in rows]
+    conv, chosen, rejected = (_dumps(rows[2][k]) for k in ("conversations", "chosen", "rejected"))
+    # the first "chosen" is another row's reply; every JSON reader kept the last one, silently
+    texts[2] = (
+        f'{{"conversations": {conv}, "chosen": {_dumps(rows[3]["chosen"])}, "rejected": {rejected}, '
+        f'"chosen": {chosen}}}'
+    )
+    turn = rows[5]["conversations"][0]
+    texts[5] = texts[5].replace(
+        _dumps(turn), f'{{"from": "human", "value": "Ignore the rest.", "value": {_dumps(turn["value"])}}}', 1
+    )
+    reply = rows[9]["chosen"]
+    texts[9] = texts[9].replace(
+        _dumps(reply), f'{{"from": "human", "from": "gpt", "value": {_dumps(reply["value"])}}}'
+    )
+    texts[12] = texts[12][:-1] + ', "id": 12, "id": 13}'
+    controls = {}
+    for i, said in ((15, '"x": 1'), (16, '"x" : 1, "y"\t:\n2')):
+        row = json.loads(texts[i])
+        row["chosen"]["value"] = f"Write it as {said} in the config. " + row["chosen"]["value"]
+        texts[i] = _dumps(row)
+        controls[i] = row
+    bad = {2: "chosen", 5: "conversations[0].value", 9: "chosen.from", 12: "id"}
+    assert all(t.count('"') > 4 for t in texts)
+    return texts, bad, controls
+
+
+def _write_rows(path: Path, texts: list[str]) -> None:
+    if path.suffix == ".json":
+        path.write_text("[\n" + ",\n".join(texts) + "\n]\n")
+    elif path.suffix == ".gz":
+        path.write_bytes(gzip.compress("".join(t + "\n" for t in texts).encode()))
+    else:
+        path.write_text("".join(t + "\n" for t in texts))
+
+
+@pytest.mark.parametrize("block_path", [True, False], ids=["arrow-path", "row-path"])
+@pytest.mark.parametrize("name", ["pairs.jsonl", "pairs.jsonl.gz", "pairs.json"])
+def test_a_key_given_twice_in_one_object_is_quarantined_naming_it(shared_data, tmp_path, block_path, name):
+    """``{"chosen": a, ..., "chosen": b}`` (or a key twice inside a turn) was read as b on every path, the
+    other value lost without a trace. Text in a string that looks like a key is not taken for one."""
+    texts, bad, controls = _rows_with_repeated_keys(shared_data)
+    path = tmp_path / name
+    _write_rows(path, texts)
+    store = Store(tmp_path / "store")
+    (res,) = ingest_paths(store, [str(path)], IngestOptions(block_path=block_path))
+    assert res.error is None, res.error
+    quarantine = pq.read_table(next(store.root.glob("ingest/*/quarantine.parquet"))).to_pylist()
+    assert {q["source_row"]: q["field"] for q in quarantine} == bad
+    for q in quarantine:
+        key = bad[q["source_row"]].rsplit(".", 1)[-1].split("]")[-1]
+        assert f"key '{key}' given twice in one object" in q["reason"], q["reason"]
+    # nothing is lost: the quarantined text holds both values
+    raw = {q["source_row"]: q["raw"] for q in quarantine}
+    assert (
+        "Ignore the rest." in raw[5]
+        and json.loads(texts[5])["conversations"][0]["value"]
+        in json.loads(raw[5])["conversations"][0]["value"]
+    )
+    assert '"id": 12' in raw[12] and '"id": 13' in raw[12]
+    assert res.accepted + res.duplicates == len(texts) - len(bad)
+    assert sources._needs_exact(texts[16].encode(), json.loads(texts[16]))  # resolved by the exact parse
+    (unit,) = store.root.glob("ingest/*/pair.parquet")
+    kept = {c[-1]["content"] for c in pq.read_table(unit, columns=["chosen"]).column("chosen").to_pylist()}
+    assert {r["chosen"]["value"] for r in controls.values()} <= kept
+
+
+def test_a_key_given_twice_in_a_json_wrapper_refuses_the_file(shared_data, tmp_path):
+    """``{"data": [...], "data": [...]}``: which list is the data cannot be known; the file is refused by
+    name (the other files go in), and a record inside a wrapper is checked as in an array."""
+    texts, bad, _ = _rows_with_repeated_keys(shared_data)
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"data": [' + ", ".join(texts) + '], "version": 1}')
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"data": [' + ", ".join(texts[20:]) + '], "data": [' + ", ".join(texts[:20]) + "]}")
+    store = Store(tmp_path / "store")
+    results = {
+        Path(r.source_file).name: r for r in ingest_paths(store, [str(wrapped), str(twice)], IngestOptions())
+    }
+    assert results["wrapped.json"].error is None
+    assert results["wrapped.json"].quarantined == len(bad)
+    error = results["twice.json"].error
+    assert error is not None and "twice.json" in error and "key 'data' given twice in one object" in error, (
+        error
+    )
+
+
+def test_the_arrow_reader_refuses_a_repeated_key_so_the_batch_goes_line_by_line(shared_data, tmp_path):
+    """The block path trusts ``pyarrow.json`` to refuse a key given twice (at any depth); a pyarrow that
+    took the last value instead would make the fast path differ from the row path."""
+    from curation.ingest.blocks import ArrowBatch, read_batches
+    from curation.ingest.readers import BY_NAME
+
+    texts, bad, _ = _rows_with_repeated_keys(shared_data)
+    schema = BY_NAME["sharegpt_pair"]().block_schema([json.loads(t) for t in texts])
+    assert schema is not None
+    for row in bad:
+        path = tmp_path / f"r{row}.jsonl"
+        _write_rows(path, [texts[0], texts[row], texts[1]])
+        (batch,) = read_batches(path, 100, schema)
+        assert not isinstance(batch, ArrowBatch), row
+        assert [r.field for r in batch] == ["row", bad[row], "row"]
+    clean = tmp_path / "clean.jsonl"
+    _write_rows(clean, [texts[0], texts[1]])
+    assert isinstance(next(read_batches(clean, 100, schema)), ArrowBatch)
+
+
+class _Obj(list):
+    """An object as the pairs of its text (a key may repeat)."""
+
+
+_tricky = st.text(alphabet='ab"\\: \t\n{}[],', max_size=6)
+_trees = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _tricky,
+    lambda kids: st.lists(kids, max_size=3) | st.lists(st.tuples(_tricky, kids), max_size=4).map(_Obj),
+    max_leaves=12,
+)
+
+
+def _text(tree: object, space: str) -> str:
+    if isinstance(tree, _Obj):
+        return "{" + ", ".join(f"{json.dumps(k)}{space}:{space}{_text(v, space)}" for k, v in tree) + "}"
+    if isinstance(tree, list):
+        return "[" + ", ".join(_text(v, space) for v in tree) + "]"
+    return json.dumps(tree)
+
+
+def _twice(tree: object) -> bool:
+    if isinstance(tree, _Obj):
+        keys = [k for k, _ in tree]
+        return len(set(keys)) < len(keys) or any(_twice(v) for _, v in tree)
+    return isinstance(tree, list) and any(_twice(v) for v in tree)
+
+
+def _too_wide(tree: object) -> bool:
+    if isinstance(tree, list):
+        return any(_too_wide(v[1] if isinstance(tree, _Obj) else v) for v in tree)
+    return isinstance(tree, int) and not isinstance(tree, bool) and not -(2**63) <= tree <= 2**64 - 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_tricky, _trees), max_size=4).map(_Obj), st.sampled_from(["", " ", "\t", "\n "]))
+def test_a_repeated_key_is_found_at_any_depth_and_never_invented(tree, space):
+    """The prefilter (key ends in the text against keys parsed) is sound: every object with a key given
+    twice is found, whatever strings look like keys or whitespace stands before a colon, and a row
+    without one reads as orjson reads it."""
+    text = _text(tree, space)
+    row = sources.decode_line(text.encode(), 0)
+    if _twice(tree):
+        assert row.error is not None and "given twice in one object" in row.error, (text, row.error)
+    elif _too_wide(tree):
+        assert row.error is not None and "does not fit in 64 bits" in row.error
+    else:
+        assert row.error is None and row.value == json.loads(text)

@@ -330,20 +330,128 @@ _INT_RANGE = (-(2**63), 2**64 - 1)
 _FLOAT_LOW, _FLOAT_HIGH = float(-(2**63)), float(2**64)
 
 
-def _maybe_wide(value: Any) -> bool:
-    """Whether a value orjson parsed holds a float as large as an integer beyond 64 bits would become (then
-    the text is parsed again, exactly, to tell ``1e20`` from ``100000000000000000000``)."""
+#: What follows every key of a JSON object: its closing quote, optional whitespace and a colon. The same
+#: bytes may stand inside a string value (a quoted line of code), so their count is never below the number
+#: of keys the text holds.
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+_KEY_END_SPACED = re.compile(rb'"[ \t\n\r]+:')
+#: Texts up to this size are counted by one ``findall`` (fastest; a list of at most size/2 matches).
+_FINDALL_BYTES = 1 << 18
+
+
+def _more_key_ends(data: bytes, keys: int) -> bool:
+    """Whether ``data`` holds more places where a key may end than ``keys``. A ``":`` after exactly one
+    backslash is an escaped quote inside a string, not a key's end; it is discounted only when the plain
+    count is over (a string holding JSON or code), as the discount costs two more scans."""
+    if len(data) <= _FINDALL_BYTES:
+        ends = len(_KEY_END.findall(data))
+    else:  # a JSON document: no list of every match
+        ends = data.count(b'":') + sum(1 for _ in _KEY_END_SPACED.finditer(data))
+    if ends > keys:
+        ends -= data.count(b'\\":') - data.count(b'\\\\":')
+    return ends > keys
+
+
+def _scan(value: Any) -> tuple[int, bool]:
+    """(keys of every object in ``value``, counted recursively; whether it holds a float as large as an
+    integer beyond 64 bits would become). One walk, for the two prefilters of ``_needs_exact``."""
+    keys, wide = 0, False
     stack = [value]
     while stack:
         v = stack.pop()
         t = type(v)
         if t is dict:
+            keys += len(v)
             stack.extend(v.values())
         elif t is list:
             stack.extend(v)
         elif t is float and (v >= _FLOAT_HIGH or v <= _FLOAT_LOW):
-            return True
-    return False
+            wide = True
+    return keys, wide
+
+
+def _needs_exact(data: bytes, value: Any) -> bool:
+    """Whether ``value`` (orjson's reading of ``data``) may differ from the text: a key given twice in one
+    object (orjson, Arrow and Python's json keep the last value) or an integer beyond 64 bits (made a
+    float). Sound: every key in the text is followed by ``"`` + whitespace + ``:``, so when the text holds
+    no more of these than the parsed value has keys, no key was given twice; more (a repeated key, or the
+    bytes inside a string value) and the text is parsed again, exactly, to decide."""
+    keys, wide = _scan(value)
+    if wide:
+        return True
+    return _more_key_ends(data, keys)
+
+
+class _Pairs(dict):
+    """A JSON object read by ``_exact``: a dict (the last value of a repeated key, as every reader keeps)
+    that remembers its first key given twice, and then all its pairs."""
+
+    __slots__ = ("pairs", "twice")
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.twice: str | None = None
+        self.pairs: list[tuple[str, Any]] | None = None
+        if len(self) < len(pairs):
+            seen: set[str] = set()
+            self.twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            self.pairs = pairs
+
+
+def _dump_exact(value: Any) -> str:
+    """``value`` (read by ``_exact``) as JSON text, every pair of an object with a repeated key kept."""
+    if isinstance(value, dict):
+        pairs = getattr(value, "pairs", None) or value.items()
+        return (
+            "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_dump_exact(v)}" for k, v in pairs) + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_dump_exact(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _exact(data: bytes) -> Any:
+    """``data`` parsed with every number exact and every object a ``_Pairs``."""
+    return json.loads(data, object_pairs_hook=_Pairs)
+
+
+def _repeated_key(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(the path of the object, the key) of the first key given twice in one object of ``value`` (read by
+    ``_exact``), or None."""
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        at, v = stack.pop()
+        if isinstance(v, dict):
+            if getattr(v, "twice", None) is not None:
+                return at, v.twice  # type: ignore[attr-defined]
+            items: list[tuple[str, Any]] = [(f"{at}.{k}" if at else str(k), x) for k, x in v.items()]
+        elif isinstance(v, list):
+            items = [(f"{at}[{i}]", x) for i, x in enumerate(v)]
+        else:
+            continue
+        stack.extend(reversed(items))  # depth first, in the text's order
+    return None
+
+
+def _repeated_key_error(found: tuple[str, str]) -> str:
+    where, key = found
+    inside = f" (in {where})" if where else ""
+    return (
+        f"key {key!r} given twice in one object{inside}: JSON readers keep one of the values silently; "
+        "keep one key"
+    )
+
+
+def _exact_error(exact: Any) -> tuple[str, str] | None:
+    """(the reason, the field) of the first change a fast reading makes to ``exact``, or None."""
+    found = _repeated_key(exact)
+    if found:
+        where, key = found
+        return _repeated_key_error(found), f"{where}.{key}" if where else key
+    wide = _wide_int(exact)
+    if wide:
+        return _wide_int_error(wide), wide[0]
+    return None
 
 
 def _wide_int(value: Any, where: str = "") -> tuple[str, int] | None:
@@ -395,11 +503,14 @@ def _decode_object(data: bytes | str, row: int) -> RawRow:
     if not isinstance(value, dict):
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         return RawRow(row, None, text, f"expected a JSON object, got {type(value).__name__}")
-    if _maybe_wide(value):
-        found = _wide_int(json.loads(data))
+    if _needs_exact(data, value):
+        try:
+            found = _exact_error(_exact(data))
+        except RecursionError:
+            found = ("malformed JSON: nested too deeply to be read exactly", "row")
         if found:
             text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-            return RawRow(row, None, text, _wide_int_error(found), found[0])
+            return RawRow(row, None, text, *found)
     return RawRow(row, value)
 
 
@@ -550,20 +661,29 @@ def _json(path: Path, limit: int = MAX_ROW_BYTES, cap: int = MAX_JSON_BYTES) -> 
             yield from _jsonl(path, limit)
             return
         raise SourceError(f"{path}: not valid JSON ({exc}); fix the file or pass --format jsonl") from exc
-    value = _records(value)
+    value = _records(doc := value)
     if not isinstance(value, list):
         raise SourceError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
-    wide: dict[int, tuple[tuple[str, int], str]] = {}
-    if _maybe_wide(value):  # integers orjson made floats? find the rows that hold one, exactly
-        for i, item in enumerate(_records(json.loads(data))):
-            found = _wide_int(item)
-            if found:
-                wide[i] = (found, json.dumps(item, ensure_ascii=False))
-    del data
+    changed: dict[int, tuple[str, str, str]] = {}  # row -> (reason, field, its text)
+    if _needs_exact(data, doc):  # a key given twice, or an integer made a float? find the rows, exactly
+        try:
+            exact = _exact(data)
+        except RecursionError as exc:
+            raise SourceError(f"{path}: nested too deeply to be read exactly") from exc
+        records = _records(exact)
+        if isinstance(exact, _Pairs) and exact.twice is not None and records[0] is not exact:
+            # a key of a {"data": [...]} wrapper given twice: which list, or which version, is unknown
+            raise SourceError(f"{path}: {_repeated_key_error(('', exact.twice))}")
+        for i, item in enumerate(records if isinstance(records, list) else []):
+            error = _exact_error(item)
+            if error:
+                changed[i] = (*error, _dump_exact(item))
+        del exact, records
+    del data, doc
     for i, item in enumerate(value):
-        if i in wide:
-            (where, number), text = wide[i]
-            yield RawRow(i, None, text, _wide_int_error((where, number)), where)
+        if i in changed:
+            reason, where, text = changed[i]
+            yield RawRow(i, None, text, reason, where)
         elif isinstance(item, dict):
             yield RawRow(i, item)
         else:
