@@ -453,11 +453,27 @@ def test_a_file_edited_after_ingest_is_flagged_as_a_second_version(shared_data, 
     assert f"hh.jsonl was ingested before with other content (unit {old})" in note, note
     assert "other.jsonl was ingested before" not in note
     assert note.count("ingested before with other content") == 1
-    # the same command again skips both files and says nothing more
-    third = runner.invoke(
-        app, ["ingest", str(data), str(other), "--store", str(store), "--reader", "hh", "--source", "hh"]
+    (new,) = {u.name for u in (store / "ingest").iterdir()} - {
+        old,
+        *(u.name for u in _units_of(store, other)),
+    }
+    # the file edited back to its first version is skipped as already ingested, and both versions are
+    # still in the store: said again, naming the other one
+    data.write_text("".join(json.dumps(r) + "\n" for r in _hh(shared_data, 30)))
+    back = runner.invoke(
+        app, ["ingest", str(data), "--store", str(store), "--reader", "hh", "--source", "hh"]
     )
-    assert third.exit_code == 0 and "ingested before with other content" not in third.output, third.output
+    assert back.exit_code == 0 and "already ingested" in back.output, back.output
+    assert f"ingested before with other content (unit {new})" in " ".join(back.output.split()), back.output
+
+
+def _units_of(store: Path, path: Path) -> list[Path]:
+    """The units read from ``path`` (by their accounting row)."""
+    return [
+        u
+        for u in (store / "ingest").iterdir()
+        if pq.read_table(u / "run.parquet").column("source_file").to_pylist()[0] == str(path)
+    ]
 
 
 # ----------------------------------------------------------------------------- a key given twice

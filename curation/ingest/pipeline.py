@@ -234,9 +234,10 @@ def earlier_versions_note(source_file: str, units: list[str]) -> str:
 
 
 def earlier_versions(store: Store, res: UnitResult) -> list[str]:
-    """The units of ``res``'s source read from the same file (same resolved path) with other content,
-    for a unit this run committed; [] for a skipped or failed file."""
-    if res.error or res.skipped or not res.unit:
+    """The units of ``res``'s source read from the same file (same resolved path) with other content
+    than ``res``'s unit (committed by this run, or skipped as already in the store: a file edited, then
+    edited back); [] for a file that failed."""
+    if res.error or not res.unit:
         return []
     me = Path(res.source_file).resolve()
     out = []
