@@ -43,9 +43,10 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     return store.connect(views(store))
 
 
-def query(store: Store, sql: str, what: str = "query") -> pa.Table:
-    """One checked read-only statement over every view (what `curate sql` runs)."""
-    return store.query(sql, views(store), what)
+def query(store: Store, sql: str, what: str = "query", timeout: float | None = None) -> pa.Table:
+    """One checked read-only statement over every view (what `curate sql` runs), stopped after
+    ``timeout`` seconds."""
+    return store.query(sql, views(store), what, timeout)
 
 
 def read(store: Store, view: str) -> pa.Table:

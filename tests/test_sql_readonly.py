@@ -93,6 +93,26 @@ def test_cli_sql_refuses_and_writes_out(filled, tmp_path):
     assert sorted(pq.read_table(tmp_path / "q.parquet").column("source_row").to_pylist()) == [3, 4]
 
 
+def test_a_query_past_its_time_limit_is_stopped_in_one_line(filled):
+    """A query that runs for hours (round three: `count(*)` over 10^13 rows) had no bound but Ctrl-C."""
+    import time
+
+    from curation.cli import app
+
+    runner = CliRunner()
+    started = time.perf_counter()
+    slow = runner.invoke(
+        app,
+        ["sql", "SELECT count(*) FROM range(10000000000000)", "--store", str(filled.root), "--timeout", "1"],
+    )
+    assert time.perf_counter() - started < 60  # it ran for at least 120 s without the limit
+    assert slow.exit_code == 2 and "stopped after 1 s (the time limit)" in slow.output, slow.output
+    quick = runner.invoke(
+        app, ["sql", "SELECT count(*) AS n FROM sft", "--store", str(filled.root), "--timeout", "30"]
+    )
+    assert quick.exit_code == 0 and "n" in quick.output, quick.output
+
+
 # ------------------------------------------------ issue 23: items 1, 4, 5 and 15, on real data
 @pytest.fixture(scope="module")
 def real(shared_data, tmp_path_factory):

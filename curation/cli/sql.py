@@ -21,6 +21,9 @@ def sql(
         None, help="Write the result to FILE (.csv, .parquet or .json) instead of printing."
     ),
     limit: int = typer.Option(50, min=0, help="Rows to print (0 = all)."),
+    timeout: float = typer.Option(
+        0, min=0, help="Stop the query after this many seconds (0 = no limit; Ctrl-C always stops it)."
+    ),
 ) -> None:
     """Query the store with DuckDB SQL: one read-only statement, run in the store's sandbox (curation/core/sql.py);
     never blocks a running writer. Exit code 2 when the statement is refused or fails."""
@@ -29,7 +32,7 @@ def sql(
 
     st = open_store(store)
     try:
-        table = run_query(st, query)
+        table = run_query(st, query, timeout=timeout or None)
     except SQLRefused as exc:
         fail(str(exc), 2)
         return

@@ -370,12 +370,33 @@ def _literal(text: str) -> str:
 
 
 # ------------------------------------------------------------------ running
-def query(con: duckdb.DuckDBPyConnection, sql: str, what: str = "query") -> pa.Table:
+def query(
+    con: duckdb.DuckDBPyConnection, sql: str, what: str = "query", timeout: float | None = None
+) -> pa.Table:
     """Run one checked read-only statement on a sandboxed connection (``connect``); its result as an
     Arrow table. ``what`` names where the SQL came from (e.g. ``--where 'x > 1'``) in the message of a
-    failing query."""
+    failing query; a query still running after ``timeout`` seconds is interrupted (SQLError)."""
     text = check_query(sql)
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        con.interrupt()
+
+    timer = threading.Timer(timeout, stop) if timeout else None
+    if timer:
+        timer.daemon = True
+        timer.start()
     try:
         return con.sql(text).to_arrow_table()
+    except duckdb.InterruptException as exc:
+        if fired.is_set():  # the time limit (else: Ctrl-C, which goes on as KeyboardInterrupt)
+            raise SQLError(
+                f"{what}: stopped after {timeout:g} s (the time limit); nothing was changed"
+            ) from exc
+        raise
     except duckdb.Error as exc:
         raise SQLError(f"{what}: {str(exc).strip()}") from exc
+    finally:
+        if timer:
+            timer.cancel()

@@ -255,12 +255,19 @@ class Store:
         store. ``curation.catalog.connect(store)`` gives every view."""
         return sql_sandbox.connect(self.root, self.base_views() | dict(views or {}))
 
-    def query(self, sql: str, views: Mapping[str, str] | None = None, what: str = "query") -> pa.Table:
-        """One checked read-only statement (``curation.core.sql.query``) over the base views and ``views``.
-        The statement is checked before the store is opened, so a refused one leaves no trace."""
+    def query(
+        self,
+        sql: str,
+        views: Mapping[str, str] | None = None,
+        what: str = "query",
+        timeout: float | None = None,
+    ) -> pa.Table:
+        """One checked read-only statement (``curation.core.sql.query``) over the base views and ``views``,
+        interrupted after ``timeout`` seconds. The statement is checked before the store is opened, so a
+        refused one leaves no trace."""
         sql_sandbox.check_query(sql)
         with contextlib.closing(self.connect(views)) as con:
-            return sql_sandbox.query(con, sql, what)
+            return sql_sandbox.query(con, sql, what, timeout)
 
     def read(self, view: str, views: Mapping[str, str] | None = None) -> pa.Table:
         """A whole view as an Arrow table."""
