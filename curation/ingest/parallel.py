@@ -45,9 +45,9 @@ from curation.ingest.pipeline import (
     IngestOptions,
     UnitResult,
     committed_so_far,
-    earlier_versions,
     failed_result,
     ingest_file,
+    mark_earlier_versions,
     skipped_result,
     write_options,
 )
@@ -156,7 +156,6 @@ def ingest_files_parallel(
                         done[j] = _collect(ray, ref, files[j])
                     submit()
                 res = _commit_staged(store, path, items[i][1], done.pop(i), results, run_ids)
-                res.earlier_units = earlier_versions(store, res)
                 results.append(res)
                 if progress:
                     progress(res)
@@ -167,6 +166,7 @@ def ingest_files_parallel(
             for st in done.values():
                 if st.staged:
                     shutil.rmtree(st.staged, ignore_errors=True)
+        mark_earlier_versions(store, results)
     return results
 
 

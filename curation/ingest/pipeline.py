@@ -217,15 +217,15 @@ def ingest_paths(
                         exc.__cause__, f"committing {path}", committed_so_far(results, path)
                     ) from exc
                 raise StoreError(f"{exc} ({committed_so_far(results, path)})") from exc
-            res.earlier_units = earlier_versions(store, res)
             results.append(res)
             if progress:
                 progress(res)
+        mark_earlier_versions(store, results)
     return results
 
 
 def earlier_versions_note(source_file: str, units: list[str]) -> str:
-    """What to tell a user whose file was ingested before with other content (``earlier_versions``)."""
+    """What to tell a user whose file was ingested before with other content (``mark_earlier_versions``)."""
     return (
         f"{source_file} was ingested before with other content (unit {', '.join(units)}): the store keeps "
         "every version, so the rows of the earlier one that this one changed or removed are still read "
@@ -233,21 +233,20 @@ def earlier_versions_note(source_file: str, units: list[str]) -> str:
     )
 
 
-def earlier_versions(store: Store, res: UnitResult) -> list[str]:
-    """The units of ``res``'s source read from the same file (same resolved path) with other content
-    than ``res``'s unit (committed by this run, or skipped as already in the store: a file edited, then
-    edited back); [] for a file that failed."""
-    if res.error or not res.unit:
-        return []
-    me = Path(res.source_file).resolve()
-    out = []
-    for unit in sorted(store.path("ingest").glob(f"{glob.escape(res.source)}-*")):
-        if unit.name == res.unit or not (unit / "run.parquet").is_file():
+def mark_earlier_versions(store: Store, results: list[UnitResult]) -> None:
+    """Set each result's ``earlier_units``: the units of its source read from the same file (same resolved
+    path) with other content than its unit (committed by this run, or skipped as already in the store: a
+    file edited, then edited back). One pass over the store's accounting rows for the whole run."""
+    wanted = {(r.source, Path(r.source_file).resolve()): r for r in results if r.unit and not r.error}
+    if not wanted:
+        return
+    for unit in sorted(store.path("ingest").iterdir()):
+        if not (unit / "run.parquet").is_file():
             continue
         run = pq.read_table(unit / "run.parquet", columns=["source", "source_file"]).to_pylist()[0]
-        if run["source"] == res.source and Path(run["source_file"]).resolve() == me:
-            out.append(unit.name)
-    return out
+        res = wanted.get((run["source"], Path(run["source_file"]).resolve()))
+        if res is not None and unit.name != res.unit:
+            res.earlier_units.append(unit.name)
 
 
 def failed_result(path: Path, opts: IngestOptions, exc: Exception) -> UnitResult:
